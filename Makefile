@@ -1,0 +1,37 @@
+# kfm: `make demo` runs the main job end to end, `make test` runs the test suite.
+# Both create/refresh .venv/ first. GPU clusters: see README ("On a GPU cluster").
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONSTRAINTS ?= constraints/cpu.txt
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/demo
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test test-all clean-demo
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	touch $(STAMP)
+
+demo: venv
+	RUN_DIR=$(RUN_DIR) PY=$(PY) bash scripts/demo.sh
+
+test: venv
+	$(PY) -m pytest -q tests -m "not slow"
+
+test-all: venv
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf $(RUN_DIR)

@@ -1,0 +1,51 @@
+"""The demo's entry points, chained as `make demo` chains them, at toy size."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args, env, check=True):
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def env(tiny_corpus, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "sample_corpus").symlink_to(tiny_corpus["ko"].parent, target_is_directory=True)
+    return {**os.environ, "KFM_CACHE": str(cache), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+def test_entry_points_chain_to_a_loadable_hf_model(env, tmp_path):
+    rd = f"run_dir={tmp_path}"
+    run(["tokenizer.train", rd, "tokenizer.vocab_size=512", "tokenizer.ksx1001_hangul=false"], env)
+    run(["data_pipeline.build", rd, "data.seq_len=32", "data.val_fraction=0.1"], env)
+    small = ["model.vocab_size=512", "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
+             "model.ffn_hidden_dim=96", "data.seq_len=32", "trainer.steps=6", "trainer.log_every=2",
+             "trainer.val_every=3", "trainer.checkpoint_every=3", "trainer.val_batches=2"]
+    run(["train.pretrain", rd, *small], env)
+    metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "val_loss" in m] == [3, 6]
+    assert any((tmp_path / "wandb").glob("offline-run-*"))
+    run(["train.export_hf", rd], env)
+    out = run(["train.generate", rd, "max_new_tokens=8", "prompt='대한민국'"], env).stdout
+    assert out.strip().startswith("대한민국")
+
+
+def test_cli_errors_name_the_fix(env, tmp_path):
+    proc = run(["train.pretrain", f"run_dir={tmp_path}", "trainer.stepz=3"], env, check=False)
+    assert proc.returncode != 0 and "stepz" in proc.stderr
+    proc = run(["data_pipeline.build", f"run_dir={tmp_path}"], env, check=False)
+    assert proc.returncode != 0 and "tokenizer.train" in proc.stderr
+    proc = run(["train.export_hf", f"run_dir={tmp_path}"], env, check=False)
+    assert proc.returncode != 0 and "no complete checkpoint" in proc.stderr

@@ -1,0 +1,73 @@
+"""Every YAML under configs/ composes against its typed schema; typos and wrong types are errors."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+import data_pipeline.build  # noqa: F401  (registers data_build_job_schema)
+import data_pipeline.sample_corpus  # noqa: F401
+import tokenizer.train  # noqa: F401
+import train.export_hf  # noqa: F401
+import train.generate  # noqa: F401
+import train.pretrain  # noqa: F401
+from data_pipeline.build import DataBuildJob
+from train.config import PretrainJob
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+JOBS = ["tokenizer_train", "data_build", "pretrain", "export_hf", "generate", "sample_corpus"]
+GROUP_JOB = {"model": "pretrain", "data": "pretrain", "optim": "pretrain", "trainer": "pretrain",
+             "tokenizer": "tokenizer_train"}
+
+
+def load(job: str, overrides=(), config_dir: Path = CONFIGS):
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name=job, overrides=list(overrides)))
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_job_config_loads(job):
+    load(job)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_group_yaml_loads_against_its_schema(path):
+    group = path.parent.name
+    load(GROUP_JOB[group], [f"{group}={path.stem}"])
+
+
+def test_groups_compose_into_typed_objects():
+    job = load("pretrain", ["run_dir=somewhere", "model.dim=128", "trainer.steps=7"])
+    assert isinstance(job, PretrainJob) and job.model.dim == 128 and job.trainer.steps == 7
+    assert job.data.sources[0].name == "ko"
+    build = load("data_build", ["run_dir=x"])
+    assert isinstance(build, DataBuildJob) and build.tokenizer_model == "x/tokenizer/tokenizer.model"
+
+
+def test_override_typo_is_an_error():
+    with pytest.raises(ConfigCompositionException, match="dimm"):
+        load("pretrain", ["model.dimm=128"])
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigCompositionException, match="model.dim"):
+        load("pretrain", ["model.dim=wide"])
+
+
+def test_invalid_value_is_an_error():
+    with pytest.raises(ValueError, match="divisible"):
+        load("pretrain", ["model.dim=250"])
+    with pytest.raises(ValueError, match="exceeds model.max_seq_len"):
+        load("pretrain", ["data.seq_len=1024"])
+
+
+def test_typo_inside_a_yaml_file_is_an_error(tmp_path):
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    bad = tmp_path / "configs" / "trainer" / "demo.yaml"
+    bad.write_text(bad.read_text().replace("log_every:", "log_evry:"))
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError), match="log_evry"):
+        load("pretrain", config_dir=tmp_path / "configs")

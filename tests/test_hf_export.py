@@ -1,0 +1,86 @@
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from model import ModelConfig, Transformer
+from train.checkpoint import STATE_FILE
+from train.export_hf import export_checkpoint
+from train.hf_convert import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
+
+
+def tiny_cfg(**kw):
+    base = dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
+                rope_theta=500000.0, norm_eps=1e-6)
+    return ModelConfig(**{**base, **kw})
+
+
+def random_model(cfg, seed=0):
+    torch.manual_seed(seed)
+    m = Transformer(cfg)
+    m.init_weights(seed=seed)
+    with torch.no_grad():  # move norms off 1.0 so the test sees them
+        for name, p in m.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_hf_llama_gives_same_logits(tie):
+    cfg = tiny_cfg(tie_embeddings=tie)
+    m = random_model(cfg)
+    hf = LlamaForCausalLM(to_hf_config(cfg)).eval()
+    hf.load_state_dict(to_hf_state_dict(m.state_dict(), cfg), strict=not tie)
+    x = torch.randint(0, cfg.vocab_size, (2, 37))
+    with torch.no_grad():
+        diff = (hf(x).logits - m(x)).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_round_trip_from_hf():
+    cfg = tiny_cfg()
+    hf = LlamaForCausalLM(to_hf_config(cfg)).eval()
+    assert from_hf_config(hf.config) == cfg
+    m = Transformer(cfg)
+    m.load_state_dict(from_hf_state_dict(hf.state_dict(), cfg))
+    back = to_hf_state_dict(m.state_dict(), cfg)
+    for k, v in hf.state_dict().items():
+        assert torch.equal(back[k], v), k
+
+
+def test_unknown_key_names_the_table():
+    with pytest.raises(KeyError, match="KEY_MAP"):
+        to_hf_state_dict({"layers.0.attention.bias": torch.zeros(1)}, tiny_cfg())
+
+
+def test_export_from_checkpoint_loads_with_auto_classes(tiny_tokenizer, tmp_path):
+    cfg = tiny_cfg()
+    m = random_model(cfg, seed=3)
+    ckpt = tmp_path / "step_0000005"
+    dcp.save({"model": m.state_dict()}, checkpoint_id=str(ckpt))
+    (ckpt / STATE_FILE).write_text(json.dumps({"step": 5, "config": {"model": asdict(cfg)}}))
+    out = export_checkpoint(ckpt, tiny_tokenizer, tmp_path / "hf")
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.model",
+                 "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    hf = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    ids = tok("대한민국의 주권은 국민에게 있다.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert (hf(ids).logits - m(ids)).abs().max().item() < 1e-4
+        gen = hf.generate(ids, max_new_tokens=5, do_sample=False)
+    assert gen.shape[1] == ids.shape[1] + 5
+
+
+def test_export_rejects_vocab_mismatch(tiny_tokenizer, tmp_path):
+    cfg = tiny_cfg(vocab_size=640)
+    ckpt = tmp_path / "step_0000001"
+    dcp.save({"model": random_model(cfg).state_dict()}, checkpoint_id=str(ckpt))
+    (ckpt / STATE_FILE).write_text(json.dumps({"step": 1, "config": {"model": asdict(cfg)}}))
+    with pytest.raises(ValueError, match="has 512 pieces but the checkpoint's model.vocab_size is 640"):
+        export_checkpoint(ckpt, tiny_tokenizer, tmp_path / "hf")

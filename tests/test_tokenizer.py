@@ -1,0 +1,142 @@
+import random
+
+import pytest
+import sentencepiece as spm
+from transformers import AutoTokenizer
+
+from tokenizer.config import TextSource, TokenizerConfig
+from tokenizer.hangul import ksx1001_syllables
+from tokenizer.sampling import CorpusError, reservoir_sample, sample_mixture
+
+FIXED_CASES = [
+    "",
+    "안녕하세요, 세계!",
+    "ㄱㄴㄷ ㅏㅑㅓ 각",  # compatibility jamo and conjoining jamo
+    "뷁뙇쌰똠 햏",  # syllables outside KS X 1001
+    "😀 👩‍👩‍👧 🇰🇷",
+    "Mixed 한국어 text with 日本語, 中文, Ελληνικά and עברית.",
+    "a  b   c    d",
+    "  leading and trailing  ",
+    "\ttabs\t\tand\nnew\n\nlines\r\n",
+    "def f(x):\n    return x  # indentation\n",
+    "\x00\x01\x7f\ufffd\ufeff\u200b",  # control, replacement, BOM, zero-width space
+    "e\u0301 vs é",  # decomposed and composed
+    "<s></s><unk><pad> <0x41>",  # special-token look-alikes are plain text
+    "1234567890 3.14159 010-1234-5678",
+    "\U0010ffff\U0001f600",
+]
+
+
+def random_strings(n: int, seed: int = 0) -> list[str]:
+    """Strings drawn from many scripts, whitespace and control characters (no U+2581, see README)."""
+    rng = random.Random(seed)
+    ranges = [(0x20, 0x7E), (0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F), (0x4E00, 0x9FFF),
+              (0x0400, 0x04FF), (0x1F300, 0x1F6FF), (0x0, 0x1F), (0xE000, 0xF8FF), (0x10000, 0x10FFFF)]
+    out = []
+    for _ in range(n):
+        chars = []
+        for _ in range(rng.randint(1, 40)):
+            if rng.random() < 0.2:
+                chars.append(rng.choice(" \t\n  "))
+                continue
+            lo, hi = rng.choice(ranges)
+            c = chr(rng.randint(lo, hi))
+            if not (0xD800 <= ord(c) <= 0xDFFF) and c != "\u2581":
+                chars.append(c)
+        out.append("".join(chars))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sp(tiny_tokenizer):
+    return spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
+
+
+@pytest.fixture(scope="module")
+def hf_tok(tiny_tokenizer):
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer), local_files_only=True)
+
+
+@pytest.mark.parametrize("text", FIXED_CASES)
+def test_sentencepiece_round_trips_exactly(sp, text):
+    assert sp.decode(sp.encode(text)) == text
+
+
+def test_sentencepiece_round_trips_random_text(sp):
+    for text in random_strings(500):
+        assert sp.decode(sp.encode(text)) == text, repr(text)
+
+
+def test_known_exception_u2581_decodes_as_space(sp):
+    # SentencePiece writes spaces as U+2581 internally, so a literal U+2581 comes back as a space.
+    assert sp.decode(sp.encode("a\u2581b")) == "a b"
+
+
+def test_specials_and_vocab(sp):
+    assert sp.get_piece_size() == 512
+    assert [sp.id_to_piece(i) for i in range(4)] == ["<unk>", "<s>", "</s>", "<pad>"]
+    assert sp.piece_to_id("<0x0A>") != sp.unk_id()  # byte fallback pieces exist
+
+
+def test_hf_tokenizer_matches_sentencepiece(sp, hf_tok, tiny_corpus):
+    texts = [t for t in FIXED_CASES if "<" not in t] + random_strings(300, seed=1)
+    texts += tiny_corpus["code"].read_text(encoding="utf-8").splitlines()[:50]
+    texts += tiny_corpus["ko"].read_text(encoding="utf-8").splitlines()[:50]
+    for text in texts:
+        assert hf_tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text), repr(text)
+        assert hf_tok.decode(sp.encode(text)) == text, repr(text)
+
+
+def test_hf_tokenizer_adds_bos_and_knows_specials(sp, hf_tok):
+    ids = hf_tok("대한민국")["input_ids"]
+    assert ids == [sp.bos_id(), *sp.encode("대한민국")]
+    assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id, hf_tok.unk_token_id) == (1, 2, 3, 0)
+
+
+def test_tokenizer_files_written(tiny_tokenizer):
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "train_stats.json"):
+        assert (tiny_tokenizer / name).is_file()
+
+
+def test_ksx1001_has_2350_syllables():
+    s = ksx1001_syllables()
+    assert len(s) == 2350 == len(set(s))
+    assert "가" in s and "힝" in s and "뷁" not in s and "똠" not in s
+
+
+def test_reservoir_sample_is_uniform_and_bounded():
+    rng = random.Random(0)
+    counts = [0] * 10
+    for _ in range(2000):
+        sample, seen = reservoir_sample(iter(range(10)), 3, rng)
+        assert seen == 10 and len(sample) == 3 == len(set(sample))
+        for x in sample:
+            counts[x] += 1
+    assert all(abs(c / 2000 - 0.3) < 0.05 for c in counts)
+
+
+def test_mixture_respects_weights(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("".join(f"a{i}\n" for i in range(1000)))
+    b.write_text("".join(f"b{i}\n" for i in range(1000)))
+    out, stats = sample_mixture([TextSource(str(a), weight=3), TextSource(str(b), weight=1)], 400, 100, 0)
+    assert sum(s.startswith("a") for s in out) == 300 and sum(s.startswith("b") for s in out) == 100
+    assert stats[str(a)]["sentences_seen"] == 1000
+
+
+def test_missing_and_bad_tokenizer_inputs(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist.*data_pipeline.sample_corpus"):
+        sample_mixture([TextSource(str(tmp_path / "nope.jsonl"))], 10, 100, 0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "x"}\n')
+    with pytest.raises(CorpusError, match=r"bad.jsonl:2: no string field 'text'"):
+        sample_mixture([TextSource(str(bad))], 10, 100, 0)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(CorpusError, match="holds no text"):
+        sample_mixture([TextSource(str(empty))], 10, 100, 0)
+
+
+def test_config_rejects_bad_vocab():
+    with pytest.raises(ValueError, match="multiple of 128"):
+        TokenizerConfig(vocab_size=1000)

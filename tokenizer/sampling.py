@@ -1,0 +1,96 @@
+"""Stream sentences out of text files and sample a weighted mixture without loading them whole."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from tokenizer.config import TextSource
+
+
+class CorpusError(ValueError):
+    """Bad tokenizer input: the message names the file, line and fix."""
+
+
+def iter_file_texts(path: Path, text_field: str, field_hint: str) -> Iterator[str]:
+    """Texts of one file: each JSON line's ``text_field`` for ``.jsonl``, each non-empty line otherwise.
+
+    ``field_hint`` names the config key to fix when a JSON line lacks the field.
+    """
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if path.suffix != ".jsonl":
+                yield line.rstrip("\n")
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from err
+            text = doc.get(text_field) if isinstance(doc, dict) else None
+            if not isinstance(text, str):
+                raise CorpusError(
+                    f"{path}:{lineno}: no string field {text_field!r}; set {field_hint} to the field that holds the text"
+                )
+            yield text
+
+
+def iter_documents(source: TextSource) -> Iterator[str]:
+    """Texts of one tokenizer source."""
+    path = Path(source.path).expanduser()
+    if not path.is_file():
+        raise CorpusError(
+            f"tokenizer source {source.path!r} does not exist. Build the sample corpus with "
+            "`python -m data_pipeline.sample_corpus`, or set tokenizer.sources[*].path to your own files."
+        )
+    yield from iter_file_texts(path, source.text_field, "tokenizer.sources[*].text_field")
+
+
+def iter_sentences(source: TextSource, max_chars: int) -> Iterator[str]:
+    """Non-empty lines of every document, cut to at most ``max_chars`` characters."""
+    for doc in iter_documents(source):
+        for line in doc.split("\n"):
+            if not line.strip():
+                continue
+            for start in range(0, len(line), max_chars):
+                yield line[start : start + max_chars]
+
+
+def reservoir_sample(items: Iterator[str], k: int, rng: random.Random) -> tuple[list[str], int]:
+    """Uniform sample of ``k`` items in one pass and O(k) memory (Algorithm R); also returns the count seen."""
+    sample: list[str] = []
+    n = 0
+    for n, item in enumerate(items, 1):
+        if len(sample) < k:
+            sample.append(item)
+        else:
+            j = rng.randrange(n)
+            if j < k:
+                sample[j] = item
+    return sample, n
+
+
+def sample_mixture(sources: list[TextSource], total: int, max_chars: int, seed: int) -> tuple[list[str], dict]:
+    """Sample ``total`` sentences, source i contributing ``total * w_i / sum(w)`` of them.
+
+    A source with fewer sentences than its share contributes all it has. Returns the sentences
+    (shuffled) and per-source counts.
+    """
+    if not sources:
+        raise CorpusError("tokenizer.sources is empty: name at least one text file to train on")
+    weight_sum = sum(s.weight for s in sources)
+    rng = random.Random(seed)
+    out: list[str] = []
+    stats = {}
+    for src in sources:
+        quota = max(1, round(total * src.weight / weight_sum))
+        picked, seen = reservoir_sample(iter_sentences(src, max_chars), quota, rng)
+        if seen == 0:
+            raise CorpusError(f"tokenizer source {src.path!r} holds no text: check the file and its text_field")
+        out.extend(picked)
+        stats[src.path] = {"sentences_seen": seen, "sentences_sampled": len(picked)}
+    rng.shuffle(out)
+    return out, stats

@@ -1,0 +1,96 @@
+"""Optimizer and trainer configuration, and the pretraining job that ties the groups together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from data_pipeline.config import DataConfig
+from model.config import ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay."""
+
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a share of ``lr``."""
+    warmup_steps: int = 30
+    """Steps of linear warmup from 0 to ``lr``."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices (norms and embeddings are not decayed)."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ValueError("optim.lr must be > 0, optim.min_lr_ratio in [0, 1], optim.warmup_steps >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("optim betas must be in [0, 1); weight_decay and grad_clip must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    """Length of the run, batch, cadence of logging, validation and checkpoints."""
+
+    steps: int = 300
+    """Optimizer steps to train for."""
+    local_batch_size: int = 4
+    """Sequences per rank per step."""
+    seed: int = 0
+    """Seed of the weight init and the data order."""
+    backend: str = "fsdp2"
+    """Data-parallel backend: ``fsdp2`` (DeepSpeed ZeRO lands with the trainer issue)."""
+    param_dtype: str = "fp32"
+    """Compute dtype of the sharded parameters: ``fp32`` or ``bf16`` (gradients reduce in fp32)."""
+    log_every: int = 10
+    """Steps between training-loss log lines."""
+    val_every: int = 100
+    """Steps between validation passes (and one at the end)."""
+    val_batches: int = 8
+    """Global batches per validation pass."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (and one at the end)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept on disk."""
+    resume: bool = True
+    """Continue from the newest checkpoint in ``<run_dir>/checkpoints`` if there is one."""
+    wandb_mode: str = "offline"
+    """``offline``, ``online`` or ``disabled``."""
+    wandb_project: str = "kfm"
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "local_batch_size", "log_every", "val_every", "val_batches", "checkpoint_every",
+                    "keep_checkpoints")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"trainer.{key} must be positive, got {getattr(self, key)}")
+        if self.backend != "fsdp2":
+            raise ValueError(f"trainer.backend must be 'fsdp2' (DeepSpeed is not wired yet), got {self.backend!r}")
+        if self.param_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"trainer.param_dtype must be 'fp32' or 'bf16', got {self.param_dtype!r}")
+        if self.wandb_mode not in ("offline", "online", "disabled"):
+            raise ValueError(f"trainer.wandb_mode must be offline, online or disabled, got {self.wandb_mode!r}")
+
+
+@dataclass
+class PretrainJob:
+    """``python -m train.pretrain``."""
+
+    run_dir: str = "runs/demo"
+    """Reads ``<run_dir>/data``; writes checkpoints, logs and wandb files under it."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}: "
+                "lower one or raise the other"
+            )

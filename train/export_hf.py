@@ -1,0 +1,95 @@
+"""Export a training checkpoint to a Hugging Face directory that ``transformers`` loads offline.
+
+    python -m train.export_hf [run_dir=runs/demo] [checkpoint=<dir>] [out_dir=<run_dir>/hf]
+
+Writes ``model.safetensors``, ``config.json`` (``LlamaForCausalLM``), ``generation_config.json``
+and the tokenizer files (``tokenizer.model``, ``tokenizer.json``, ``tokenizer_config.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from model import ModelConfig, Transformer
+from tokenizer.hf import load_sentencepiece
+from train.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint, load_model_weights
+from train.hf_convert import to_hf_config, to_hf_state_dict
+
+log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass
+class ExportJob:
+    """``python -m train.export_hf``."""
+
+    run_dir: str = "runs/demo"
+    checkpoint: str = ""
+    """Checkpoint directory; empty means the newest one under ``<run_dir>/checkpoints``."""
+    tokenizer_dir: str = "${run_dir}/tokenizer"
+    """Folder with ``tokenizer.model`` and its Hugging Face files."""
+    out_dir: str = "${run_dir}/hf"
+    dtype: str = "float32"
+    """Weight dtype written to the export: ``float32`` or ``bfloat16``."""
+    max_new_tokens: int = 64
+    """Default generation length recorded in ``generation_config.json``."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+
+def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str = "float32",
+                      max_new_tokens: int = 64) -> Path:
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    cfg = ModelConfig(**state["config"]["model"])
+    sp = load_sentencepiece(tokenizer_dir / "tokenizer.model")
+    if sp.get_piece_size() != cfg.vocab_size:
+        raise ValueError(f"tokenizer in {tokenizer_dir} has {sp.get_piece_size()} pieces but the checkpoint's "
+                         f"model.vocab_size is {cfg.vocab_size}: export with the tokenizer the model was trained with")
+    model = Transformer(cfg)
+    load_model_weights(ckpt, model)
+    torch_dtype = getattr(torch, dtype)
+    hf_cfg = to_hf_config(cfg, sp.bos_id(), sp.eos_id(), sp.pad_id(), dtype)
+    hf = LlamaForCausalLM(hf_cfg)
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model.state_dict(), cfg), strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"HF conversion mismatch: missing {missing}, unexpected {unexpected}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.to(torch_dtype).save_pretrained(str(out_dir), safe_serialization=True)
+    GenerationConfig(bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id(), pad_token_id=sp.pad_id(),
+                     max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
+                     repetition_penalty=1.1).save_pretrained(str(out_dir))
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(tokenizer_dir / name, out_dir / name)
+    log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
+    return out_dir
+
+
+ConfigStore.instance().store(name="export_job_schema", node=ExportJob)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="export_hf")
+def main(cfg) -> None:
+    job: ExportJob = OmegaConf.to_object(cfg)
+    ckpt = Path(job.checkpoint) if job.checkpoint else latest_checkpoint(checkpoint_root(job.run_dir))
+    if ckpt is None or not (ckpt / STATE_FILE).is_file():
+        raise FileNotFoundError(f"no complete checkpoint at {job.checkpoint or checkpoint_root(job.run_dir)}: "
+                                "train first (`torchrun -m train.pretrain`) or set checkpoint=<dir>")
+    export_checkpoint(ckpt, Path(job.tokenizer_dir), Path(job.out_dir), job.dtype, job.max_new_tokens)
+
+
+if __name__ == "__main__":
+    main()

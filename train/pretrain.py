@@ -1,0 +1,37 @@
+"""Pretrain the model on the token shards.
+
+    torchrun --nproc_per_node=2 -m train.pretrain [run_dir=runs/demo] [model=debug] [trainer.steps=300] ...
+
+Also runs as a single process (``python -m train.pretrain``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import torch.distributed as dist
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from train.config import PretrainJob
+from train.distributed import init_distributed
+from train.trainer import Trainer
+
+ConfigStore.instance().store(name="pretrain_job_schema", node=PretrainJob)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
+def main(cfg) -> None:
+    job: PretrainJob = OmegaConf.to_object(cfg)
+    info = init_distributed()
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        Trainer(job, info).fit()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The training loop: one readable pass from batch to optimizer step, with side concerns as hooks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_pipeline.loader import DistributedLoader, TokenWindows, validation_batches
+from data_pipeline.shards import Manifest
+from model import Transformer
+from model.transformer import cross_entropy_loss
+from train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from train.config import PretrainJob
+from train.distributed import DistInfo, all_reduce_mean, apply_fsdp
+from train.metrics import MetricsSink
+from train.optim import build_optimizer, lr_at
+
+log = logging.getLogger("kfm.train")
+
+
+def check_vocab(job: PretrainJob, manifest: Manifest, data_dir: Path) -> None:
+    if manifest.vocab_size != job.model.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={job.model.vocab_size} but the tokenizer behind {data_dir} has "
+            f"{manifest.vocab_size} pieces: set model.vocab_size={manifest.vocab_size} "
+            "(or retrain the tokenizer with tokenizer.vocab_size to match)"
+        )
+
+
+class Trainer:
+    def __init__(self, job: PretrainJob, dist_info: DistInfo) -> None:
+        self.job, self.dist = job, dist_info
+        run_dir = Path(job.run_dir)
+        data_dir = run_dir / "data"
+        self.train_windows = TokenWindows(data_dir, "train", job.data.seq_len)
+        self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len)
+        check_vocab(job, self.train_windows.manifest, data_dir)
+        tc = job.trainer
+        self.loader = DistributedLoader(self.train_windows, tc.local_batch_size, dist_info.rank, dist_info.world,
+                                        tc.seed)
+        # Same seed on every rank gives identical full weights before sharding.
+        model = Transformer(job.model)
+        model.init_weights(seed=tc.seed)
+        self.model: nn.Module = apply_fsdp(model.to(dist_info.device), tc.param_dtype)
+        self.optim = build_optimizer(self.model, job.optim)
+        self.ckpt_root = checkpoint_root(run_dir)
+        self.step = 0
+        self.sink = MetricsSink(run_dir, asdict(job), tc.wandb_mode, tc.wandb_project) if dist_info.is_main else None
+
+    def maybe_resume(self) -> None:
+        ckpt = latest_checkpoint(self.ckpt_root) if self.job.trainer.resume else None
+        if ckpt is not None:
+            state = load_checkpoint(ckpt, self.model, self.optim)
+            self.step = state["step"]
+            log.info("resumed from %s at step %d", ckpt, self.step)
+
+    def train_step(self, step: int) -> tuple[float, float]:
+        lr = lr_at(step, self.job.trainer.steps, self.job.optim)
+        for group in self.optim.param_groups:
+            group["lr"] = lr
+        inputs, targets = (t.to(self.dist.device) for t in self.loader.batch(step))
+        loss = cross_entropy_loss(self.model(inputs), targets)
+        loss.backward()
+        clip = self.job.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        self.optim.step()
+        self.optim.zero_grad(set_to_none=True)
+        return loss.item(), grad_norm.item()
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.model.eval()
+        tc, losses = self.job.trainer, []
+        for inputs, targets in validation_batches(self.val_windows, tc.local_batch_size, self.dist.rank,
+                                                  self.dist.world, tc.val_batches):
+            losses.append(cross_entropy_loss(self.model(inputs.to(self.dist.device)),
+                                             targets.to(self.dist.device)).item())
+        self.model.train()
+        return all_reduce_mean(sum(losses) / len(losses), self.dist.device)
+
+    def save(self) -> Path:
+        return save_checkpoint(self.ckpt_root, self.step, self.model, self.optim,
+                               {"config": asdict(self.job)}, self.job.trainer.keep_checkpoints)
+
+    def fit(self) -> dict:
+        tc = self.job.trainer
+        self.maybe_resume()
+        tokens_per_step = tc.local_batch_size * self.dist.world * self.job.data.seq_len
+        window_loss, window_start, t_last = [], self.step, time.perf_counter()
+        last = {}
+        while self.step < tc.steps:
+            loss, grad_norm = self.train_step(self.step)
+            window_loss.append(loss)
+            self.step += 1
+            if self.step % tc.log_every == 0 or self.step == tc.steps:
+                elapsed = time.perf_counter() - t_last
+                last["train_loss"] = all_reduce_mean(sum(window_loss) / len(window_loss), self.dist.device)
+                metrics = {"train_loss": last["train_loss"], "grad_norm": grad_norm,
+                           "lr": lr_at(self.step - 1, tc.steps, self.job.optim),
+                           "tokens_per_s": (self.step - window_start) * tokens_per_step / elapsed}
+                if self.sink:
+                    self.sink.log(self.step, metrics)
+                window_loss, window_start, t_last = [], self.step, time.perf_counter()
+            if self.step % tc.val_every == 0 or self.step == tc.steps:
+                last["val_loss"] = self.validate()
+                if self.sink:
+                    self.sink.log(self.step, {"val_loss": last["val_loss"]})
+            if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                path = self.save()
+                if self.sink:
+                    log.info("checkpoint %s", path)
+        if self.sink:
+            self.sink.close()
+        return last
