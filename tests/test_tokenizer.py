@@ -6,6 +6,7 @@ from transformers import AutoTokenizer
 
 from tokenizer.config import TextSource, TokenizerConfig
 from tokenizer.hangul import ksx1001_syllables
+from tokenizer.hf import SPACE, load_proto_bytes
 from tokenizer.sampling import CorpusError, reservoir_sample, sample_mixture
 
 FIXED_CASES = [
@@ -24,11 +25,12 @@ FIXED_CASES = [
     "<s></s><unk><pad> <0x41>",  # special-token look-alikes are plain text
     "1234567890 3.14159 010-1234-5678",
     "\U0010ffff\U0001f600",
+    "\u2581 is not a space, ▁▁ neither",
 ]
 
 
 def random_strings(n: int, seed: int = 0) -> list[str]:
-    """Strings drawn from many scripts, whitespace and control characters (no U+2581, see README)."""
+    """Strings drawn from many scripts, whitespace, U+2581 and control characters."""
     rng = random.Random(seed)
     ranges = [(0x20, 0x7E), (0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F), (0x4E00, 0x9FFF),
               (0x0400, 0x04FF), (0x1F300, 0x1F6FF), (0x0, 0x1F), (0xE000, 0xF8FF), (0x10000, 0x10FFFF)]
@@ -41,8 +43,10 @@ def random_strings(n: int, seed: int = 0) -> list[str]:
                 continue
             lo, hi = rng.choice(ranges)
             c = chr(rng.randint(lo, hi))
-            if not (0xD800 <= ord(c) <= 0xDFFF) and c != "\u2581":
+            if not 0xD800 <= ord(c) <= 0xDFFF:
                 chars.append(c)
+            if rng.random() < 0.05:
+                chars.append(SPACE)
         out.append("".join(chars))
     return out
 
@@ -67,9 +71,27 @@ def test_sentencepiece_round_trips_random_text(sp):
         assert sp.decode(sp.encode(text)) == text, repr(text)
 
 
-def test_known_exception_u2581_decodes_as_space(sp):
-    # SentencePiece writes spaces as U+2581 internally, so a literal U+2581 comes back as a space.
-    assert sp.decode(sp.encode("a\u2581b")) == "a b"
+def test_literal_u2581_is_not_a_space(sp):
+    # SentencePiece trains with spaces written as U+2581; kfm's models keep the two apart.
+    for text in ("a\u2581b", "\u2581\u2581 \u2581", " \u2581lead"):
+        assert sp.decode(sp.encode(text)) == text
+    assert sp.encode("a\u2581b") != sp.encode("a b")
+
+
+def test_lossless_rewrite_keeps_segmentation(tiny_tokenizer, tiny_corpus):
+    """Against the model as SentencePiece trained it (spaces escaped as U+2581), ids are identical."""
+    proto = load_proto_bytes((tiny_tokenizer / "tokenizer.model").read_bytes())
+    proto.normalizer_spec.escape_whitespaces = True
+    for piece in proto.pieces:
+        if piece.type == piece.NORMAL:
+            piece.piece = piece.piece.replace(" ", SPACE)
+    raw = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
+    texts = [t for t in FIXED_CASES + random_strings(200, seed=3) if SPACE not in t]
+    for path in tiny_corpus.values():
+        texts += path.read_text(encoding="utf-8").splitlines()[:100]
+    for text in texts:
+        assert sp.encode(text) == raw.encode(text), repr(text)
 
 
 def test_specials_and_vocab(sp):
@@ -79,7 +101,7 @@ def test_specials_and_vocab(sp):
 
 
 def test_hf_tokenizer_matches_sentencepiece(sp, hf_tok, tiny_corpus):
-    texts = [t for t in FIXED_CASES if "<" not in t] + random_strings(300, seed=1)
+    texts = [t for t in FIXED_CASES if "<" not in t] + random_strings(300, seed=1)  # HF parses "<s>" as bos
     texts += tiny_corpus["code"].read_text(encoding="utf-8").splitlines()[:50]
     texts += tiny_corpus["ko"].read_text(encoding="utf-8").splitlines()[:50]
     for text in texts:

@@ -1,9 +1,10 @@
 """Export a SentencePiece model as a Hugging Face fast tokenizer with identical ids.
 
 Written here rather than taken from ``transformers``' slow→fast converters: those assume
-Llama's ``add_dummy_prefix`` and NFKC habits, while kfm trains with identity normalisation,
-no dummy prefix and whitespace-only pieces; the pre-tokenizer below reproduces exactly how
-SentencePiece splits such text into words.
+Llama's ``add_dummy_prefix`` and U+2581 space escaping, while kfm's models use identity
+normalisation, no dummy prefix, literal spaces in pieces (see ``tokenizer.train.make_lossless``)
+and whitespace-only pieces; the pre-tokenizer below reproduces exactly how SentencePiece splits
+such text into words.
 """
 
 from __future__ import annotations
@@ -13,34 +14,37 @@ from pathlib import Path
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from tokenizer.config import SPECIAL_TOKENS
 
-SPACE = "\u2581"  # SentencePiece's visible space
+SPACE = "\u2581"  # how SentencePiece writes a space while training
 
 
-def load_proto(model_file: str | Path) -> sentencepiece_model_pb2.ModelProto:
+def load_proto_bytes(model_bytes: bytes) -> sentencepiece_model_pb2.ModelProto:
     proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(Path(model_file).read_bytes())
+    proto.ParseFromString(model_bytes)
     return proto
 
 
 def build_fast_tokenizer(model_file: str | Path) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` that encodes and decodes like the SentencePiece model."""
-    proto = load_proto(model_file)
+    proto = load_proto_bytes(Path(model_file).read_bytes())
     spec = proto.trainer_spec
     if spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
         raise ValueError(f"{model_file}: only unigram SentencePiece models can be exported, not {spec.model_type}")
-    if proto.normalizer_spec.name != "identity" or proto.normalizer_spec.add_dummy_prefix:
-        raise ValueError(f"{model_file}: expected identity normalisation without a dummy prefix (kfm's recipe)")
+    norm = proto.normalizer_spec
+    if norm.name != "identity" or norm.add_dummy_prefix or norm.escape_whitespaces:
+        raise ValueError(
+            f"{model_file}: expected kfm's recipe (identity normalisation, no dummy prefix, no whitespace "
+            "escaping); train it with `python -m tokenizer.train`"
+        )
     vocab = [(p.piece, p.score) for p in proto.pieces]
     tok = Tokenizer(models.Unigram(vocab, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback))
-    tok.normalizer = normalizers.Replace(" ", SPACE)
     # SentencePiece starts a new word at a space that follows a non-space; runs of spaces stay
-    # together (allow_whitespace_only_pieces).
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{SPACE}+[^{SPACE}]*|[^{SPACE}]+"), behavior="isolated")
-    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    # together (allow_whitespace_only_pieces). Spaces are plain characters of the pieces.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(" +[^ ]*|[^ ]+"), behavior="isolated")
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     bos = SPECIAL_TOKENS["bos"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, spec.bos_id)]

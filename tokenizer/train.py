@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from tokenizer.config import SPECIAL_TOKENS, TokenizerConfig
 from tokenizer.hangul import ksx1001_syllables
-from tokenizer.hf import save_hf_tokenizer
+from tokenizer.hf import SPACE, load_proto_bytes, save_hf_tokenizer
 from tokenizer.sampling import sample_mixture
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,22 @@ def tokenizer_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "tokenizer"
 
 
+def make_lossless(model_bytes: bytes) -> bytes:
+    """Turn off SentencePiece's whitespace escaping after training, so that every string round-trips.
+
+    SentencePiece trains with spaces written as U+2581 ("▁"), which makes a literal U+2581 in the
+    input indistinguishable from a space. With escaping off and "▁" in the pieces written back as
+    " ", spaces are ordinary characters of the pieces, a literal U+2581 falls back to its bytes,
+    and segmentation of all other text is unchanged (checked by the tests against the raw model).
+    """
+    proto = load_proto_bytes(model_bytes)
+    proto.normalizer_spec.escape_whitespaces = False
+    for piece in proto.pieces:
+        if piece.type == piece.NORMAL:
+            piece.piece = piece.piece.replace(SPACE, " ")
+    return proto.SerializeToString()
+
+
 def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
     """Train on a weighted sample of ``cfg.sources``; returns the ``tokenizer.model`` path."""
     out = Path(out_dir)
@@ -47,7 +63,7 @@ def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
     t0 = time.perf_counter()
     sentences, stats = sample_mixture(cfg.sources, cfg.sample_sentences, cfg.max_sentence_chars, cfg.seed)
     log.info("sampled %d sentences in %.1fs: %s", len(sentences), time.perf_counter() - t0, stats)
-    prefix = out / "tokenizer"
+    prefix = out / "sentencepiece_raw"
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_prefix=str(prefix),
@@ -68,9 +84,9 @@ def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
         num_threads=cfg.num_threads,
         minloglevel=2,
     )
-    model_file = prefix.with_suffix(".model")
     final = out / "tokenizer.model"
-    model_file.replace(final)
+    final.write_bytes(make_lossless(prefix.with_suffix(".model").read_bytes()))
+    prefix.with_suffix(".model").unlink()
     prefix.with_suffix(".vocab").replace(out / "tokenizer.vocab")
     save_hf_tokenizer(final, out)
     (out / "train_stats.json").write_text(
