@@ -80,6 +80,11 @@ def fetch_debs(packages: Iterable[str], dest: Path) -> dict[str, Path]:
     roots = {}
     for pkg in packages:
         proc = subprocess.run(["apt-get", "download", pkg], cwd=dest, capture_output=True, text=True)
+        if proc.returncode != 0 and hasattr(os, "geteuid") and os.geteuid() == 0:
+            # Missing or stale package lists: refresh them once (needs root) and retry.
+            log.info("apt-get download %s failed; running apt-get update and retrying", pkg)
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+            proc = subprocess.run(["apt-get", "download", pkg], cwd=dest, capture_output=True, text=True)
         debs = sorted(dest.glob(f"{pkg}_*.deb"))
         if proc.returncode != 0 or not debs:
             hint = "run `apt-get update` (as root) so that package lists exist"
