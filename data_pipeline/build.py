@@ -9,7 +9,6 @@ plus ``manifest.json``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 import shutil
@@ -30,6 +29,7 @@ from data_pipeline.reader import DataError, iter_documents
 from data_pipeline.shards import Manifest, ShardWriter, file_sha256, token_dtype
 from data_pipeline.text import normalize
 from tokenizer.hf import load_sentencepiece
+from tokenizer.sampling import is_heldout
 
 log = logging.getLogger(__name__)
 BATCH_DOCS = 64
@@ -50,12 +50,6 @@ def data_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "data"
 
 
-def is_validation(text: str, val_fraction: float) -> bool:
-    """Stable split: a document is held out when a hash of its text falls below ``val_fraction``."""
-    h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < val_fraction
-
-
 _SP = None
 _VAL_FRACTION = 0.0
 
@@ -70,7 +64,7 @@ def _encode_batch(texts: list[str]) -> list[tuple[str, np.ndarray]]:
     texts = [normalize(t) for t in texts]
     bos, eos = _SP.bos_id(), _SP.eos_id()
     return [
-        ("val" if is_validation(t, _VAL_FRACTION) else "train", np.array([bos, *ids, eos], dtype=np.int64))
+        ("val" if is_heldout(t, _VAL_FRACTION) else "train", np.array([bos, *ids, eos], dtype=np.int64))
         for t, ids in zip(texts, _SP.encode(texts))
     ]
 

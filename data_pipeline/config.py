@@ -31,7 +31,7 @@ class DataConfig:
     """Text sources tokenized into shards."""
     seq_len: int = 256
     """Tokens per training sequence (the model sees ``seq_len`` inputs and as many targets)."""
-    val_fraction: float = 0.02
+    val_fraction: float = 0.03
     """Share of documents held out for validation (chosen by a hash of the text: stable across runs)."""
     shard_tokens: int = 50_000_000
     """Tokens per shard file before a new one is started."""

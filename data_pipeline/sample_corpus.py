@@ -39,7 +39,7 @@ from data_pipeline.text import ascii_letter_share, count_hangul_syllables, hangu
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 KO_DEBS = ("libreoffice-help-ko", "gimp-help-ko", "debian-faq-ko")
 EN_DEBS = ("libreoffice-help-en-us",)
 KONLPY_WHEEL = "konlpy==0.6.0"
@@ -59,6 +59,8 @@ class SampleCorpusConfig:
     """Cap on the English part, in UTF-8 bytes."""
     code_max_bytes: int = 1_000_000
     """Cap on the code part, in UTF-8 bytes."""
+    code_chunk_chars: int = 4000
+    """Source files are cut at blank lines into documents of about this many characters."""
     force: bool = False
     """Rebuild even if the cache is complete."""
 
@@ -174,17 +176,32 @@ def english_docs(cfg: SampleCorpusConfig, work: Path, report: dict) -> Iterator[
                 yield {"text": "\n".join(kept), "source": f"deb:{pkg}/{rel}", "lang": "en"}
 
 
+def chunk_code(text: str, max_chars: int) -> list[str]:
+    """Cut a source file at blank lines into pieces of at most ~``max_chars`` (a longer block stays whole)."""
+    chunks, cur = [], ""
+    for block in text.split("\n\n"):
+        if cur and len(cur) + len(block) + 2 > max_chars:
+            chunks.append(cur)
+            cur = block
+        else:
+            cur = f"{cur}\n\n{block}" if cur else block
+    if cur.strip():
+        chunks.append(cur)
+    return chunks
+
+
 def code_docs(cfg: SampleCorpusConfig) -> Iterator[dict]:
+    """Python standard-library modules, cut into ~4 kB documents (enough of them for a held-out split)."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.glob("*.py")) + sorted(stdlib.glob("*/*.py")):
-        if "test" in path.parts[-2:][0] or "site-packages" in path.parts:
+        if "test" in path.parts[-2] or "site-packages" in path.parts:
             continue
         try:
             text = normalize(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, OSError):
             continue
-        if text.strip():
-            yield {"text": text, "source": f"python-stdlib:{path.relative_to(stdlib)}", "lang": "code"}
+        for i, chunk in enumerate(chunk_code(text, cfg.code_chunk_chars)):
+            yield {"text": chunk, "source": f"python-stdlib:{path.relative_to(stdlib)}#{i}", "lang": "code"}
 
 
 def _write_capped(docs: Iterable[dict], path: Path, max_bytes: int | None) -> dict:

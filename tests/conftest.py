@@ -13,7 +13,7 @@ from tests.helpers import write_tiny_corpus  # noqa: E402
 from tokenizer.config import TextSource, TokenizerConfig  # noqa: E402
 from tokenizer.train import train_tokenizer  # noqa: E402
 
-TINY_VOCAB = 512
+TINY_VOCAB = 768
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_corpus, tmp_path_factory):
-    """A 512-piece tokenizer trained on the tiny corpus; returns its folder (SentencePiece + HF files)."""
+    """A 768-piece tokenizer trained on the tiny corpus; returns its folder (SentencePiece + HF files)."""
     out = tmp_path_factory.mktemp("tokenizer")
     cfg = TokenizerConfig(
         sources=[TextSource(path=str(p)) for p in tiny_corpus.values()],

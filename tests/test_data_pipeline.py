@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from data_pipeline.build import build_shards, is_validation
+from data_pipeline.build import build_shards
+from tokenizer.sampling import is_heldout
 from data_pipeline.config import DataConfig, DataSource
 from data_pipeline.html_text import html_paragraphs
 from data_pipeline.loader import DistributedLoader, TokenWindows, validation_batches
@@ -27,12 +28,12 @@ def shards(tiny_corpus, tiny_tokenizer, tmp_path_factory):
 def test_shards_hold_exactly_the_tokenized_documents(shards, tiny_corpus, tiny_tokenizer):
     sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
     manifest = Manifest.load(shards)
-    assert manifest.dtype == "uint16" and manifest.vocab_size == 512
+    assert manifest.dtype == "uint16" and manifest.vocab_size == 768
     for source, path in tiny_corpus.items():
         expected = {"train": [], "val": []}
         for line in path.read_text(encoding="utf-8").splitlines():
             text = normalize(json.loads(line)["text"])
-            expected["val" if is_validation(text, 0.1) else "train"] += [1, *sp.encode(text), 2]
+            expected["val" if is_heldout(text, 0.1) else "train"] += [1, *sp.encode(text), 2]
         for split in ("train", "val"):
             files = [s for s in manifest.split_shards(split) if s.source == source]
             got = np.concatenate([np.fromfile(shards / s.file, dtype=np.uint16) for s in files]) if files else []

@@ -13,7 +13,7 @@ from train.hf_convert import from_hf_config, from_hf_state_dict, to_hf_config, t
 
 
 def tiny_cfg(**kw):
-    base = dict(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
+    base = dict(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
                 rope_theta=500000.0, norm_eps=1e-6)
     return ModelConfig(**{**base, **kw})
 
@@ -78,9 +78,9 @@ def test_export_from_checkpoint_loads_with_auto_classes(tiny_tokenizer, tmp_path
 
 
 def test_export_rejects_vocab_mismatch(tiny_tokenizer, tmp_path):
-    cfg = tiny_cfg(vocab_size=640)
+    cfg = tiny_cfg(vocab_size=896)
     ckpt = tmp_path / "step_0000001"
     dcp.save({"model": random_model(cfg).state_dict()}, checkpoint_id=str(ckpt))
     (ckpt / STATE_FILE).write_text(json.dumps({"step": 1, "config": {"model": asdict(cfg)}}))
-    with pytest.raises(ValueError, match="has 512 pieces but the checkpoint's model.vocab_size is 640"):
+    with pytest.raises(ValueError, match="has 768 pieces but the checkpoint's model.vocab_size is 896"):
         export_checkpoint(ckpt, tiny_tokenizer, tmp_path / "hf")

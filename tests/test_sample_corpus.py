@@ -81,3 +81,10 @@ def test_no_korean_at_all_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="no Korean text.*data.sources"):
         sc.build_sample_corpus(sc.SampleCorpusConfig(out_dir=str(tmp_path / "c")))
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob("c.partial-*"))
+
+
+def test_chunk_code_cuts_at_blank_lines_and_loses_nothing():
+    text = "\n\n".join(f"def f{i}():\n    return {i}" for i in range(50))
+    chunks = sc.chunk_code(text, 200)
+    assert len(chunks) > 5 and all(len(c) <= 200 for c in chunks)
+    assert "\n\n".join(chunks) == text

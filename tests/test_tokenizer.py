@@ -4,7 +4,7 @@ import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
-from tokenizer.config import TextSource, TokenizerConfig
+from tokenizer.config import TextSource, TokenizerConfig, control_tokens
 from tokenizer.hangul import ksx1001_syllables
 from tokenizer.hf import SPACE, load_proto_bytes
 from tokenizer.sampling import CorpusError, reservoir_sample, sample_mixture
@@ -95,13 +95,15 @@ def test_lossless_rewrite_keeps_segmentation(tiny_tokenizer, tiny_corpus):
 
 
 def test_specials_and_vocab(sp):
-    assert sp.get_piece_size() == 512
+    assert sp.get_piece_size() == 768
     assert [sp.id_to_piece(i) for i in range(4)] == ["<unk>", "<s>", "</s>", "<pad>"]
     assert sp.piece_to_id("<0x0A>") != sp.unk_id()  # byte fallback pieces exist
 
 
 def test_hf_tokenizer_matches_sentencepiece(sp, hf_tok, tiny_corpus):
-    texts = [t for t in FIXED_CASES if "<" not in t] + random_strings(300, seed=1)  # HF parses "<s>" as bos
+    # HF parses special-token strings in text ("<s>", "<|im_start|>") as specials; all else must match.
+    texts = [t.replace("<s></s><unk><pad>", "") for t in FIXED_CASES] + random_strings(300, seed=1)
+    texts += ["<0x41> <0xEB> look like byte pieces", "<|reserved|> <|im_start> almost special"]
     texts += tiny_corpus["code"].read_text(encoding="utf-8").splitlines()[:50]
     texts += tiny_corpus["ko"].read_text(encoding="utf-8").splitlines()[:50]
     for text in texts:
@@ -113,6 +115,29 @@ def test_hf_tokenizer_adds_bos_and_knows_specials(sp, hf_tok):
     ids = hf_tok("대한민국")["input_ids"]
     assert ids == [sp.bos_id(), *sp.encode("대한민국")]
     assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id, hf_tok.unk_token_id) == (1, 2, 3, 0)
+
+
+def test_special_tokens_have_fixed_ids_and_never_come_from_text(sp, hf_tok):
+    names = [sp.id_to_piece(i) for i in range(4, 4 + len(control_tokens(64)))]
+    assert names == control_tokens(64)
+    assert names[:2] == ["<|im_start|>", "<|im_end|>"] and names[-1] == "<|reserved_63|>"
+    assert all(sp.is_control(i) for i in range(4, 4 + len(names)))
+    for name in names:
+        assert sp.encode(name) != [sp.piece_to_id(name)]  # plain text in SentencePiece
+        assert hf_tok(name, add_special_tokens=False)["input_ids"] == [sp.piece_to_id(name)]  # special in HF
+    assert "<|fim_middle|>" in hf_tok.all_special_tokens
+
+
+def test_chat_template(sp, hf_tok):
+    messages = [{"role": "user", "content": "안녕하세요?"}, {"role": "assistant", "content": "네, 안녕하세요."}]
+    text = hf_tok.apply_chat_template(messages, tokenize=False)
+    assert text == "<s><|im_start|>user\n안녕하세요?<|im_end|>\n<|im_start|>assistant\n네, 안녕하세요.<|im_end|>\n"
+    prompt = hf_tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    ids = hf_tok(text, add_special_tokens=False)["input_ids"]
+    start, end = sp.piece_to_id("<|im_start|>"), sp.piece_to_id("<|im_end|>")
+    assert ids[0] == sp.bos_id() and ids[1] == start and ids.count(start) == 2 and ids.count(end) == 2
+    assert hf_tok.decode(ids, skip_special_tokens=True) == "user\n안녕하세요?\nassistant\n네, 안녕하세요.\n"
 
 
 def test_tokenizer_files_written(tiny_tokenizer):

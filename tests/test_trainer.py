@@ -17,7 +17,7 @@ from train.config import OptimConfig, PretrainJob, TrainerConfig
 def make_job(run_dir: Path, steps=8, **trainer_kw) -> PretrainJob:
     return PretrainJob(
         run_dir=str(run_dir),
-        model=ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96,
+        model=ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96,
                           max_seq_len=64),
         data=DataConfig(seq_len=32),
         optim=OptimConfig(lr=1e-2, warmup_steps=2),
@@ -81,5 +81,5 @@ def test_resume_on_a_different_world_size(run_dir):
 def test_vocab_mismatch_names_the_fix(run_dir):
     job = make_job(run_dir)
     job.model.vocab_size = 1024
-    with pytest.raises(RuntimeError, match=r"model.vocab_size=1024 but the tokenizer .* has 512 pieces: set model.vocab_size=512"):
+    with pytest.raises(RuntimeError, match=r"model.vocab_size=1024 but the tokenizer .* has 768 pieces: set model.vocab_size=768"):
         run_distributed(train_and_report, 1, job)

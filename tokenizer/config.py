@@ -7,6 +7,30 @@ from dataclasses import dataclass, field
 SPECIAL_TOKENS = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad>"}
 """Fixed special pieces and their ids: unk=0, bos=1, eos=2, pad=3."""
 
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+"""ChatML turn delimiters: ``<|im_start|>role\ncontent<|im_end|>\n``."""
+
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>")
+"""Fill-in-the-middle markers for code (prefix-suffix-middle order)."""
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""Jinja chat template written into ``tokenizer_config.json``."""
+
+
+def reserved_tokens(n: int) -> list[str]:
+    return [f"<|reserved_{i}|>" for i in range(n)]
+
+
+def control_tokens(num_reserved: int) -> list[str]:
+    """Special pieces after unk/bos/eos/pad, in id order (ids 4, 5, ...): never produced from text."""
+    return [*CHAT_TOKENS, *FIM_TOKENS, *reserved_tokens(num_reserved)]
+
 
 @dataclass
 class TextSource:
@@ -38,8 +62,12 @@ class TokenizerConfig:
     """Share of characters covered by single pieces; the rest fall back to bytes."""
     sample_sentences: int = 300_000
     """Sentences sampled across all sources for training (reservoir sampling, streaming)."""
+    heldout_fraction: float = 0.03
+    """Share of documents never trained on (same hash rule as the data pipeline's validation split)."""
     max_sentence_chars: int = 4096
     """Longer lines are cut into pieces of this length before training."""
+    num_reserved_tokens: int = 64
+    """``<|reserved_i|>`` pieces kept free for later special tokens, so adding one needs no resize."""
     ksx1001_hangul: bool = True
     """Guarantee all 2,350 KS X 1001 Hangul syllables as single pieces."""
     seed: int = 0
@@ -54,5 +82,9 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.model_type must be 'unigram' or 'bpe', got {self.model_type!r}")
         if not 0.9 <= self.character_coverage <= 1.0:
             raise ValueError(f"tokenizer.character_coverage must be in [0.9, 1], got {self.character_coverage}")
+        if not 0.0 <= self.heldout_fraction < 0.5:
+            raise ValueError(f"tokenizer.heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
+        if self.num_reserved_tokens < 0:
+            raise ValueError(f"tokenizer.num_reserved_tokens must be >= 0, got {self.num_reserved_tokens}")
         if self.sample_sentences <= 0 or self.max_sentence_chars <= 0:
             raise ValueError("tokenizer.sample_sentences and tokenizer.max_sentence_chars must be positive")

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from tokenizer.config import SPECIAL_TOKENS
+from tokenizer.config import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 SPACE = "\u2581"  # how SentencePiece writes a space while training
+UNREACHABLE = -1e9
 
 
 def load_proto_bytes(model_bytes: bytes) -> sentencepiece_model_pb2.ModelProto:
@@ -39,17 +40,28 @@ def build_fast_tokenizer(model_file: str | Path) -> Tokenizer:
             f"{model_file}: expected kfm's recipe (identity normalisation, no dummy prefix, no whitespace "
             "escaping); train it with `python -m tokenizer.train`"
         )
-    vocab = [(p.piece, p.score) for p in proto.pieces]
+    # Only normal pieces may match text: special, control and byte pieces are reached by id
+    # (byte fallback, added tokens), as in SentencePiece. A score far below any real one keeps
+    # the Unigram lattice from ever choosing them for literal text such as "<0x41>".
+    normal = (proto.pieces[0].NORMAL, proto.pieces[0].USER_DEFINED)
+    vocab = [(p.piece, p.score if p.type in normal else UNREACHABLE) for p in proto.pieces]
     tok = Tokenizer(models.Unigram(vocab, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback))
     # SentencePiece starts a new word at a space that follows a non-space; runs of spaces stay
     # together (allow_whitespace_only_pieces). Spaces are plain characters of the pieces.
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(" +[^ ]*|[^ ]+"), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     bos = SPECIAL_TOKENS["bos"]
+    specials = [p.piece for p in proto.pieces if p.type in (p.CONTROL, p.UNKNOWN)]
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, spec.bos_id)]
     )
     return tok
+
+
+def _control_pieces(model_file: str | Path) -> list[str]:
+    proto = load_proto_bytes(Path(model_file).read_bytes())
+    return [p.piece for p in proto.pieces if p.type == p.CONTROL and p.piece not in SPECIAL_TOKENS.values()]
 
 
 def save_hf_tokenizer(model_file: str | Path, out_dir: str | Path, model_max_length: int = 4096) -> Path:
@@ -64,6 +76,8 @@ def save_hf_tokenizer(model_file: str | Path, out_dir: str | Path, model_max_len
         eos_token=SPECIAL_TOKENS["eos"],
         unk_token=SPECIAL_TOKENS["unk"],
         pad_token=SPECIAL_TOKENS["pad"],
+        additional_special_tokens=[p for p in _control_pieces(model_file)],
+        chat_template=CHAT_TEMPLATE,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,9 +51,25 @@ def iter_documents(source: TextSource) -> Iterator[str]:
     yield from iter_file_texts(path, source.text_field, "tokenizer.sources[*].text_field")
 
 
-def iter_sentences(source: TextSource, max_chars: int) -> Iterator[str]:
-    """Non-empty lines of every document, cut to at most ``max_chars`` characters."""
+def is_heldout(text: str, fraction: float) -> bool:
+    """Stable document split: held out when a hash of the NFC text falls below ``fraction``.
+
+    The data pipeline uses the same rule for its validation split, so with equal fractions the
+    tokenizer never sees the language model's validation documents either.
+    """
+    key = unicodedata.normalize("NFC", text).encode()
+    h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    return h / 2**64 < fraction
+
+
+def iter_sentences(source: TextSource, max_chars: int, heldout_fraction: float = 0.0) -> Iterator[str]:
+    """Non-empty lines of every training document, cut to at most ``max_chars`` characters.
+
+    Documents in the held-out split (``is_heldout``) are skipped.
+    """
     for doc in iter_documents(source):
+        if heldout_fraction and is_heldout(doc, heldout_fraction):
+            continue
         for line in doc.split("\n"):
             if not line.strip():
                 continue
@@ -73,7 +91,8 @@ def reservoir_sample(items: Iterator[str], k: int, rng: random.Random) -> tuple[
     return sample, n
 
 
-def sample_mixture(sources: list[TextSource], total: int, max_chars: int, seed: int) -> tuple[list[str], dict]:
+def sample_mixture(sources: list[TextSource], total: int, max_chars: int, seed: int,
+                   heldout_fraction: float = 0.0) -> tuple[list[str], dict]:
     """Sample ``total`` sentences, source i contributing ``total * w_i / sum(w)`` of them.
 
     A source with fewer sentences than its share contributes all it has. Returns the sentences
@@ -87,7 +106,7 @@ def sample_mixture(sources: list[TextSource], total: int, max_chars: int, seed: 
     stats = {}
     for src in sources:
         quota = max(1, round(total * src.weight / weight_sum))
-        picked, seen = reservoir_sample(iter_sentences(src, max_chars), quota, rng)
+        picked, seen = reservoir_sample(iter_sentences(src, max_chars, heldout_fraction), quota, rng)
         if seen == 0:
             raise CorpusError(f"tokenizer source {src.path!r} holds no text: check the file and its text_field")
         out.extend(picked)

@@ -19,7 +19,7 @@ import sentencepiece as spm
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from tokenizer.config import SPECIAL_TOKENS, TokenizerConfig
+from tokenizer.config import SPECIAL_TOKENS, TokenizerConfig, control_tokens
 from tokenizer.hangul import ksx1001_syllables
 from tokenizer.hf import SPACE, load_proto_bytes, save_hf_tokenizer
 from tokenizer.sampling import sample_mixture
@@ -61,7 +61,9 @@ def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    sentences, stats = sample_mixture(cfg.sources, cfg.sample_sentences, cfg.max_sentence_chars, cfg.seed)
+    sentences, stats = sample_mixture(
+        cfg.sources, cfg.sample_sentences, cfg.max_sentence_chars, cfg.seed, cfg.heldout_fraction
+    )
     log.info("sampled %d sentences in %.1fs: %s", len(sentences), time.perf_counter() - t0, stats)
     prefix = out / "sentencepiece_raw"
     spm.SentencePieceTrainer.train(
@@ -79,6 +81,7 @@ def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
         split_digits=True,
         max_sentence_length=cfg.max_sentence_chars * 4,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+        control_symbols=control_tokens(cfg.num_reserved_tokens),
         unk_piece=SPECIAL_TOKENS["unk"], bos_piece=SPECIAL_TOKENS["bos"],
         eos_piece=SPECIAL_TOKENS["eos"], pad_piece=SPECIAL_TOKENS["pad"],
         num_threads=cfg.num_threads,
