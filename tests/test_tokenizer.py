@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -8,6 +9,7 @@ from tokenizer.config import TextSource, TokenizerConfig, control_tokens
 from tokenizer.hangul import ksx1001_syllables
 from tokenizer.hf import SPACE, load_proto_bytes
 from tokenizer.sampling import CorpusError, reservoir_sample, sample_mixture
+from tokenizer.train import VocabTooLarge, train_tokenizer
 
 FIXED_CASES = [
     "",
@@ -182,6 +184,31 @@ def test_missing_and_bad_tokenizer_inputs(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(CorpusError, match="holds no text"):
         sample_mixture([TextSource(str(empty))], 10, 100, 0)
+
+
+def test_non_utf8_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "cp949.txt"
+    bad.write_bytes("첫 줄은 괜찮다\n".encode() + "둘째 줄은 CP949\n".encode("cp949"))
+    with pytest.raises(CorpusError, match=r"cp949.txt:2: not valid UTF-8.*iconv"):
+        sample_mixture([TextSource(str(bad))], 10, 100, 0)
+
+
+def test_vocab_too_large_is_clear_or_shrinks(tiny_corpus, tmp_path):
+    cfg = TokenizerConfig(sources=[TextSource(str(p)) for p in tiny_corpus.values()], vocab_size=16384,
+                          ksx1001_hangul=False)
+    with pytest.raises(VocabTooLarge, match=r"vocab_size=16384 is more than this corpus supports.*shrink_vocab_to_fit"):
+        train_tokenizer(cfg, tmp_path / "a")
+    cfg.shrink_vocab_to_fit = True
+    model = train_tokenizer(cfg, tmp_path / "b")
+    size = spm.SentencePieceProcessor(model_file=str(model)).get_piece_size()
+    assert size % 128 == 0 and 768 <= size < 16384
+    assert json.loads((tmp_path / "b" / "train_stats.json").read_text())["vocab_size"] == size
+
+
+def test_vocab_too_small_for_required_pieces(tiny_corpus, tmp_path):
+    cfg = TokenizerConfig(sources=[TextSource(str(tiny_corpus["ko"]))], vocab_size=1024, ksx1001_hangul=True)
+    with pytest.raises(ValueError, match="cannot hold the .* required characters"):
+        train_tokenizer(cfg, tmp_path)
 
 
 def test_config_rejects_bad_vocab():

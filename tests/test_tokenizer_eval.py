@@ -47,7 +47,7 @@ def test_bad_reference_files_are_clear_errors(tmp_path):
 def test_evaluate_writes_table_chart_and_numbers(tiny_tokenizer, tiny_corpus, tmp_path):
     ref = byte_level_tiktoken(tmp_path / "cl100k_base.tiktoken")
     job = EvaluateJob(
-        tokenizer=str(tiny_tokenizer / "tokenizer.model"), references=[str(ref)],
+        tokenizer_model=str(tiny_tokenizer / "tokenizer.model"), references=[str(ref)],
         sets=[EvalSet(name="ko", path=str(tiny_corpus["ko"])), EvalSet(name="code", path=str(tiny_corpus["code"]),
                                                                          heldout_only=False)],
         out_dir=str(tmp_path / "eval"),

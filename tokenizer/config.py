@@ -56,6 +56,8 @@ class TokenizerConfig:
     """Training mixture; sentences are sampled from each in proportion to its weight."""
     vocab_size: int = 8192
     """Vocabulary size, special and byte pieces included; must be a multiple of 128."""
+    shrink_vocab_to_fit: bool = False
+    """If the corpus cannot support ``vocab_size``, train the largest multiple of 128 it can."""
     model_type: str = "unigram"
     """SentencePiece algorithm: ``unigram`` or ``bpe``."""
     character_coverage: float = 0.9995

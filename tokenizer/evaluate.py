@@ -45,7 +45,7 @@ class EvaluateJob:
     """``python -m tokenizer.evaluate``."""
 
     run_dir: str = "runs/demo"
-    tokenizer: str = "${run_dir}/tokenizer/tokenizer.model"
+    tokenizer_model: str = "${run_dir}/tokenizer/tokenizer.model"
     """kfm's tokenizer (its ``train_stats.json`` beside it gives the held-out fraction)."""
     references: list[str] = field(default_factory=list)
     """Reference tokenizer files: ``.tiktoken``, ``tokenizer.json`` or ``.model``."""
@@ -131,9 +131,9 @@ def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
 
 
 def evaluate(job: EvaluateJob) -> dict:
-    kfm = load_encoder(job.tokenizer)
+    kfm = load_encoder(job.tokenizer_model)
     kfm.name = "kfm"
-    stats_file = Path(job.tokenizer).with_name("train_stats.json")
+    stats_file = Path(job.tokenizer_model).with_name("train_stats.json")
     heldout = json.loads(stats_file.read_text())["config"]["heldout_fraction"] if stats_file.is_file() else None
     if heldout is None and any(s.heldout_only for s in job.sets):
         raise CorpusError(f"{stats_file} not found, so the held-out split is unknown: set sets[*].heldout_only=false")

@@ -21,8 +21,15 @@ def iter_file_texts(path: Path, text_field: str, field_hint: str) -> Iterator[st
 
     ``field_hint`` names the config key to fix when a JSON line lacks the field.
     """
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise CorpusError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte offset {err.start} in the line); re-encode the file "
+                    "as UTF-8, e.g. `iconv -f cp949 -t utf-8` for Korean legacy encodings"
+                ) from err
             if not line.strip():
                 continue
             if path.suffix != ".jsonl":

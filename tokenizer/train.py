@@ -8,8 +8,10 @@ Writes ``<run_dir>/tokenizer/tokenizer.model`` (SentencePiece), ``tokenizer.json
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,8 +58,59 @@ def make_lossless(model_bytes: bytes) -> bytes:
     return proto.SerializeToString()
 
 
+class VocabTooLarge(ValueError):
+    """The corpus cannot support the requested vocabulary."""
+
+    def __init__(self, requested: int, limit: int) -> None:
+        self.requested, self.limit = requested, limit
+        super().__init__(
+            f"tokenizer.vocab_size={requested} is more than this corpus supports (at most {limit}): set "
+            f"tokenizer.vocab_size<={limit // 128 * 128}, or tokenizer.shrink_vocab_to_fit=true, or add more text"
+        )
+
+
+def train_sentencepiece(sentences: list[str], cfg: TokenizerConfig, vocab_size: int) -> bytes:
+    """Train on ``sentences``; returns the serialised, lossless model (see ``make_lossless``)."""
+    writer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=writer,
+            vocab_size=vocab_size,
+            model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            required_chars=ksx1001_syllables() if cfg.ksx1001_hangul else "",
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            max_sentence_length=cfg.max_sentence_chars * 4,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=3,
+            control_symbols=control_tokens(cfg.num_reserved_tokens),
+            unk_piece=SPECIAL_TOKENS["unk"], bos_piece=SPECIAL_TOKENS["bos"],
+            eos_piece=SPECIAL_TOKENS["eos"], pad_piece=SPECIAL_TOKENS["pad"],
+            num_threads=cfg.num_threads,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", str(err)):
+            raise VocabTooLarge(int(m.group(1)), int(m.group(2))) from err
+        if m := re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(err)):
+            raise ValueError(
+                f"tokenizer.vocab_size={m.group(1)} cannot hold the {m.group(2)} required characters and special "
+                "pieces: raise tokenizer.vocab_size, or lower tokenizer.num_reserved_tokens / ksx1001_hangul"
+            ) from err
+        raise
+    return make_lossless(writer.getvalue())
+
+
 def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
-    """Train on a weighted sample of ``cfg.sources``; returns the ``tokenizer.model`` path."""
+    """Train on a weighted sample of ``cfg.sources``; returns the ``tokenizer.model`` path.
+
+    Also writes the Hugging Face files and ``train_stats.json`` beside it.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -65,37 +118,22 @@ def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
         cfg.sources, cfg.sample_sentences, cfg.max_sentence_chars, cfg.seed, cfg.heldout_fraction
     )
     log.info("sampled %d sentences in %.1fs: %s", len(sentences), time.perf_counter() - t0, stats)
-    prefix = out / "sentencepiece_raw"
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=str(prefix),
-        vocab_size=cfg.vocab_size,
-        model_type=cfg.model_type,
-        character_coverage=cfg.character_coverage,
-        required_chars=ksx1001_syllables() if cfg.ksx1001_hangul else "",
-        byte_fallback=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True,
-        split_digits=True,
-        max_sentence_length=cfg.max_sentence_chars * 4,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-        control_symbols=control_tokens(cfg.num_reserved_tokens),
-        unk_piece=SPECIAL_TOKENS["unk"], bos_piece=SPECIAL_TOKENS["bos"],
-        eos_piece=SPECIAL_TOKENS["eos"], pad_piece=SPECIAL_TOKENS["pad"],
-        num_threads=cfg.num_threads,
-        minloglevel=2,
-    )
+    vocab_size = cfg.vocab_size
+    try:
+        model = train_sentencepiece(sentences, cfg, vocab_size)
+    except VocabTooLarge as err:
+        if not cfg.shrink_vocab_to_fit or err.limit < 128:
+            raise
+        vocab_size = err.limit // 128 * 128
+        log.warning("vocabulary %d is more than the corpus supports; training %d instead", cfg.vocab_size, vocab_size)
+        model = train_sentencepiece(sentences, cfg, vocab_size)
     final = out / "tokenizer.model"
-    final.write_bytes(make_lossless(prefix.with_suffix(".model").read_bytes()))
-    prefix.with_suffix(".model").unlink()
-    prefix.with_suffix(".vocab").replace(out / "tokenizer.vocab")
+    final.write_bytes(model)
     save_hf_tokenizer(final, out)
-    (out / "train_stats.json").write_text(
-        json.dumps({"config": asdict(cfg), "sources": stats, "seconds": time.perf_counter() - t0}, indent=2)
-    )
-    log.info("tokenizer (%d pieces) written to %s in %.1fs", cfg.vocab_size, out, time.perf_counter() - t0)
+    (out / "train_stats.json").write_text(json.dumps(
+        {"config": asdict(cfg), "vocab_size": vocab_size, "sources": stats,
+         "seconds": round(time.perf_counter() - t0, 2)}, indent=2))
+    log.info("tokenizer (%d pieces) written to %s in %.1fs", vocab_size, out, time.perf_counter() - t0)
     return final
 
 
