@@ -21,13 +21,22 @@ def tiny_corpus(tmp_path_factory):
     return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer(tiny_corpus, tmp_path_factory):
-    """A 768-piece tokenizer trained on the tiny corpus; returns its folder (SentencePiece + HF files)."""
-    out = tmp_path_factory.mktemp("tokenizer")
+def _train_tiny(corpus, out, model_type):
     cfg = TokenizerConfig(
-        sources=[TextSource(path=str(p)) for p in tiny_corpus.values()],
-        vocab_size=TINY_VOCAB, ksx1001_hangul=False, sample_sentences=20_000,
+        sources=[TextSource(path=str(p)) for p in corpus.values()],
+        vocab_size=TINY_VOCAB, ksx1001_hangul=False, sample_sentences=20_000, model_type=model_type,
     )
     train_tokenizer(cfg, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_corpus, tmp_path_factory):
+    """A 768-piece BPE tokenizer (the default recipe) on the tiny corpus; its folder (SentencePiece + HF files)."""
+    return _train_tiny(tiny_corpus, tmp_path_factory.mktemp("tokenizer"), "bpe")
+
+
+@pytest.fixture(scope="session", params=["bpe", "unigram"])
+def tiny_tokenizer_any(request, tiny_corpus, tmp_path_factory):
+    """The tiny tokenizer for each supported SentencePiece algorithm."""
+    return _train_tiny(tiny_corpus, tmp_path_factory.mktemp(f"tokenizer-{request.param}"), request.param)

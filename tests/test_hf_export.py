@@ -57,8 +57,9 @@ def test_unknown_key_names_the_table():
         to_hf_state_dict({"layers.0.attention.bias": torch.zeros(1)}, tiny_cfg())
 
 
-def test_export_from_checkpoint_loads_with_auto_classes(tiny_tokenizer, tmp_path):
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("tie", [False, True])
+def test_export_from_checkpoint_loads_with_auto_classes(tiny_tokenizer, tmp_path, tie):
+    cfg = tiny_cfg(tie_embeddings=tie)
     m = random_model(cfg, seed=3)
     ckpt = tmp_path / "step_0000005"
     dcp.save({"model": m.state_dict()}, checkpoint_id=str(ckpt))

@@ -2,6 +2,8 @@ import json
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
@@ -54,13 +56,13 @@ def random_strings(n: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sp(tiny_tokenizer):
-    return spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
+def sp(tiny_tokenizer_any):
+    return spm.SentencePieceProcessor(model_file=str(tiny_tokenizer_any / "tokenizer.model"))
 
 
 @pytest.fixture(scope="module")
-def hf_tok(tiny_tokenizer):
-    return AutoTokenizer.from_pretrained(str(tiny_tokenizer), local_files_only=True)
+def hf_tok(tiny_tokenizer_any):
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_any), local_files_only=True)
 
 
 @pytest.mark.parametrize("text", FIXED_CASES)
@@ -73,6 +75,17 @@ def test_sentencepiece_round_trips_random_text(sp):
         assert sp.decode(sp.encode(text)) == text, repr(text)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=60))
+def test_round_trip_property(sp, hf_tok, text):
+    """Any Unicode string (surrogates cannot be UTF-8) round-trips through SentencePiece and HF alike."""
+    ids = sp.encode(text)
+    assert sp.decode(ids) == text
+    assert hf_tok.decode(ids) == text
+    if not any(t in text for t in hf_tok.all_special_tokens):
+        assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids
+
+
 def test_literal_u2581_is_not_a_space(sp):
     # SentencePiece trains with spaces written as U+2581; kfm's models keep the two apart.
     for text in ("a\u2581b", "\u2581\u2581 \u2581", " \u2581lead"):
@@ -80,15 +93,15 @@ def test_literal_u2581_is_not_a_space(sp):
     assert sp.encode("a\u2581b") != sp.encode("a b")
 
 
-def test_lossless_rewrite_keeps_segmentation(tiny_tokenizer, tiny_corpus):
+def test_lossless_rewrite_keeps_segmentation(tiny_tokenizer_any, tiny_corpus):
     """Against the model as SentencePiece trained it (spaces escaped as U+2581), ids are identical."""
-    proto = load_proto_bytes((tiny_tokenizer / "tokenizer.model").read_bytes())
+    proto = load_proto_bytes((tiny_tokenizer_any / "tokenizer.model").read_bytes())
     proto.normalizer_spec.escape_whitespaces = True
     for piece in proto.pieces:
         if piece.type == piece.NORMAL:
             piece.piece = piece.piece.replace(" ", SPACE)
     raw = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer_any / "tokenizer.model"))
     texts = [t for t in FIXED_CASES + random_strings(200, seed=3) if SPACE not in t]
     for path in tiny_corpus.values():
         texts += path.read_text(encoding="utf-8").splitlines()[:100]

@@ -60,6 +60,7 @@ def test_evaluate_writes_table_chart_and_numbers(tiny_tokenizer, tiny_corpus, tm
     # Byte-level with 4 merges needs ~3 tokens per Hangul syllable; kfm needs far fewer.
     assert ko["kfm"]["tokens_per_1k_hangul"] < 0.5 * ko["cl100k_base"]["tokens_per_1k_hangul"]
     assert results["code"]["kfm"]["tokens_per_1k_hangul"] is None
+    assert ko["kfm"]["hf_ids_identical"] == 1.0 == results["code"]["kfm"]["hf_ids_identical"]
     table = (tmp_path / "eval" / "eval.md").read_text()
     assert "| kfm |" in table and "vs cl100k_base" in table
     assert (tmp_path / "eval" / "eval.png").stat().st_size > 1000

@@ -14,11 +14,11 @@ from train.checkpoint import list_checkpoints
 from train.config import OptimConfig, PretrainJob, TrainerConfig
 
 
-def make_job(run_dir: Path, steps=8, **trainer_kw) -> PretrainJob:
+def make_job(run_dir: Path, steps=8, tie=False, **trainer_kw) -> PretrainJob:
     return PretrainJob(
         run_dir=str(run_dir),
         model=ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96,
-                          max_seq_len=64),
+                          max_seq_len=64, tie_embeddings=tie),
         data=DataConfig(seq_len=32),
         optim=OptimConfig(lr=1e-2, warmup_steps=2),
         trainer=TrainerConfig(steps=steps, local_batch_size=4, log_every=2, val_every=4, val_batches=2,
@@ -54,7 +54,7 @@ def read_metrics(run_dir: Path, key: str) -> list[float]:
 
 
 def test_fsdp2_training_loss_falls_and_resume_is_exact(run_dir):
-    job = make_job(run_dir, steps=8)
+    job = make_job(run_dir, steps=8, tie=True)  # tied embeddings, as in the demo preset
     (last, weights), _ = run_distributed(train_and_report, 2, job)
     train_losses, val_losses = read_metrics(run_dir, "train_loss"), read_metrics(run_dir, "val_loss")
     assert train_losses[-1] < train_losses[0] - 0.5

@@ -54,12 +54,12 @@ class TokenizerConfig:
 
     sources: list[TextSource] = field(default_factory=list)
     """Training mixture; sentences are sampled from each in proportion to its weight."""
-    vocab_size: int = 8192
+    vocab_size: int = 65536
     """Vocabulary size, special and byte pieces included; must be a multiple of 128."""
     shrink_vocab_to_fit: bool = False
     """If the corpus cannot support ``vocab_size``, train the largest multiple of 128 it can."""
-    model_type: str = "unigram"
-    """SentencePiece algorithm: ``unigram`` or ``bpe``."""
+    model_type: str = "bpe"
+    """SentencePiece algorithm: ``bpe`` (default, chosen by bench/tokenizer_trainers.py) or ``unigram``."""
     character_coverage: float = 0.9995
     """Share of characters covered by single pieces; the rest fall back to bytes."""
     sample_sentences: int = 300_000

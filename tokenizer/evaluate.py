@@ -93,6 +93,12 @@ def measure(enc: Encoder, docs: list[str]) -> dict:
     }
 
 
+def ids_identical(a: Encoder, b: Encoder, docs: list[str]) -> float:
+    """Share of lines that two encoders turn into the same ids (kfm's SentencePiece vs its HF twin)."""
+    lines = [ln for d in docs for ln in d.split("\n") if ln]
+    return sum(a.encode(ln) == b.encode(ln) for ln in lines) / len(lines)
+
+
 def to_markdown(results: dict[str, dict[str, dict]], baseline: str) -> str:
     """One table per set; ``vs <baseline>`` is the token count relative to the baseline tokenizer."""
     out = []
@@ -107,6 +113,9 @@ def to_markdown(results: dict[str, dict[str, dict]], baseline: str) -> str:
             out.append(f"| {name} | {m['vocab_size']:,} | {m['tokens']:,} | {hangul} | {m['chars_per_token']:.2f} "
                        f"| {m['bytes_per_token']:.2f} | {rel} | {100 * m['roundtrip_exact']:.2f}% "
                        f"| {m['encode_mb_per_s']:.2f} |")
+        if "hf_ids_identical" in per_tok.get("kfm", {}):
+            out.append(f"\nkfm's Hugging Face tokenizer gives SentencePiece's ids on "
+                       f"{100 * per_tok['kfm']['hf_ids_identical']:.2f}% of the lines.")
         out.append("")
     return "\n".join(out)
 
@@ -137,6 +146,8 @@ def evaluate(job: EvaluateJob) -> dict:
     heldout = json.loads(stats_file.read_text())["config"]["heldout_fraction"] if stats_file.is_file() else None
     if heldout is None and any(s.heldout_only for s in job.sets):
         raise CorpusError(f"{stats_file} not found, so the held-out split is unknown: set sets[*].heldout_only=false")
+    hf_file = Path(job.tokenizer_model).with_name("tokenizer.json")
+    kfm_hf = load_encoder(hf_file) if hf_file.is_file() else None
     encoders = [kfm, *(load_encoder(p) for p in job.references)]
     results: dict[str, dict[str, dict]] = {}
     for s in job.sets:
@@ -145,6 +156,8 @@ def evaluate(job: EvaluateJob) -> dict:
         for enc in encoders:
             results[s.name][enc.name] = {**measure(enc, docs), "vocab_size": enc.vocab_size}
             log.info("%s / %s: %s", s.name, enc.name, results[s.name][enc.name])
+        if kfm_hf is not None:
+            results[s.name]["kfm"]["hf_ids_identical"] = ids_identical(kfm, kfm_hf, docs)
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     baseline = encoders[1].name if len(encoders) > 1 else "kfm"

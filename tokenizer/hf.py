@@ -28,24 +28,49 @@ def load_proto_bytes(model_bytes: bytes) -> sentencepiece_model_pb2.ModelProto:
     return proto
 
 
+def bpe_merges(proto: sentencepiece_model_pb2.ModelProto) -> list[tuple[str, str]]:
+    """Merge list equivalent to a SentencePiece BPE model.
+
+    SentencePiece BPE repeatedly joins the adjacent pair whose concatenation is the
+    highest-scoring piece; a rank-ordered merge list reproduces that when every way of
+    splitting a piece into two vocabulary pieces is listed at the piece's own rank.
+    """
+    normal = {p.piece: i for i, p in enumerate(proto.pieces) if p.type in (p.NORMAL, p.USER_DEFINED)}
+    ranked = sorted(normal, key=lambda piece: (-proto.pieces[normal[piece]].score, normal[piece]))
+    merges = []
+    for piece in ranked:
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece))]
+        found = [(a, b) for a, b in splits if a in normal and b in normal]
+        merges += sorted(found, key=lambda ab: (normal[ab[0]], normal[ab[1]]))
+    return merges
+
+
 def build_fast_tokenizer(model_file: str | Path) -> Tokenizer:
-    """A ``tokenizers.Tokenizer`` that encodes and decodes like the SentencePiece model."""
+    """A ``tokenizers.Tokenizer`` that encodes and decodes like the SentencePiece model (unigram or BPE)."""
     proto = load_proto_bytes(Path(model_file).read_bytes())
     spec = proto.trainer_spec
-    if spec.model_type != sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
-        raise ValueError(f"{model_file}: only unigram SentencePiece models can be exported, not {spec.model_type}")
     norm = proto.normalizer_spec
     if norm.name != "identity" or norm.add_dummy_prefix or norm.escape_whitespaces:
         raise ValueError(
             f"{model_file}: expected kfm's recipe (identity normalisation, no dummy prefix, no whitespace "
             "escaping); train it with `python -m tokenizer.train`"
         )
-    # Only normal pieces may match text: special, control and byte pieces are reached by id
-    # (byte fallback, added tokens), as in SentencePiece. A score far below any real one keeps
-    # the Unigram lattice from ever choosing them for literal text such as "<0x41>".
-    normal = (proto.pieces[0].NORMAL, proto.pieces[0].USER_DEFINED)
-    vocab = [(p.piece, p.score if p.type in normal else UNREACHABLE) for p in proto.pieces]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback))
+    if spec.model_type == spec.UNIGRAM:
+        # Only normal pieces may match text: special, control and byte pieces are reached by id
+        # (byte fallback, added tokens), as in SentencePiece. A score far below any real one keeps
+        # the Unigram lattice from ever choosing them for literal text such as "<0x41>".
+        normal = (proto.pieces[0].NORMAL, proto.pieces[0].USER_DEFINED)
+        vocab = [(p.piece, p.score if p.type in normal else UNREACHABLE) for p in proto.pieces]
+        model = models.Unigram(vocab, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback)
+    elif spec.model_type == spec.BPE:
+        # Merges only join normal pieces, so "<0x41>" or "<s>" in text is never one token by accident.
+        vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+        model = models.BPE(vocab, bpe_merges(proto), unk_token=proto.pieces[spec.unk_id].piece,
+                           byte_fallback=spec.byte_fallback, fuse_unk=False)
+    else:
+        raise ValueError(f"{model_file}: SentencePiece model type {spec.model_type} cannot be exported "
+                         "(unigram and bpe can)")
+    tok = Tokenizer(model)
     # SentencePiece starts a new word at a space that follows a non-space; runs of spaces stay
     # together (allow_whitespace_only_pieces). Spaces are plain characters of the pieces.
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(" +[^ ]*|[^ ]+"), behavior="isolated")

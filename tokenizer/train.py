@@ -69,8 +69,11 @@ class VocabTooLarge(ValueError):
         )
 
 
-def train_sentencepiece(sentences: list[str], cfg: TokenizerConfig, vocab_size: int) -> bytes:
-    """Train on ``sentences``; returns the serialised, lossless model (see ``make_lossless``)."""
+def train_sentencepiece(sentences: list[str], cfg: TokenizerConfig, vocab_size: int, **extra) -> bytes:
+    """Train on ``sentences``; returns the serialised, lossless model (see ``make_lossless``).
+
+    ``extra`` passes further SentencePiece trainer options (e.g. ``pretokenization_delimiter``).
+    """
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -93,6 +96,7 @@ def train_sentencepiece(sentences: list[str], cfg: TokenizerConfig, vocab_size: 
             eos_piece=SPECIAL_TOKENS["eos"], pad_piece=SPECIAL_TOKENS["pad"],
             num_threads=cfg.num_threads,
             minloglevel=2,
+            **extra,
         )
     except RuntimeError as err:
         if m := re.search(r"Vocabulary size too high \((\d+)\).*<= (\d+)", str(err)):
