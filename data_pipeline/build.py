@@ -28,6 +28,7 @@ from data_pipeline.config import DataConfig
 from data_pipeline.reader import DataError, iter_documents
 from data_pipeline.shards import Manifest, ShardWriter, file_sha256, token_dtype
 from data_pipeline.text import normalize
+from tokenizer.fast_encode import batch_encoder
 from tokenizer.hf import load_sentencepiece
 from tokenizer.sampling import is_heldout
 
@@ -50,22 +51,22 @@ def data_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "data"
 
 
-_SP = None
-_VAL_FRACTION = 0.0
+_WORKER: dict = {}
 
 
 def _init_worker(model_file: str, val_fraction: float) -> None:
-    global _SP, _VAL_FRACTION
-    _SP, _VAL_FRACTION = load_sentencepiece(model_file), val_fraction
+    sp = load_sentencepiece(model_file)
+    _WORKER.update(encoder=batch_encoder(model_file), bos=sp.bos_id(), eos=sp.eos_id(), val_fraction=val_fraction)
 
 
 def _encode_batch(texts: list[str]) -> list[tuple[str, np.ndarray]]:
     """(split, ``[bos] + ids + [eos]``) for each text, NFC-normalised first."""
+    w = _WORKER
     texts = [normalize(t) for t in texts]
-    bos, eos = _SP.bos_id(), _SP.eos_id()
+    bos, eos = np.array([w["bos"]], dtype=np.int32), np.array([w["eos"]], dtype=np.int32)
     return [
-        ("val" if is_heldout(t, _VAL_FRACTION) else "train", np.array([bos, *ids, eos], dtype=np.int64))
-        for t, ids in zip(texts, _SP.encode(texts))
+        ("val" if is_heldout(t, w["val_fraction"]) else "train", np.concatenate([bos, ids, eos]))
+        for t, ids in zip(texts, w["encoder"].encode_batch(texts))
     ]
 
 

@@ -112,10 +112,15 @@ def save_hf_tokenizer(model_file: str | Path, out_dir: str | Path, model_max_len
     return out
 
 
-def load_sentencepiece(model_file: str | Path) -> spm.SentencePieceProcessor:
-    if not Path(model_file).is_file():
+def require_model_file(model_file: str | Path) -> Path:
+    path = Path(model_file)
+    if not path.is_file():
         raise FileNotFoundError(
             f"tokenizer model {model_file} not found: train one with `python -m tokenizer.train` "
             "or set the tokenizer path in the config"
         )
-    return spm.SentencePieceProcessor(model_file=str(model_file))
+    return path
+
+
+def load_sentencepiece(model_file: str | Path) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=str(require_model_file(model_file)))
