@@ -12,9 +12,11 @@ class DataSource:
     name: str = "???"
     """Short name, used in shard file names and stats (letters, digits, ``-``, ``_``)."""
     path: str = "???"
-    """A ``.jsonl`` file of documents, a ``.txt`` file (one document per line), or a folder of them."""
+    """A ``.jsonl``/``.txt``/``.parquet``/``.arrow`` file, a folder of them, or ``hf:<dataset>[:<config>]``."""
     text_field: str = "text"
-    """JSON field that holds the document text."""
+    """Field/column that holds the document text."""
+    split: str = "train"
+    """Split of a ``hf:`` dataset."""
     lang: str = "ko"
     """Language tag, recorded in the manifest."""
 

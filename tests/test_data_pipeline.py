@@ -81,7 +81,7 @@ def test_validation_batches_are_fixed_and_sharded(shards):
 
 def test_missing_corpus_path_names_the_fix(tiny_tokenizer, tmp_path):
     cfg = DataConfig(sources=[DataSource(name="ko", path=str(tmp_path / "missing.jsonl"))])
-    with pytest.raises(DataError, match=r"missing.jsonl does not exist.*data\.sources"):
+    with pytest.raises(DataError, match=r"data\.sources\[ko\]: .*missing.jsonl does not exist.*sample_corpus"):
         build_shards(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "out")
 
 

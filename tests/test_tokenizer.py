@@ -227,3 +227,15 @@ def test_vocab_too_small_for_required_pieces(tiny_corpus, tmp_path):
 def test_config_rejects_bad_vocab():
     with pytest.raises(ValueError, match="multiple of 128"):
         TokenizerConfig(vocab_size=1000)
+
+
+def test_ksx1001_syllables_are_single_pieces_even_when_unseen(tiny_corpus, tmp_path):
+    cfg = TokenizerConfig(sources=[TextSource(str(p)) for p in tiny_corpus.values()], vocab_size=8192,
+                          ksx1001_hangul=True, shrink_vocab_to_fit=True)
+    sp = spm.SentencePieceProcessor(model_file=str(train_tokenizer(cfg, tmp_path)))
+    seen = set("".join(p.read_text(encoding="utf-8") for p in tiny_corpus.values()))
+    syllables = ksx1001_syllables()
+    assert len(set(syllables) - seen) > 2000  # most of them never occur in the tiny corpus
+    for s in syllables:
+        ids = sp.encode(s)
+        assert len(ids) == 1 and sp.id_to_piece(ids[0]) == s, s

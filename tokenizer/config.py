@@ -37,11 +37,13 @@ class TextSource:
     """One input of the tokenizer's training mixture."""
 
     path: str = "???"
-    """A ``.jsonl`` file (documents in ``text_field``), or a ``.txt`` file (one line = one sentence)."""
+    """A ``.jsonl``/``.txt``/``.parquet``/``.arrow`` file, or ``hf:<dataset>[:<config>]`` (see tokenizer.readers)."""
     weight: float = 1.0
     """Relative share of the sampled training sentences."""
     text_field: str = "text"
-    """JSON field that holds the text in ``.jsonl`` files."""
+    """Field/column that holds the text."""
+    split: str = "train"
+    """Split of a ``hf:`` dataset."""
 
     def __post_init__(self) -> None:
         if self.weight <= 0:

@@ -3,59 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import unicodedata
 from collections.abc import Iterator
-from pathlib import Path
 
 from tokenizer.config import TextSource
+from tokenizer.readers import CorpusError, iter_texts
 
-
-class CorpusError(ValueError):
-    """Bad tokenizer input: the message names the file, line and fix."""
-
-
-def iter_file_texts(path: Path, text_field: str, field_hint: str) -> Iterator[str]:
-    """Texts of one file: each JSON line's ``text_field`` for ``.jsonl``, each non-empty line otherwise.
-
-    ``field_hint`` names the config key to fix when a JSON line lacks the field.
-    """
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise CorpusError(
-                    f"{path}:{lineno}: not valid UTF-8 (byte offset {err.start} in the line); re-encode the file "
-                    "as UTF-8, e.g. `iconv -f cp949 -t utf-8` for Korean legacy encodings"
-                ) from err
-            if not line.strip():
-                continue
-            if path.suffix != ".jsonl":
-                yield line.rstrip("\n")
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from err
-            text = doc.get(text_field) if isinstance(doc, dict) else None
-            if not isinstance(text, str):
-                raise CorpusError(
-                    f"{path}:{lineno}: no string field {text_field!r}; set {field_hint} to the field that holds the text"
-                )
-            yield text
+__all__ = ["CorpusError", "is_heldout", "iter_documents", "iter_sentences", "reservoir_sample", "sample_mixture"]
 
 
 def iter_documents(source: TextSource) -> Iterator[str]:
-    """Texts of one tokenizer source."""
-    path = Path(source.path).expanduser()
-    if not path.is_file():
-        raise CorpusError(
-            f"tokenizer source {source.path!r} does not exist. Build the sample corpus with "
-            "`python -m data_pipeline.sample_corpus`, or set tokenizer.sources[*].path to your own files."
-        )
-    yield from iter_file_texts(path, source.text_field, "tokenizer.sources[*].text_field")
+    """Texts of one tokenizer source (a file, or ``hf:<dataset>``)."""
+    yield from iter_texts(source.path, source.text_field, "tokenizer.sources[*]", split=source.split)
 
 
 def is_heldout(text: str, fraction: float) -> bool:
