@@ -35,7 +35,7 @@ def test_entry_points_chain_to_a_loadable_hf_model(env, tmp_path):
              "trainer.val_every=3", "trainer.checkpoint_every=3", "trainer.val_batches=2"]
     run(["train.pretrain", rd, *small], env)
     metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "val_loss" in m] == [3, 6]
+    assert [m["step"] for m in metrics if "val_loss" in m] == [0, 3, 6]
     assert any((tmp_path / "wandb").glob("offline-run-*"))
     run(["train.export_hf", rd], env)
     out = run(["train.generate", rd, "max_new_tokens=8", "prompt='대한민국'"], env).stdout

@@ -69,6 +69,7 @@ def test_export_from_checkpoint_loads_with_auto_classes(tiny_tokenizer, tmp_path
                  "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert "<|im_start|>" in json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
     hf = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
     ids = tok("대한민국의 주권은 국민에게 있다.", return_tensors="pt")["input_ids"]
@@ -76,6 +77,9 @@ def test_export_from_checkpoint_loads_with_auto_classes(tiny_tokenizer, tmp_path
         assert (hf(ids).logits - m(ids)).abs().max().item() < 1e-4
         gen = hf.generate(ids, max_new_tokens=5, do_sample=False)
     assert gen.shape[1] == ids.shape[1] + 5
+    chat = tok.apply_chat_template([{"role": "user", "content": "안녕?"}], add_generation_prompt=True, tokenize=False)
+    assert chat == "<s><|im_start|>user\n안녕?<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.model_max_length == cfg.max_seq_len
 
 
 def test_export_rejects_vocab_mismatch(tiny_tokenizer, tmp_path):

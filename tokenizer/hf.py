@@ -90,7 +90,7 @@ def _control_pieces(model_file: str | Path) -> list[str]:
 
 
 def save_hf_tokenizer(model_file: str | Path, out_dir: str | Path, model_max_length: int = 4096) -> Path:
-    """Write ``tokenizer.json``, ``tokenizer_config.json`` and a copy of ``tokenizer.model`` to ``out_dir``."""
+    """Write ``tokenizer.json``, ``tokenizer_config.json`` (with the chat template) and ``tokenizer.model``."""
     from transformers import PreTrainedTokenizerFast
 
     out = Path(out_dir)
@@ -106,7 +106,8 @@ def save_hf_tokenizer(model_file: str | Path, out_dir: str | Path, model_max_len
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
-    hf.save_pretrained(str(out))
+    # The chat template goes into tokenizer_config.json, which transformers 4.x and 5.x both read.
+    hf.save_pretrained(str(out), save_jinja_files=False)
     if Path(model_file).resolve() != (out / "tokenizer.model").resolve():
         shutil.copyfile(model_file, out / "tokenizer.model")
     return out

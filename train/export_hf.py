@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +19,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from model import ModelConfig, Transformer
-from tokenizer.hf import load_sentencepiece
+from tokenizer.hf import load_sentencepiece, save_hf_tokenizer
 from train.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint, load_model_weights
 from train.hf_convert import to_hf_config, to_hf_state_dict
 
 log = logging.getLogger(__name__)
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass
@@ -72,8 +70,7 @@ def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str
     GenerationConfig(bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id(), pad_token_id=sp.pad_id(),
                      max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
                      repetition_penalty=1.1).save_pretrained(str(out_dir))
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(tokenizer_dir / name, out_dir / name)
+    save_hf_tokenizer(tokenizer_dir / "tokenizer.model", out_dir, model_max_length=cfg.max_seq_len)
     log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
     return out_dir
 

@@ -95,6 +95,10 @@ class Trainer:
         tokens_per_step = tc.local_batch_size * self.dist.world * self.job.data.seq_len
         window_loss, window_start, t_last = [], self.step, time.perf_counter()
         last = {}
+        if self.step == 0:  # the starting point of the validation curve
+            last["val_loss"] = self.validate()
+            if self.sink:
+                self.sink.log(0, {"val_loss": last["val_loss"]})
         while self.step < tc.steps:
             loss, grad_norm = self.train_step(self.step)
             window_loss.append(loss)
