@@ -4,7 +4,7 @@
 
 Variants: SentencePiece unigram and BPE (kfm's recipe: identity normalisation, byte fallback,
 split digits, whitespace kept), Hugging Face ``tokenizers`` byte-level BPE, and with ``--kiwi``
-SentencePiece unigram trained on Kiwi morpheme boundaries (``pip install kiwipiepy`` first;
+SentencePiece BPE trained on Kiwi morpheme boundaries (``pip install kiwipiepy`` first;
 ``pretokenization_delimiter`` is training-only, so encoding stays lossless). A variant that
 cannot reach the vocabulary on this corpus is trained at the largest size it supports. The training sentences are the sample mixture of
 ``configs/tokenizer/sample.yaml`` minus the held-out documents, which are the test text.
@@ -110,17 +110,19 @@ def main() -> None:
         tmp = Path(tmp_dir)
         variants = {
             "sp-unigram": lambda: sentencepiece_encoder(
-                "sp-unigram", fit_sentencepiece(sentences, cfg, args.vocab), tmp),
+                "sp-unigram", fit_sentencepiece(sentences, dataclasses.replace(cfg, model_type="unigram"), args.vocab),
+                tmp),
             "sp-bpe": lambda: sentencepiece_encoder(
                 "sp-bpe", fit_sentencepiece(sentences, dataclasses.replace(cfg, model_type="bpe"), args.vocab), tmp),
             "hf-bytelevel-bpe": lambda: bytelevel_bpe(sentences, args.vocab, cfg.num_reserved_tokens, tmp),
         }
         if args.kiwi:
-            def kiwi_unigram():
+            def kiwi_bpe():
                 segmented = kiwi_segment(sentences)
-                model = fit_sentencepiece(segmented, cfg, args.vocab, pretokenization_delimiter=DELIM)
-                return sentencepiece_encoder("sp-unigram-kiwi", model, tmp)
-            variants["sp-unigram-kiwi"] = kiwi_unigram
+                bpe = dataclasses.replace(cfg, model_type="bpe")
+                model = fit_sentencepiece(segmented, bpe, args.vocab, pretokenization_delimiter=DELIM)
+                return sentencepiece_encoder("sp-bpe-kiwi", model, tmp)
+            variants["sp-bpe-kiwi"] = kiwi_bpe
         for name, build in variants.items():
             t0 = time.perf_counter()
             encoders.append(build())

@@ -31,7 +31,7 @@ def test_same_ids_on_corpus_and_edge_cases(pair, tiny_corpus):
     got = enc.encode_batch(texts)
     assert all(a.dtype == np.int32 for a in got)
     for text, ids in zip(texts, got):
-        assert ids.tolist() == sp.encode(text), repr(text)
+        assert ids.tolist() == sp.encode(text) == enc.encode(text), repr(text)
     assert enc.encode_batch([]) == []
 
 

@@ -70,6 +70,7 @@ class TiktokenBPE:
             add(p.encode(), normal[p])
         self._enc = tiktoken.Encoding("kfm-bpe", pat_str=WORD_PATTERN, mergeable_ranks=ranks, special_tokens={})
         self._to_id = np.array(to_id, dtype=np.int32)
+        self._to_id_list = to_id
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         ranks = [self._enc.encode_ordinary(t) for t in texts]
@@ -86,7 +87,12 @@ class TiktokenBPE:
         return np.fromiter(chain.from_iterable(parts), dtype=np.int32)
 
     def encode(self, text: str) -> list[int]:
-        return self.encode_batch([text])[0].tolist()
+        """One text, as a list (no NumPy round trip: cheaper for single short texts)."""
+        ranks = self._enc.encode_ordinary(text)
+        ids = list(map(self._to_id_list.__getitem__, ranks))
+        if -1 in ids:
+            return self._expand(ranks, np.array(ids)).tolist()
+        return ids
 
 
 class SentencePieceBatchEncoder:
