@@ -1,18 +1,21 @@
-"""Tokenize the corpus into sharded token files with a manifest and a held-out validation split.
+"""Clean, deduplicate and tokenize the corpus into sharded token files with a manifest.
 
-    python -m data_pipeline.build [run_dir=runs/demo] [data.seq_len=256] ...
+    python -m data_pipeline.build [run_dir=runs/demo] [data.seq_len=256] [data.clean.pii=false] ...
 
-Reads ``data.sources``, applies Unicode NFC, tokenizes in ``data.num_workers`` processes with
-the SentencePiece model at ``tokenizer_model``, and writes ``<run_dir>/data/{train,val}/*.bin``
-plus ``manifest.json``.
+Reads ``data.sources``; in ``data.num_workers`` processes cleans each document (NFC, control
+characters, markup, boilerplate lines, PII, quality filters: ``data_pipeline.clean``) and
+tokenizes it with the model at ``tokenizer_model``; drops exact duplicates across all sources;
+writes ``<run_dir>/data/{train,val}/*.bin`` plus ``manifest.json`` with what each filter removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing as mp
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -24,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from data_pipeline.clean import clean_document
 from data_pipeline.config import DataConfig
 from data_pipeline.reader import DataError, iter_documents
 from data_pipeline.shards import Manifest, ShardWriter, file_sha256, token_dtype
@@ -54,20 +58,35 @@ def data_dir(run_dir: str | Path) -> Path:
 _WORKER: dict = {}
 
 
-def _init_worker(model_file: str, val_fraction: float) -> None:
+def _init_worker(model_file: str, cfg: DataConfig) -> None:
     sp = load_sentencepiece(model_file)
-    _WORKER.update(encoder=batch_encoder(model_file), bos=sp.bos_id(), eos=sp.eos_id(), val_fraction=val_fraction)
+    _WORKER.update(encoder=batch_encoder(model_file), bos=sp.bos_id(), eos=sp.eos_id(), cfg=cfg)
 
 
-def _encode_batch(texts: list[str]) -> list[tuple[str, np.ndarray]]:
-    """(split, ``[bos] + ids + [eos]``) for each text, NFC-normalised first."""
-    w = _WORKER
-    texts = [normalize(t) for t in texts]
+def dedup_key(text: str) -> bytes:
+    """Exact-duplicate key: the text case-folded with whitespace collapsed, hashed."""
+    return hashlib.blake2b(" ".join(text.casefold().split()).encode(), digest_size=16).digest()
+
+
+def _process_batch(job: tuple[str, list[str]]) -> tuple[list[tuple[str, bytes, np.ndarray]], Counter]:
+    """Clean, filter and tokenize one batch of one source's documents.
+
+    Returns (split, dedup key, ``[bos] + ids + [eos]``) for each kept document, and the counts of
+    what cleaning did. The split is decided on the raw (NFC) text, by the same rule as the
+    tokenizer's held-out split.
+    """
+    lang, texts = job
+    w, counts = _WORKER, Counter()
+    cfg: DataConfig = w["cfg"]
+    kept = []
+    for raw in texts:
+        split = "val" if is_heldout(raw, cfg.val_fraction) else "train"
+        text = clean_document(raw, lang, cfg.clean, counts) if cfg.clean.enabled else normalize(raw)
+        if text is not None:
+            kept.append((split, text))
     bos, eos = np.array([w["bos"]], dtype=np.int32), np.array([w["eos"]], dtype=np.int32)
-    return [
-        ("val" if is_heldout(t, w["val_fraction"]) else "train", np.concatenate([bos, ids, eos]))
-        for t, ids in zip(texts, w["encoder"].encode_batch(texts))
-    ]
+    ids = w["encoder"].encode_batch([t for _, t in kept])
+    return [(split, dedup_key(t), np.concatenate([bos, x, eos])) for (split, t), x in zip(kept, ids)], counts
 
 
 def _batches(docs: Iterator[str], n: int) -> Iterator[list[str]]:
@@ -89,17 +108,33 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
                         tokenizer_sha256=file_sha256(Path(tokenizer_model)))
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
-    with ctx.Pool(cfg.num_workers, initializer=_init_worker, initargs=(str(tokenizer_model), cfg.val_fraction)) as pool:
+    counts: dict[str, Counter] = {}
+    seen: set[bytes] = set()
+    with ctx.Pool(cfg.num_workers, initializer=_init_worker, initargs=(str(tokenizer_model), cfg)) as pool:
         for source in cfg.sources:
             writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens) for s in ("train", "val")}
-            bar = tqdm(desc=f"tokenize {source.name}", unit="doc", disable=None)
-            for encoded in pool.imap(_encode_batch, _batches(iter_documents(source), BATCH_DOCS)):
-                for split, toks in encoded:
+            c = counts[source.name] = Counter()
+            bar = tqdm(desc=f"clean+tokenize {source.name}", unit="doc", disable=None)
+
+            def jobs(src=source):
+                for batch in _batches(iter_documents(src), BATCH_DOCS):
+                    c["docs_in"] += len(batch)
+                    yield src.lang, batch
+
+            for kept, batch_counts in pool.imap(_process_batch, jobs()):
+                c.update(batch_counts)
+                for split, key, toks in kept:
+                    if cfg.clean.dedup_exact and key in seen:
+                        c["removed_exact_duplicate"] += 1
+                        continue
+                    seen.add(key)
                     writers[split].write(toks)
-                bar.update(len(encoded))
+                    c["docs_kept"] += 1
+                bar.update(len(kept))
             bar.close()
             for w in writers.values():
                 manifest.shards.extend(w.close())
+            log.info("%s: %s", source.name, dict(sorted(c.items())))
     totals = {s: sum(x.num_tokens for x in manifest.split_shards(s)) for s in ("train", "val")}
     docs = {s: sum(x.num_docs for x in manifest.split_shards(s)) for s in ("train", "val")}
     if totals["train"] == 0:
@@ -111,7 +146,8 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
         )
     seconds = time.perf_counter() - t0
     manifest.stats = {"tokens": totals, "docs": docs, "seconds": round(seconds, 2),
-                      "tokens_per_second": round((totals["train"] + totals["val"]) / max(seconds, 1e-9))}
+                      "tokens_per_second": round((totals["train"] + totals["val"]) / max(seconds, 1e-9)),
+                      "cleaning": {name: dict(sorted(c.items())) for name, c in counts.items()}}
     manifest.save(out)
     log.info("wrote %s: %s", out, manifest.stats)
     return manifest

@@ -26,6 +26,37 @@ class DataSource:
 
 
 @dataclass
+class CleanConfig:
+    """Cleaning, PII scrubbing and quality filters applied to every document before tokenizing."""
+
+    enabled: bool = True
+    """Apply cleaning and filters at all (off: only NFC and tokenization)."""
+    pii: bool = True
+    """Replace e-mail, phone, resident-registration, card numbers and IPs with typed placeholders."""
+    boilerplate_lines: bool = True
+    """Drop short lines that are site chrome (copyright, log-in, share, cookie notices)."""
+    boilerplate_max_line_chars: int = 80
+    """Only lines up to this length can be boilerplate."""
+    min_chars: int = 20
+    """Documents shorter than this (after cleaning) are removed."""
+    min_hangul_share: float = 0.3
+    """Korean (``lang: ko``) documents need at least this share of Hangul among letters."""
+    max_duplicate_line_fraction: float = 0.3
+    """Prose is removed when more than this share of its characters sits in repeated lines (Gopher)."""
+    max_top_bigram_fraction: float = 0.2
+    """Prose is removed when its most frequent word 2-gram covers more than this share (Gopher)."""
+    dedup_exact: bool = True
+    """Drop documents whose normalised text (NFC, case-folded, whitespace collapsed) was seen before."""
+
+    def __post_init__(self) -> None:
+        for key in ("min_hangul_share", "max_duplicate_line_fraction", "max_top_bigram_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"data.clean.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.min_chars < 0 or self.boilerplate_max_line_chars < 0:
+            raise ValueError("data.clean.min_chars and data.clean.boilerplate_max_line_chars must be >= 0")
+
+
+@dataclass
 class DataConfig:
     """Corpus sources and the shape of the training data."""
 
@@ -38,7 +69,9 @@ class DataConfig:
     shard_tokens: int = 50_000_000
     """Tokens per shard file before a new one is started."""
     num_workers: int = 2
-    """Processes that tokenize in parallel."""
+    """Processes that clean and tokenize in parallel."""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    """Cleaning, PII scrubbing, quality filters and exact dedup."""
 
     def __post_init__(self) -> None:
         if self.seq_len <= 0 or self.shard_tokens <= 0 or self.num_workers <= 0:

@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from data_pipeline.build import build_shards
+from collections import Counter
+
+from data_pipeline.build import build_shards, dedup_key
+from data_pipeline.clean import clean_document
 from tokenizer.sampling import is_heldout
-from data_pipeline.config import DataConfig, DataSource
+from data_pipeline.config import CleanConfig, DataConfig, DataSource
 from data_pipeline.html_text import html_paragraphs
 from data_pipeline.loader import DistributedLoader, TokenWindows, validation_batches
 from data_pipeline.reader import DataError
@@ -25,15 +28,20 @@ def shards(tiny_corpus, tiny_tokenizer, tmp_path_factory):
     return out
 
 
-def test_shards_hold_exactly_the_tokenized_documents(shards, tiny_corpus, tiny_tokenizer):
+def test_shards_hold_exactly_the_cleaned_tokenized_documents(shards, tiny_corpus, tiny_tokenizer):
     sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
     manifest = Manifest.load(shards)
     assert manifest.dtype == "uint16" and manifest.vocab_size == 768
+    seen, clean_cfg = set(), CleanConfig()
     for source, path in tiny_corpus.items():
         expected = {"train": [], "val": []}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            text = normalize(json.loads(line)["text"])
-            expected["val" if is_heldout(text, 0.1) else "train"] += [1, *sp.encode(text), 2]
+        for line in path.read_text(encoding="utf-8").split("\n")[:-1]:
+            raw = json.loads(line)["text"]
+            text = clean_document(raw, source, clean_cfg, Counter())
+            if text is None or dedup_key(text) in seen:
+                continue
+            seen.add(dedup_key(text))
+            expected["val" if is_heldout(raw, 0.1) else "train"] += [1, *sp.encode(text), 2]
         for split in ("train", "val"):
             files = [s for s in manifest.split_shards(split) if s.source == source]
             got = np.concatenate([np.fromfile(shards / s.file, dtype=np.uint16) for s in files]) if files else []
@@ -42,6 +50,34 @@ def test_shards_hold_exactly_the_tokenized_documents(shards, tiny_corpus, tiny_t
         assert file_sha256(shards / s.file) == s.sha256
     assert len([s for s in manifest.shards if s.source == "ko" and s.split == "train"]) > 1  # rolled over
     assert manifest.stats["docs"]["val"] > 0
+    en = manifest.stats["cleaning"]["en"]
+    assert en["docs_in"] == 300 and en["removed_exact_duplicate"] > 0
+    assert en["docs_kept"] + sum(v for k, v in en.items() if k.startswith("removed_")) == en["docs_in"]
+
+
+def test_cleaning_counts_every_decision(tiny_tokenizer, tmp_path):
+    docs = [
+        "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있다.",
+        "대한민국은  민주공화국이다.  대한민국의 주권은 국민에게 있다.",  # duplicate up to spacing
+        "문의는 010-1234-5678 또는 help@example.com 으로 해 주세요. 감사합니다.",
+        "짧다",
+        "This page is in English only, no Korean here at all, sorry.",
+        "<p>모든 국민은 <b>법 앞에</b> 평등하다.</p> 누구든지 차별을 받지 아니한다.\nCopyright © 2024 All rights reserved",
+        "반복되는 줄입니다\n반복되는 줄입니다\n반복되는 줄입니다\n다른 줄 하나",
+    ]
+    (tmp_path / "ko.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+    cfg = DataConfig(sources=[DataSource(name="ko", path=str(tmp_path / "ko.jsonl"))], val_fraction=0.4,
+                     num_workers=1, seq_len=8)
+    manifest = build_shards(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "out")
+    c = manifest.stats["cleaning"]["ko"]
+    assert c == {"docs_in": 7, "docs_kept": 3, "removed_exact_duplicate": 1, "removed_too_short": 1,
+                 "removed_low_hangul": 1, "removed_repeated_lines": 1, "pii_phone": 1, "pii_email": 1,
+                 "lines_boilerplate": 1}
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
+    text = sp.decode([int(t) for s in manifest.shards for t in np.fromfile(tmp_path / "out" / s.file,
+                                                                          dtype=np.uint16)])
+    assert "[PHONE]" in text and "[EMAIL]" in text and "<b>" not in text and "법 앞에 평등" in text
+    assert "All rights reserved" not in text and "010-1234" not in text
 
 
 def test_windows_cover_the_split_and_span_shards(shards):
