@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from data_pipeline.clean import clean_document
 from data_pipeline.config import DataConfig
+from data_pipeline.near_dedup import NearDuplicateIndex, signature
 from data_pipeline.reader import DataError, iter_documents
 from data_pipeline.shards import Manifest, ShardWriter, file_sha256, token_dtype
 from data_pipeline.text import normalize
@@ -68,11 +69,11 @@ def dedup_key(text: str) -> bytes:
     return hashlib.blake2b(" ".join(text.casefold().split()).encode(), digest_size=16).digest()
 
 
-def _process_batch(job: tuple[str, list[str]]) -> tuple[list[tuple[str, bytes, np.ndarray]], Counter]:
+def _process_batch(job: tuple[str, list[str]]) -> tuple[list[tuple], Counter]:
     """Clean, filter and tokenize one batch of one source's documents.
 
-    Returns (split, dedup key, ``[bos] + ids + [eos]``) for each kept document, and the counts of
-    what cleaning did. The split is decided on the raw (NFC) text, by the same rule as the
+    Returns (split, exact-dedup key, MinHash values or None, ``[bos] + ids + [eos]``) for each kept
+    document, and the counts of what cleaning did. The split is decided on the raw (NFC) text, by the same rule as the
     tokenizer's held-out split.
     """
     lang, texts = job
@@ -86,7 +87,12 @@ def _process_batch(job: tuple[str, list[str]]) -> tuple[list[tuple[str, bytes, n
             kept.append((split, text))
     bos, eos = np.array([w["bos"]], dtype=np.int32), np.array([w["eos"]], dtype=np.int32)
     ids = w["encoder"].encode_batch([t for _, t in kept])
-    return [(split, dedup_key(t), np.concatenate([bos, x, eos])) for (split, t), x in zip(kept, ids)], counts
+    near = cfg.clean.enabled and cfg.clean.dedup_near
+    return [
+        (split, dedup_key(t), signature(t, cfg.clean.near_num_perm, cfg.clean.near_shingle_chars) if near else None,
+         np.concatenate([bos, x, eos]))
+        for (split, t), x in zip(kept, ids)
+    ], counts
 
 
 def _batches(docs: Iterator[str], n: int) -> Iterator[list[str]]:
@@ -110,6 +116,7 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
     ctx = mp.get_context("spawn")
     counts: dict[str, Counter] = {}
     seen: set[bytes] = set()
+    near_index = NearDuplicateIndex(cfg.clean.near_threshold, cfg.clean.near_num_perm)
     with ctx.Pool(cfg.num_workers, initializer=_init_worker, initargs=(str(tokenizer_model), cfg)) as pool:
         for source in cfg.sources:
             writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens) for s in ("train", "val")}
@@ -123,11 +130,14 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
 
             for kept, batch_counts in pool.imap(_process_batch, jobs()):
                 c.update(batch_counts)
-                for split, key, toks in kept:
+                for split, key, minhash, toks in kept:
                     if cfg.clean.dedup_exact and key in seen:
                         c["removed_exact_duplicate"] += 1
                         continue
                     seen.add(key)
+                    if near_index.seen(key, minhash):
+                        c["removed_near_duplicate"] += 1
+                        continue
                     writers[split].write(toks)
                     c["docs_kept"] += 1
                 bar.update(len(kept))

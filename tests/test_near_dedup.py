@@ -1,0 +1,44 @@
+"""MinHash LSH near-duplicate detection: planted edited copies are found, distinct texts are not."""
+
+import random
+
+from data_pipeline.config import CleanConfig
+from data_pipeline.near_dedup import NearDuplicateIndex, shingles, signature
+
+SYLLABLES = [chr(c) for c in range(0xAC00, 0xD7A4, 7)]
+
+
+def random_paragraph(rng: random.Random, words: int = 40) -> str:
+    return " ".join("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(words)) + "."
+
+
+def edited(text: str, rng: random.Random, rate: float) -> str:
+    words = text.split(" ")
+    for i in rng.sample(range(len(words)), max(1, int(rate * len(words)))):
+        words[i] = random_paragraph(rng, 1)[:-1]
+    return " ".join(words)
+
+
+def test_planted_near_duplicates_precision_and_recall():
+    rng, cfg = random.Random(0), CleanConfig()
+    originals = [random_paragraph(rng) for _ in range(300)]
+    copies = [(edited(originals[i], rng, 0.05), i) for i in range(0, 300, 3)]
+    docs = [(t, i) for i, t in enumerate(originals)] + copies
+    rng.shuffle(docs)
+    index, seen, tp, fp = NearDuplicateIndex(cfg.near_threshold, cfg.near_num_perm), set(), 0, 0
+    for key, (text, group) in enumerate(docs):
+        if index.seen(key, signature(text, cfg.near_num_perm, cfg.near_shingle_chars)):
+            tp, fp = (tp + 1, fp) if group in seen else (tp, fp + 1)
+        seen.add(group)
+    assert tp / max(1, tp + fp) >= 0.95 and tp / len(copies) >= 0.90
+
+
+def test_short_text_has_no_signature_and_is_never_a_duplicate():
+    cfg = CleanConfig()
+    assert signature("짧음", cfg.near_num_perm, cfg.near_shingle_chars) is None
+    index = NearDuplicateIndex(cfg.near_threshold, cfg.near_num_perm)
+    assert not index.seen(0, None) and not index.seen(1, None)
+
+
+def test_shingles_ignore_case_and_spacing():
+    assert shingles("Hello   World", 5) == shingles("hello world", 5)
