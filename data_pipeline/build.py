@@ -111,7 +111,7 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
     out.mkdir(parents=True)
     dtype = token_dtype(sp.get_piece_size())
     manifest = Manifest(vocab_size=sp.get_piece_size(), dtype=dtype.name,
-                        tokenizer_sha256=file_sha256(Path(tokenizer_model)))
+                        tokenizer_sha256=file_sha256(Path(tokenizer_model)), bos_id=sp.bos_id(), eos_id=sp.eos_id())
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
     counts: dict[str, Counter] = {}

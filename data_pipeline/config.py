@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 
 @dataclass
@@ -18,7 +19,10 @@ class DataSource:
     split: str = "train"
     """Split of a ``hf:`` dataset."""
     lang: str = "ko"
-    """Language tag, recorded in the manifest."""
+    """Language tag: ``ko`` gets the Hangul-share filter, ``code`` skips prose-only filters."""
+    weight: Optional[float] = None
+    """Share of training sequences drawn from this source; unset on every source: in proportion
+    to each source's tokens. Set on one, set on all."""
 
     def __post_init__(self) -> None:
         if not self.name.replace("-", "").replace("_", "").isalnum():
@@ -92,3 +96,16 @@ class DataConfig:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources names must be unique, got {names}")
+        weighted = [s.weight is not None for s in self.sources]
+        if any(weighted) and not all(weighted):
+            missing = [s.name for s in self.sources if s.weight is None]
+            raise ValueError(f"data.sources: weight is set on some sources but not on {missing}; set it on all or none")
+        if any(s.weight is not None and s.weight < 0 for s in self.sources) or (
+                all(weighted) and self.sources and not any(s.weight for s in self.sources)):
+            raise ValueError("data.sources weights must be >= 0 and not all 0")
+
+    def weights(self) -> dict[str, float] | None:
+        """Mixture weights by source name, or None for the natural (token-proportional) mixture."""
+        if not self.sources or self.sources[0].weight is None:
+            return None
+        return {s.name: float(s.weight) for s in self.sources}

@@ -1,15 +1,24 @@
-"""Deterministic, resumable, distributed batches of token windows.
+"""Deterministic, resumable, mixture-weighted distributed batches of packed token windows.
 
-The training stream is every train shard laid end to end and cut into windows of
-``seq_len + 1`` tokens (inputs and shifted targets). Each epoch visits the windows in a
-permutation drawn from ``(seed, epoch)``; global step ``s`` takes the ``s``-th slice of
-``world * local_batch`` windows and rank ``r`` its ``r``-th part. A batch is therefore a pure
-function of (seed, step, rank, world): resuming needs only the step, and no window is
-skipped or repeated within an epoch.
+Each source's train shards, laid end to end, are cut into windows of ``seq_len + 1`` tokens
+(inputs and shifted targets; documents are packed back to back as ``<s> ... </s>``). The
+training stream is a sequence of (source, window) samples that is a pure function of the
+global sample index ``i`` and the seed:
+
+- mixture: samples come in blocks of ``BLOCK``; each block holds a fixed quota per source
+  (its weight times ``BLOCK``, largest remainders rounded up), in an order shuffled per block;
+- within a source, the k-th sample is window ``perm_e[k mod n]`` of a permutation drawn per
+  source epoch ``e = k div n``: no window repeats or is skipped within a source epoch.
+
+Global step ``s`` of a run with ``world`` ranks of ``local_batch`` each takes the next
+``world * local_batch`` samples; rank ``r`` its ``r``-th part. The only state is the number of
+samples consumed, so a run resumes exactly, also on a different number of ranks: the
+concatenated stream of samples is that of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,27 +26,36 @@ import torch
 
 from data_pipeline.shards import Manifest
 
+BLOCK = 1000
+
 
 class TokenWindows:
-    """Random access to the ``seq_len + 1``-token windows of one split (memory-mapped)."""
+    """Random access to the ``seq_len + 1``-token windows of one split (optionally one source), memory-mapped."""
 
-    def __init__(self, data_dir: str | Path, split: str, seq_len: int) -> None:
-        self.manifest = Manifest.load(data_dir)
-        shards = self.manifest.split_shards(split)
+    def __init__(self, data_dir: str | Path, split: str, seq_len: int, source: str | None = None,
+                 manifest: Manifest | None = None) -> None:
+        self.manifest = manifest or Manifest.load(data_dir)
+        shards = [s for s in self.manifest.split_shards(split) if source is None or s.source == source]
+        what = f"'{split}'" + (f" / source '{source}'" if source else "")
         if not shards:
-            raise ValueError(f"{data_dir}: no '{split}' shards in the manifest; rebuild with `python -m data_pipeline.build`")
+            raise ValueError(f"{data_dir}: no {what} shards in the manifest; rebuild with `python -m data_pipeline.build`")
         self.seq_len = seq_len
         dtype = np.dtype(self.manifest.dtype)
-        self._arrays = [np.memmap(Path(data_dir) / s.file, dtype=dtype, mode="r") for s in shards]
-        for s, arr in zip(shards, self._arrays):
-            if len(arr) != s.num_tokens:
-                raise ValueError(f"{data_dir}/{s.file}: {len(arr)} tokens on disk, manifest says {s.num_tokens}")
+        self._arrays = []
+        for s in shards:
+            path = Path(data_dir) / s.file
+            size = path.stat().st_size if path.is_file() else -1
+            if size != s.num_tokens * dtype.itemsize:
+                raise ValueError(f"{path}: {max(size, 0)} bytes on disk, the manifest says {s.num_tokens} tokens "
+                                 f"({s.num_tokens * dtype.itemsize} bytes): the shard is missing or truncated; "
+                                 "rebuild with `python -m data_pipeline.build`")
+            self._arrays.append(np.memmap(path, dtype=dtype, mode="r"))
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
         self.num_tokens = int(self._starts[-1])
         self.num_windows = (self.num_tokens - 1) // seq_len
         if self.num_windows == 0:
             raise ValueError(
-                f"{data_dir}: the '{split}' split has {self.num_tokens} tokens, fewer than one sequence of "
+                f"{data_dir}: {what} has {self.num_tokens} tokens, fewer than one sequence of "
                 f"{seq_len + 1}; lower data.seq_len or add data"
             )
 
@@ -45,7 +63,7 @@ class TokenWindows:
         return self.num_windows
 
     def __getitem__(self, i: int) -> np.ndarray:
-        """Tokens ``[i*seq_len, (i+1)*seq_len]`` of the concatenated split (may span shards)."""
+        """Tokens ``[i*seq_len, (i+1)*seq_len]`` of the concatenated shards (may span shards)."""
         start, end = i * self.seq_len, (i + 1) * self.seq_len + 1
         parts = []
         k = int(np.searchsorted(self._starts, start, side="right")) - 1
@@ -58,42 +76,124 @@ class TokenWindows:
         return np.concatenate(parts).astype(np.int64)
 
 
-def _to_batch(windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+def block_quotas(weights: list[float], block: int = BLOCK) -> list[int]:
+    """Samples per source in each block: ``weight * block`` with largest remainders rounded up."""
+    total = sum(weights)
+    exact = [w / total * block for w in weights]
+    quotas = [int(x) for x in exact]
+    for j in sorted(range(len(weights)), key=lambda j: quotas[j] - exact[j])[: block - sum(quotas)]:
+        quotas[j] += 1
+    return quotas
+
+
+class MixtureStream:
+    """The training stream: sample ``i`` → (source index, window index), a pure function of (seed, i)."""
+
+    def __init__(self, data_dir: str | Path, seq_len: int, weights: dict[str, float] | None, seed: int) -> None:
+        manifest = Manifest.load(data_dir)
+        names = sorted({s.source for s in manifest.split_shards("train")})
+        if weights:
+            unknown = sorted(set(weights) - set(names))
+            if unknown:
+                raise ValueError(f"data.weights names {unknown}, which have no train shards in {data_dir} "
+                                 f"(sources there: {names})")
+            names = [n for n in names if weights.get(n, 0) > 0]
+        self.names = names
+        self.windows = [TokenWindows(data_dir, "train", seq_len, n, manifest) for n in names]
+        w = [weights[n] for n in names] if weights else [float(x.num_tokens) for x in self.windows]
+        self.weights = [x / sum(w) for x in w]
+        self.quotas = block_quotas(self.weights)
+        self._slot_source = np.repeat(np.arange(len(names)), self.quotas)
+        self._slot_rank = np.concatenate([np.arange(q) for q in self.quotas])
+        self.seed = seed
+        self._cache: dict[tuple, np.ndarray] = {}
+
+    def _perm(self, key: tuple, n: int) -> np.ndarray:
+        if key not in self._cache:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = np.random.default_rng([self.seed, *key]).permutation(n)
+        return self._cache[key]
+
+    def source_position(self, i: int) -> tuple[int, int]:
+        """(source index, k) of global sample ``i``: it is that source's k-th sample."""
+        block, pos = divmod(i, BLOCK)
+        slot = self._perm((0, block), BLOCK)[pos]
+        src = int(self._slot_source[slot])
+        return src, block * self.quotas[src] + int(self._slot_rank[slot])
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(source index, window index) of global sample ``i``."""
+        src, k = self.source_position(i)
+        n = len(self.windows[src])
+        epoch, j = divmod(k, n)
+        return src, int(self._perm((1, src, epoch), n)[j])
+
+    def sample(self, i: int) -> np.ndarray:
+        src, w = self.locate(i)
+        return self.windows[src][w]
+
+
+def document_positions(tokens: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token position ids that restart at every document start (a ``bos``), and the
+    ``cu_seqlens`` of the documents (pieces of documents) packed in the sequence."""
+    starts = np.flatnonzero(tokens == bos_id)
+    if len(starts) == 0 or starts[0] != 0:
+        starts = np.concatenate([[0], starts])
+    cu = np.append(starts, len(tokens)).astype(np.int32)
+    positions = np.arange(len(tokens)) - np.repeat(starts, np.diff(cu))
+    return positions, cu
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    position_ids: torch.Tensor
+    """Position of each input token within its document (restarts at every ``<s>``)."""
+    cu_seqlens: list[torch.Tensor]
+    """Per sequence: document boundaries as cumulative lengths (flash-attn varlen style)."""
+
+
+def to_batch(windows: list[np.ndarray], bos_id: int) -> Batch:
     x = torch.from_numpy(np.stack(windows))
-    return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+    inputs = x[:, :-1].contiguous()
+    docs = [document_positions(w[:-1], bos_id) for w in windows]
+    return Batch(inputs, x[:, 1:].contiguous(), torch.from_numpy(np.stack([p for p, _ in docs])),
+                 [torch.from_numpy(c) for _, c in docs])
 
 
 class DistributedLoader:
-    """Batches of (inputs, targets) for one rank, addressed by global step."""
+    """This rank's batches of the training stream; ``state_dict`` is the global sample count."""
 
-    def __init__(self, windows: TokenWindows, local_batch: int, rank: int, world: int, seed: int) -> None:
-        self.windows, self.local_batch, self.rank, self.world, self.seed = windows, local_batch, rank, world, seed
-        self.global_batch = local_batch * world
-        self.steps_per_epoch = len(windows) // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"one global batch needs {self.global_batch} windows but the split has {len(windows)}: "
-                "lower trainer.local_batch_size or data.seq_len"
-            )
-        self._perm_epoch, self._perm = -1, None
+    def __init__(self, stream: MixtureStream, local_batch: int, rank: int, world: int, bos_id: int = 1) -> None:
+        self.stream, self.local_batch, self.rank, self.world = stream, local_batch, rank, world
+        self.bos_id = bos_id
+        self.consumed = 0
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
-            self._perm_epoch = epoch
-        return self._perm
+    def indices(self) -> range:
+        """Global sample indices this rank reads in the next step."""
+        lo = self.consumed + self.rank * self.local_batch
+        return range(lo, lo + self.local_batch)
 
-    def indices(self, step: int) -> np.ndarray:
-        """Window indices this rank reads at global ``step``."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        lo = i * self.global_batch + self.rank * self.local_batch
-        return self._permutation(epoch)[lo : lo + self.local_batch]
+    def next_batch(self) -> Batch:
+        batch = to_batch([self.stream.sample(i) for i in self.indices()], self.bos_id)
+        self.consumed += self.local_batch * self.world
+        return batch
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _to_batch([self.windows[int(j)] for j in self.indices(step)])
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "seed": self.stream.seed, "weights": dict(zip(self.stream.names,
+                                                                                        self.stream.weights))}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.stream.seed) != self.stream.seed:
+            raise ValueError(f"checkpoint data seed {state['seed']} != trainer.seed {self.stream.seed}: "
+                             "resume with the seed the run started with")
+        self.consumed = int(state["consumed"])
 
 
-def validation_batches(windows: TokenWindows, local_batch: int, rank: int, world: int, max_batches: int):
+def validation_batches(windows: TokenWindows, local_batch: int, rank: int, world: int, max_batches: int,
+                       bos_id: int = 1):
     """The first ``max_batches`` global batches of a split in order, this rank's share of each."""
     n = min(max_batches, len(windows) // (local_batch * world))
     if n == 0:
@@ -102,4 +202,4 @@ def validation_batches(windows: TokenWindows, local_batch: int, rank: int, world
         )
     for b in range(n):
         lo = (b * world + rank) * local_batch
-        yield _to_batch([windows[j] for j in range(lo, lo + local_batch)])
+        yield to_batch([windows[j] for j in range(lo, lo + local_batch)], bos_id)

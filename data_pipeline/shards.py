@@ -39,6 +39,8 @@ class Manifest:
     vocab_size: int
     dtype: str
     tokenizer_sha256: str
+    bos_id: int = 1
+    eos_id: int = 2
     shards: list[ShardInfo] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

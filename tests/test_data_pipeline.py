@@ -11,7 +11,13 @@ from data_pipeline.clean import clean_document
 from tokenizer.sampling import is_heldout
 from data_pipeline.config import CleanConfig, DataConfig, DataSource
 from data_pipeline.html_text import html_paragraphs
-from data_pipeline.loader import DistributedLoader, TokenWindows, validation_batches
+from data_pipeline.loader import (
+    DistributedLoader,
+    MixtureStream,
+    TokenWindows,
+    document_positions,
+    validation_batches,
+)
 from data_pipeline.reader import DataError
 from data_pipeline.shards import Manifest, file_sha256
 from data_pipeline.text import hangul_share, normalize
@@ -90,30 +96,98 @@ def test_windows_cover_the_split_and_span_shards(shards):
         assert np.array_equal(w[i], stream[i * SEQ : (i + 1) * SEQ + 1])
 
 
-def test_loader_is_deterministic_disjoint_and_covers_an_epoch(shards):
-    w = TokenWindows(shards, "train", SEQ)
-    world, lb = 2, 3
-    loaders = [DistributedLoader(w, lb, r, world, seed=7) for r in range(world)]
-    spe = loaders[0].steps_per_epoch
-    seen = np.concatenate([ld.indices(s) for s in range(spe) for ld in loaders])
-    assert len(seen) == len(set(seen.tolist())) == spe * world * lb  # no window twice in an epoch
-    again = DistributedLoader(w, lb, 1, world, seed=7)  # a fresh loader, as after a restart
-    for step in (0, 5, spe + 2):
-        x, y = loaders[1].batch(step)
-        x2, y2 = again.batch(step)
-        assert x.equal(x2) and y.equal(y2)
-        assert x.shape == (lb, SEQ) and x[:, 1:].equal(y[:, :-1])
-    assert not np.array_equal(loaders[0].indices(0), loaders[0].indices(spe))  # new order next epoch
-    assert not np.array_equal(DistributedLoader(w, lb, 0, world, seed=8).indices(0), loaders[0].indices(0))
+def test_stream_is_a_pure_function_and_each_source_epoch_is_a_permutation(shards):
+    a, b = MixtureStream(shards, SEQ, None, seed=7), MixtureStream(shards, SEQ, None, seed=7)
+    assert [a.locate(i) for i in range(0, 5000, 37)] == [b.locate(i) for i in range(0, 5000, 37)]
+    assert [a.locate(i) for i in range(200)] != [MixtureStream(shards, SEQ, None, seed=8).locate(i) for i in range(200)]
+    by_k: dict[int, dict[int, int]] = {}  # source → its k-th sample → window
+    for i in range(4000):
+        (src, k), (src2, w) = a.source_position(i), a.locate(i)
+        assert src == src2 and k not in by_k.setdefault(src, {})
+        by_k[src][k] = w
+    for src, ks in by_k.items():
+        n = len(a.windows[src])
+        full = max(k for k in range(len(ks) + 1) if all(j in ks for j in range(k)))  # k's seen without a gap
+        assert full >= n  # at least one complete source epoch in 4000 samples
+        for e in range(full // n):  # every complete source epoch visits each window exactly once
+            assert sorted(ks[k] for k in range(e * n, (e + 1) * n)) == list(range(n)), a.names[src]
+    tokens = [w.num_tokens for w in a.windows]  # natural mixture: in proportion to tokens
+    assert a.weights == pytest.approx([t / sum(tokens) for t in tokens])
+
+
+def test_mixture_weights_honoured_within_one_percent(shards):
+    weights = {"ko": 0.5, "en": 0.3, "code": 0.2}
+    stream = MixtureStream(shards, SEQ, weights, seed=0)
+    counts = Counter(stream.names[stream.locate(i)[0]] for i in range(10_000))
+    for name, w in weights.items():
+        assert abs(counts[name] / 10_000 - w) < 0.01, (name, counts)
+    with pytest.raises(ValueError, match=r"names \['wiki'\], which have no train shards"):
+        MixtureStream(shards, SEQ, {"wiki": 1.0, "ko": 1.0}, seed=0)
+
+
+def read_run(stream, plan, lb=3):
+    """Global sample ids read by all ranks over a run given as [(world, steps), ...], resuming in between."""
+    got, state = [], None
+    for world, steps in plan:
+        loaders = [DistributedLoader(stream, lb, r, world) for r in range(world)]
+        for ld in loaders:
+            if state:
+                ld.load_state_dict(state)
+        for _ in range(steps):
+            for ld in loaders:
+                got += list(ld.indices())
+                ld.next_batch()
+        state = loaders[0].state_dict()
+        assert all(ld.state_dict() == state for ld in loaders)
+    return got
+
+
+def test_resume_gives_the_uninterrupted_stream_also_on_more_ranks(shards):
+    stream = MixtureStream(shards, SEQ, None, seed=3)
+    straight = read_run(stream, [(2, 12)])  # 72 samples
+    assert straight == list(range(72))  # every sample once, none skipped
+    assert read_run(stream, [(2, 5), (2, 7)]) == straight  # stop after step 5, resume
+    assert read_run(stream, [(2, 3), (3, 4), (2, 3)]) == straight  # 2 -> 3 -> 2 ranks: 18 + 36 + 18 samples
+    loader = DistributedLoader(stream, 3, 1, 2)
+    batch = loader.next_batch()
+    expected = np.stack([stream.sample(i) for i in (3, 4, 5)])
+    assert batch.inputs.numpy().tolist() == expected[:, :-1].tolist()
+    assert batch.targets.numpy().tolist() == expected[:, 1:].tolist()
+    with pytest.raises(ValueError, match="data seed"):
+        DistributedLoader(MixtureStream(shards, SEQ, None, seed=4), 3, 0, 2).load_state_dict(loader.state_dict())
+
+
+def test_document_boundaries_in_every_packed_sequence(shards):
+    loader = DistributedLoader(MixtureStream(shards, SEQ, None, seed=0), 4, 0, 1, bos_id=1)
+    for _ in range(25):
+        b = loader.next_batch()
+        for x, pos, cu in zip(b.inputs, b.position_ids, b.cu_seqlens):
+            starts = sorted({0, *[i for i in range(1, SEQ) if x[i] == 1]})
+            assert cu.tolist() == starts + [SEQ]
+            for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
+                assert pos[lo:hi].tolist() == list(range(hi - lo))
+    positions, cu = document_positions(np.array([5, 6, 1, 7, 8, 9, 1, 4]), 1)
+    assert positions.tolist() == [0, 1, 0, 1, 2, 3, 0, 1] and cu.tolist() == [0, 2, 6, 8]
 
 
 def test_validation_batches_are_fixed_and_sharded(shards):
     w = TokenWindows(shards, "val", SEQ)
-    r0 = [x for x, _ in validation_batches(w, 1, 0, 2, 3)]
-    r1 = [x for x, _ in validation_batches(w, 1, 1, 2, 3)]
+    r0 = [b.inputs for b in validation_batches(w, 1, 0, 2, 3)]
+    r1 = [b.inputs for b in validation_batches(w, 1, 1, 2, 3)]
     assert len(r0) == len(r1) >= 1
     assert not r0[0].equal(r1[0])
-    assert r0[0].equal(next(iter(validation_batches(w, 1, 0, 2, 3)))[0])
+    assert r0[0].equal(next(iter(validation_batches(w, 1, 0, 2, 3))).inputs)
+
+
+def test_truncated_shard_is_named(shards, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(shards, copy)
+    victim = Manifest.load(copy).split_shards("train")[0].file
+    (copy / victim).write_bytes((copy / victim).read_bytes()[:-10])
+    with pytest.raises(ValueError, match=f"{victim}: .* the shard is missing or truncated"):
+        MixtureStream(copy, SEQ, None, seed=0)
 
 
 def test_missing_corpus_path_names_the_fix(tiny_tokenizer, tmp_path):

@@ -83,3 +83,10 @@ def test_vocab_mismatch_names_the_fix(run_dir):
     job.model.vocab_size = 1024
     with pytest.raises(RuntimeError, match=r"model.vocab_size=1024 but the tokenizer .* has 768 pieces: set model.vocab_size=768"):
         run_distributed(train_and_report, 1, job)
+
+
+def test_tokenizer_differing_from_the_shards_names_the_fix(run_dir, tiny_tokenizer):
+    (run_dir / "tokenizer").mkdir()
+    (run_dir / "tokenizer" / "tokenizer.model").write_bytes(b"another tokenizer")
+    with pytest.raises(RuntimeError, match=r"is not the tokenizer the shards .* were built with"):
+        run_distributed(train_and_report, 1, make_job(run_dir))

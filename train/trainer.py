@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_pipeline.loader import DistributedLoader, TokenWindows, validation_batches
-from data_pipeline.shards import Manifest
+from data_pipeline.loader import DistributedLoader, MixtureStream, TokenWindows, validation_batches
+from data_pipeline.shards import Manifest, file_sha256
 from model import Transformer
 from model.transformer import cross_entropy_loss
 from train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -21,6 +21,16 @@ from train.metrics import MetricsSink
 from train.optim import build_optimizer, lr_at
 
 log = logging.getLogger("kfm.train")
+
+
+def check_tokenizer(run_dir: Path, manifest: Manifest, data_dir: Path) -> None:
+    """The run's tokenizer must be the one the shards were built with."""
+    model = run_dir / "tokenizer" / "tokenizer.model"
+    if model.is_file() and file_sha256(model) != manifest.tokenizer_sha256:
+        raise ValueError(
+            f"{model} is not the tokenizer the shards in {data_dir} were built with (sha256 differs): rebuild "
+            "the shards with `python -m data_pipeline.build`, or restore the tokenizer they were built with"
+        )
 
 
 def check_vocab(job: PretrainJob, manifest: Manifest, data_dir: Path) -> None:
@@ -37,12 +47,14 @@ class Trainer:
         self.job, self.dist = job, dist_info
         run_dir = Path(job.run_dir)
         data_dir = run_dir / "data"
-        self.train_windows = TokenWindows(data_dir, "train", job.data.seq_len)
-        self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len)
-        check_vocab(job, self.train_windows.manifest, data_dir)
         tc = job.trainer
-        self.loader = DistributedLoader(self.train_windows, tc.local_batch_size, dist_info.rank, dist_info.world,
-                                        tc.seed)
+        self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len)
+        manifest = self.val_windows.manifest
+        check_vocab(job, manifest, data_dir)
+        check_tokenizer(run_dir, manifest, data_dir)
+        stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed)
+        self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world, manifest.bos_id)
+        self.bos_id = manifest.bos_id
         # Same seed on every rank gives identical full weights before sharding.
         model = Transformer(job.model)
         model.init_weights(seed=tc.seed)
@@ -57,13 +69,15 @@ class Trainer:
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.model, self.optim)
             self.step = state["step"]
+            self.loader.load_state_dict(state["data"])
             log.info("resumed from %s at step %d", ckpt, self.step)
 
     def train_step(self, step: int) -> tuple[float, float]:
         lr = lr_at(step, self.job.trainer.steps, self.job.optim)
         for group in self.optim.param_groups:
             group["lr"] = lr
-        inputs, targets = (t.to(self.dist.device) for t in self.loader.batch(step))
+        batch = self.loader.next_batch()
+        inputs, targets = batch.inputs.to(self.dist.device), batch.targets.to(self.dist.device)
         loss = cross_entropy_loss(self.model(inputs), targets)
         loss.backward()
         clip = self.job.optim.grad_clip
@@ -78,16 +92,17 @@ class Trainer:
     def validate(self) -> float:
         self.model.eval()
         tc, losses = self.job.trainer, []
-        for inputs, targets in validation_batches(self.val_windows, tc.local_batch_size, self.dist.rank,
-                                                  self.dist.world, tc.val_batches):
-            losses.append(cross_entropy_loss(self.model(inputs.to(self.dist.device)),
-                                             targets.to(self.dist.device)).item())
+        for batch in validation_batches(self.val_windows, tc.local_batch_size, self.dist.rank, self.dist.world,
+                                        tc.val_batches, self.bos_id):
+            losses.append(cross_entropy_loss(self.model(batch.inputs.to(self.dist.device)),
+                                             batch.targets.to(self.dist.device)).item())
         self.model.train()
         return all_reduce_mean(sum(losses) / len(losses), self.dist.device)
 
     def save(self) -> Path:
         return save_checkpoint(self.ckpt_root, self.step, self.model, self.optim,
-                               {"config": asdict(self.job)}, self.job.trainer.keep_checkpoints)
+                               {"config": asdict(self.job), "data": self.loader.state_dict()},
+                               self.job.trainer.keep_checkpoints)
 
     def fit(self) -> dict:
         tc = self.job.trainer
