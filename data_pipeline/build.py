@@ -17,7 +17,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -123,8 +123,8 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
             c = counts[source.name] = Counter()
             bar = tqdm(desc=f"clean+tokenize {source.name}", unit="doc", disable=None)
 
-            def jobs(src=source):
-                for batch in _batches(iter_documents(src), BATCH_DOCS):
+            def jobs(src=source, c=c):
+                for batch in _batches(iter_documents(src, c), BATCH_DOCS):
                     c["docs_in"] += len(batch)
                     yield src.lang, batch
 
@@ -158,6 +158,7 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
     manifest.stats = {"tokens": totals, "docs": docs, "seconds": round(seconds, 2),
                       "tokens_per_second": round((totals["train"] + totals["val"]) / max(seconds, 1e-9)),
                       "cleaning": {name: dict(sorted(c.items())) for name, c in counts.items()}}
+    manifest.config = asdict(cfg)
     manifest.save(out)
     log.info("wrote %s: %s", out, manifest.stats)
     return manifest

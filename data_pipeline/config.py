@@ -87,6 +87,8 @@ class DataConfig:
     """Processes that clean and tokenize in parallel."""
     clean: CleanConfig = field(default_factory=CleanConfig)
     """Cleaning, PII scrubbing, quality filters and exact dedup."""
+    verify_checksums: bool = True
+    """The trainer checks every shard's SHA-256 against the manifest at start (reads all shards once)."""
 
     def __post_init__(self) -> None:
         if self.seq_len <= 0 or self.shard_tokens <= 0 or self.num_workers <= 0:

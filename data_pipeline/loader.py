@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipeline.shards import Manifest
+from data_pipeline.shards import Manifest, file_sha256
 
 BLOCK = 1000
 
@@ -33,7 +33,7 @@ class TokenWindows:
     """Random access to the ``seq_len + 1``-token windows of one split (optionally one source), memory-mapped."""
 
     def __init__(self, data_dir: str | Path, split: str, seq_len: int, source: str | None = None,
-                 manifest: Manifest | None = None) -> None:
+                 manifest: Manifest | None = None, verify: bool = False) -> None:
         self.manifest = manifest or Manifest.load(data_dir)
         shards = [s for s in self.manifest.split_shards(split) if source is None or s.source == source]
         what = f"'{split}'" + (f" / source '{source}'" if source else "")
@@ -49,6 +49,9 @@ class TokenWindows:
                 raise ValueError(f"{path}: {max(size, 0)} bytes on disk, the manifest says {s.num_tokens} tokens "
                                  f"({s.num_tokens * dtype.itemsize} bytes): the shard is missing or truncated; "
                                  "rebuild with `python -m data_pipeline.build`")
+            if verify and file_sha256(path) != s.sha256:
+                raise ValueError(f"{path}: SHA-256 differs from the manifest's: the shard is corrupt; rebuild with "
+                                 "`python -m data_pipeline.build`")
             self._arrays.append(np.memmap(path, dtype=dtype, mode="r"))
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
         self.num_tokens = int(self._starts[-1])
@@ -89,7 +92,8 @@ def block_quotas(weights: list[float], block: int = BLOCK) -> list[int]:
 class MixtureStream:
     """The training stream: sample ``i`` → (source index, window index), a pure function of (seed, i)."""
 
-    def __init__(self, data_dir: str | Path, seq_len: int, weights: dict[str, float] | None, seed: int) -> None:
+    def __init__(self, data_dir: str | Path, seq_len: int, weights: dict[str, float] | None, seed: int,
+                 verify: bool = False) -> None:
         manifest = Manifest.load(data_dir)
         names = sorted({s.source for s in manifest.split_shards("train")})
         if weights:
@@ -99,7 +103,7 @@ class MixtureStream:
                                  f"(sources there: {names})")
             names = [n for n in names if weights.get(n, 0) > 0]
         self.names = names
-        self.windows = [TokenWindows(data_dir, "train", seq_len, n, manifest) for n in names]
+        self.windows = [TokenWindows(data_dir, "train", seq_len, n, manifest, verify) for n in names]
         w = [weights[n] for n in names] if weights else [float(x.num_tokens) for x in self.windows]
         self.weights = [x / sum(w) for x in w]
         self.quotas = block_quotas(self.weights)

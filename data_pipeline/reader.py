@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +23,14 @@ def source_specs(source: DataSource) -> list[str]:
     return [source.path]
 
 
-def iter_documents(source: DataSource) -> Iterator[str]:
-    """Every non-blank document of a source (a JSON line, a text line, a table row, a dataset row)."""
+def iter_documents(source: DataSource, counts: Counter | None = None) -> Iterator[str]:
+    """Every non-blank document of a source (a JSON line, a text line, a table row, a dataset row).
+
+    Blank documents are skipped and counted in ``counts["removed_empty"]``.
+    """
     for spec in source_specs(source):
         for text in iter_texts(spec, source.text_field, f"data.sources[{source.name}]", split=source.split):
             if text.strip():
                 yield text
+            elif counts is not None:
+                counts["removed_empty"] += 1

@@ -43,6 +43,8 @@ class Manifest:
     eos_id: int = 2
     shards: list[ShardInfo] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    """The data config the shards were built with."""
     format_version: int = FORMAT_VERSION
 
     def save(self, data_dir: Path) -> None:

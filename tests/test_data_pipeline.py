@@ -190,6 +190,28 @@ def test_truncated_shard_is_named(shards, tmp_path):
         MixtureStream(copy, SEQ, None, seed=0)
 
 
+def test_corrupt_shard_is_named_when_verifying(shards, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(shards, copy)
+    victim = Manifest.load(copy).split_shards("train")[-1].file
+    raw = bytearray((copy / victim).read_bytes())
+    raw[10] ^= 0xFF
+    (copy / victim).write_bytes(bytes(raw))
+    MixtureStream(copy, SEQ, None, seed=0)  # same size: only the checksum can tell
+    with pytest.raises(ValueError, match=f"{victim}: SHA-256 differs from the manifest's"):
+        MixtureStream(copy, SEQ, None, seed=0, verify=True)
+
+
+def test_empty_documents_are_counted(tiny_tokenizer, tmp_path):
+    docs = [f"{i}번째 문서입니다. 대한민국은 민주공화국이고 모든 국민은 법 앞에 평등하다." for i in range(20)]
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in docs + ["", "   ", "\n"]]
+    (tmp_path / "ko.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = DataConfig(sources=[DataSource(name="ko", path=str(tmp_path / "ko.jsonl"))], val_fraction=0.3,
+                     num_workers=1, seq_len=8, clean=CleanConfig(dedup_near=False))
+    counts = build_shards(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "out").stats["cleaning"]["ko"]
+    assert counts["removed_empty"] == 3 and counts["docs_in"] == 20 and counts["docs_kept"] == 20
 def test_missing_corpus_path_names_the_fix(tiny_tokenizer, tmp_path):
     cfg = DataConfig(sources=[DataSource(name="ko", path=str(tmp_path / "missing.jsonl"))])
     with pytest.raises(DataError, match=r"data\.sources\[ko\]: .*missing.jsonl does not exist.*sample_corpus"):

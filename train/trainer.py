@@ -48,11 +48,12 @@ class Trainer:
         run_dir = Path(job.run_dir)
         data_dir = run_dir / "data"
         tc = job.trainer
-        self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len)
+        verify = job.data.verify_checksums
+        self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len, verify=verify)
         manifest = self.val_windows.manifest
         check_vocab(job, manifest, data_dir)
         check_tokenizer(run_dir, manifest, data_dir)
-        stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed)
+        stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
         self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world, manifest.bos_id)
         self.bos_id = manifest.bos_id
         # Same seed on every rank gives identical full weights before sharding.
