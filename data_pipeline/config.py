@@ -55,7 +55,7 @@ class CleanConfig:
     """Drop documents whose MinHash-estimated Jaccard similarity to a kept one reaches ``near_threshold``."""
     near_threshold: float = 0.5
     """Jaccard similarity of character shingles from which two documents are near-duplicates (0.5: see
-    bench/near_dedup.py, precision >= 0.99 and recall >= 0.97 on copies with up to 10% of words edited)."""
+    bench/near_dedup.py: precision 1.0 and recall >= 0.96 on copies with up to 10% of words edited)."""
     near_num_perm: int = 128
     """MinHash permutations (more: slower, more accurate)."""
     near_shingle_chars: int = 5

@@ -3,7 +3,7 @@
 import random
 
 from data_pipeline.config import CleanConfig
-from data_pipeline.near_dedup import NearDuplicateIndex, shingles, signature
+from data_pipeline.near_dedup import NearDuplicateIndex, shingle_hashes, shingles, signature
 
 SYLLABLES = [chr(c) for c in range(0xAC00, 0xD7A4, 7)]
 
@@ -42,3 +42,15 @@ def test_short_text_has_no_signature_and_is_never_a_duplicate():
 
 def test_shingles_ignore_case_and_spacing():
     assert shingles("Hello   World", 5) == shingles("hello world", 5)
+    assert len(shingle_hashes("Hello   World", 5)) == len(shingles("hello world", 5)) == 7
+
+
+def test_signature_estimates_jaccard():
+    rng, cfg = random.Random(1), CleanConfig()
+    for _ in range(20):
+        a = random_paragraph(rng, 60)
+        b = edited(a, rng, rng.choice([0.05, 0.2, 0.5]))
+        true = len(shingles(a, 5) & shingles(b, 5)) / len(shingles(a, 5) | shingles(b, 5))
+        est = (signature(a, 256, 5) == signature(b, 256, 5)).mean()
+        assert abs(est - true) < 0.12, (est, true)
+    assert (signature(a, 128, 5) == signature(a, 128, 5)).all()
