@@ -17,7 +17,6 @@ from data_pipeline.pii import scrub
 from data_pipeline.text import hangul_share
 
 _TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.S)
-_ENTITY = re.compile(r"&(?:[A-Za-z]{2,8}|#\d{2,6}|#x[0-9A-Fa-f]{2,5});")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff]")
 _BLANK_RUN = re.compile(r"\n{3,}")
 BOILERPLATE = re.compile(
@@ -33,7 +32,7 @@ def normalize_text(text: str, lang: str) -> str:
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
     if lang != "code" and ("<" in text or "&" in text):
-        text = html.unescape(_ENTITY.sub(lambda m: m.group(0), _TAG.sub("", text)))
+        text = html.unescape(_TAG.sub("", text))
     return _BLANK_RUN.sub("\n\n", text)
 
 

@@ -209,9 +209,8 @@ def _write_capped(docs: Iterable[dict], path: Path, max_bytes: int | None) -> di
     with path.open("w", encoding="utf-8") as f:
         for doc in docs:
             size = len(doc["text"].encode())
-            if max_bytes is not None and n_bytes + size > max_bytes:
-                if n_bytes:
-                    continue
+            if max_bytes is not None and n_bytes and n_bytes + size > max_bytes:
+                continue  # over the cap: skip it, a smaller document may still fit
             f.write(json.dumps(doc, ensure_ascii=False) + "\n")
             n_docs, n_bytes, n_hangul = n_docs + 1, n_bytes + size, n_hangul + count_hangul_syllables(doc["text"])
     return {"docs": n_docs, "bytes": n_bytes, "hangul_syllables": n_hangul}

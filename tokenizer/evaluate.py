@@ -12,6 +12,7 @@ round-trip exactness per line, and single-core encode MB/s (for kfm: the data pi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -142,16 +143,15 @@ def plot(results: dict[str, dict[str, dict]], path: Path) -> None:
 
 
 def evaluate(job: EvaluateJob) -> dict:
-    kfm = load_encoder(job.tokenizer_model)
-    kfm.name = "kfm"
-    kfm.encode = batch_encoder(job.tokenizer_model).encode  # the data pipeline's encoder: same ids, faster
+    kfm_sp = load_encoder(job.tokenizer_model)
+    # Measured with the data pipeline's encoder (same ids as SentencePiece, faster).
+    kfm = dataclasses.replace(kfm_sp, name="kfm", encode=batch_encoder(job.tokenizer_model).encode)
     stats_file = Path(job.tokenizer_model).with_name("train_stats.json")
     heldout = json.loads(stats_file.read_text())["config"]["heldout_fraction"] if stats_file.is_file() else None
     if heldout is None and any(s.heldout_only for s in job.sets):
         raise CorpusError(f"{stats_file} not found, so the held-out split is unknown: set sets[*].heldout_only=false")
     hf_file = Path(job.tokenizer_model).with_name("tokenizer.json")
     kfm_hf = load_encoder(hf_file) if hf_file.is_file() else None
-    kfm_sp = load_encoder(job.tokenizer_model)
     encoders = [kfm, *(load_encoder(p) for p in job.references)]
     results: dict[str, dict[str, dict]] = {}
     for s in job.sets:
