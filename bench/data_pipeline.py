@@ -51,7 +51,7 @@ def main() -> None:
               "(clean + PII + filters + exact and near dedup + tokenize + write, process start-up included)")
 
         stream = MixtureStream(Path(tmp) / "data", args.seq, None, seed=0)
-        loader = DistributedLoader(stream, args.batch, 0, 1, manifest.bos_id)
+        loader = DistributedLoader(stream, args.batch, 0, 1)
         loader.next_batch()  # warm the page cache and permutations
         t0 = time.perf_counter()
         for _ in range(args.batches):

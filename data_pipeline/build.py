@@ -4,19 +4,20 @@
 
 Reads ``data.sources``; in ``data.num_workers`` processes cleans each document (NFC, control
 characters, markup, boilerplate lines, PII, quality filters: ``data_pipeline.clean``) and
-tokenizes it with the model at ``tokenizer_model``; drops exact duplicates across all sources;
-writes ``<run_dir>/data/{train,val}/*.bin`` plus ``manifest.json`` with what each filter removed.
+tokenizes it with the model at ``tokenizer_model``; drops exact and near duplicates across all
+sources; writes ``<run_dir>/data/{train,val}/*.{bin,idx}`` plus ``manifest.json`` with what each
+filter removed. An interrupted build resumes from its journal (``data_pipeline.journal``); a
+finished one with the same inputs is not redone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -29,14 +30,17 @@ from tqdm import tqdm
 
 from data_pipeline.clean import clean_document
 from data_pipeline.config import DataConfig
-from data_pipeline.near_dedup import NearDuplicateIndex, signature
-from data_pipeline.reader import DataError, iter_documents
-from data_pipeline.shards import Manifest, ShardWriter, file_sha256, token_dtype
+from data_pipeline.dedup import Deduplicator, dedup_key
+from data_pipeline.journal import JOURNAL, STATE_DIR, Journal, fingerprint
+from data_pipeline.near_dedup import signature
+from data_pipeline.reader import BadRecordLog, DataError, count_records, iter_documents
+from data_pipeline.shards import MANIFEST, Manifest, ShardInfo, ShardWriter, file_sha256, token_dtype
 from data_pipeline.text import normalize
 from tokenizer.fast_encode import batch_encoder
 from tokenizer.hf import load_sentencepiece
 from tokenizer.sampling import is_heldout
 
+__all__ = ["DataBuildJob", "build_shards", "data_dir", "dedup_key"]
 log = logging.getLogger(__name__)
 BATCH_DOCS = 64
 
@@ -49,6 +53,8 @@ class DataBuildJob:
     """Shards go to ``<run_dir>/data``."""
     tokenizer_model: str = "${run_dir}/tokenizer/tokenizer.model"
     """SentencePiece model used to tokenize."""
+    resume: bool = True
+    """Resume an interrupted build, and keep a finished one whose inputs are unchanged; false: rebuild."""
     data: DataConfig = field(default_factory=DataConfig)
 
 
@@ -64,23 +70,26 @@ def _init_worker(model_file: str, cfg: DataConfig) -> None:
     _WORKER.update(encoder=batch_encoder(model_file), bos=sp.bos_id(), eos=sp.eos_id(), cfg=cfg)
 
 
-def dedup_key(text: str) -> bytes:
-    """Exact-duplicate key: the text case-folded with whitespace collapsed, hashed."""
-    return hashlib.blake2b(" ".join(text.casefold().split()).encode(), digest_size=16).digest()
-
-
-def _process_batch(job: tuple[str, list[str]]) -> tuple[list[tuple], Counter]:
-    """Clean, filter and tokenize one batch of one source's documents.
+def _process_batch(job: tuple[str, list[str | None]]) -> tuple[list[tuple], Counter]:
+    """Clean, filter and tokenize one batch of one source's records.
 
     Returns (split, exact-dedup key, MinHash values or None, ``[bos] + ids + [eos]``) for each kept
-    document, and the counts of what cleaning did. The split is decided on the raw (NFC) text, by the same rule as the
-    tokenizer's held-out split.
+    document, and the counts of what was done (a ``None`` record is a skipped bad one). The split is
+    decided on the raw (NFC) text, by the same rule as the tokenizer's held-out split.
     """
     lang, texts = job
     w, counts = _WORKER, Counter()
     cfg: DataConfig = w["cfg"]
     kept = []
     for raw in texts:
+        if raw is None:
+            counts["removed_bad_record"] += 1
+            continue
+        if not raw.strip():
+            counts["removed_empty"] += 1
+            continue
+        counts["docs_in"] += 1
+        counts["bytes_in"] += len(raw.encode())
         split = "val" if is_heldout(raw, cfg.val_fraction) else "train"
         text = clean_document(raw, lang, cfg.clean, counts) if cfg.clean.enabled else normalize(raw)
         if text is not None:
@@ -95,56 +104,108 @@ def _process_batch(job: tuple[str, list[str]]) -> tuple[list[tuple], Counter]:
     ], counts
 
 
-def _batches(docs: Iterator[str], n: int) -> Iterator[list[str]]:
-    while batch := list(islice(docs, n)):
+def _batches(records: Iterator, n: int) -> Iterator[list]:
+    while batch := list(islice(records, n)):
         yield batch
 
 
-def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Path) -> Manifest:
-    """Tokenize every source of ``cfg`` into ``out_dir``; returns the manifest written there."""
+def _up_to_date(out: Path, fp: str) -> Manifest | None:
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        manifest = Manifest.load(out)
+    except (ValueError, TypeError, KeyError):
+        return None
+    return manifest if manifest.fingerprint == fp else None
+
+
+def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Path, resume: bool = True,
+                 on_commit: Callable[[Journal], None] | None = None) -> Manifest:
+    """Tokenize every source of ``cfg`` into ``out_dir``; returns the manifest written there.
+
+    With ``resume``, a finished build with the same fingerprint is returned as is and an interrupted
+    one goes on from its journal. ``on_commit`` is called after each journal commit.
+    """
     if not cfg.sources:
         raise DataError("data.sources is empty: name at least one corpus file or folder")
     sp = load_sentencepiece(tokenizer_model)
     out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    tokenizer_sha256 = file_sha256(Path(tokenizer_model))
+    fp = fingerprint(cfg, tokenizer_sha256)
+    if resume and (done := _up_to_date(out, fp)):
+        log.info("%s is up to date (same config, tokenizer and inputs); pass resume=false to rebuild", out)
+        return done
+    journal = Journal.load(out) if resume and out.is_dir() else None
+    if journal is not None and journal.fingerprint != fp:
+        log.info("%s: the config, tokenizer or inputs changed since the interrupted build: starting over", out)
+        journal = None
+    if journal is None:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        journal = Journal(fp)
+    else:
+        log.info("resuming the build in %s at source %d (%s), record %d", out, journal.source_index,
+                 cfg.sources[min(journal.source_index, len(cfg.sources) - 1)].name, journal.records_done)
     dtype = token_dtype(sp.get_piece_size())
-    manifest = Manifest(vocab_size=sp.get_piece_size(), dtype=dtype.name,
-                        tokenizer_sha256=file_sha256(Path(tokenizer_model)), bos_id=sp.bos_id(), eos_id=sp.eos_id())
-    t0 = time.perf_counter()
+    manifest = Manifest(vocab_size=sp.get_piece_size(), dtype=dtype.name, tokenizer_sha256=tokenizer_sha256,
+                        bos_id=sp.bos_id(), eos_id=sp.eos_id(), fingerprint=fp)
+    t0, spent = time.perf_counter(), journal.seconds
+    counts = {name: Counter(c) for name, c in journal.counts.items()}
+    cc = cfg.clean
+    dedup = Deduplicator(out / STATE_DIR, cc.enabled and cc.dedup_exact, cc.enabled and cc.dedup_near,
+                         cc.near_threshold, cc.near_num_perm, journal.dedup_counts)
+
+    def commit(source_index: int, records_done: int, writers: dict[str, ShardWriter]) -> None:
+        journal.source_index, journal.records_done = source_index, records_done
+        journal.writers = {s: w.state() for s, w in writers.items()}
+        journal.dedup_counts = dedup.sync()
+        journal.counts = {name: dict(c) for name, c in counts.items()}
+        journal.seconds = spent + time.perf_counter() - t0
+        journal.save(out)
+        if on_commit is not None:
+            on_commit(journal)
+
     ctx = mp.get_context("spawn")
-    counts: dict[str, Counter] = {}
-    seen: set[bytes] = set()
-    near_index = NearDuplicateIndex(cfg.clean.near_threshold, cfg.clean.near_num_perm)
     with ctx.Pool(cfg.num_workers, initializer=_init_worker, initargs=(str(tokenizer_model), cfg)) as pool:
-        for source in cfg.sources:
-            writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens) for s in ("train", "val")}
-            c = counts[source.name] = Counter()
-            bar = tqdm(desc=f"clean+tokenize {source.name}", unit="doc", disable=None)
-
-            def jobs(src=source, c=c):
-                for batch in _batches(iter_documents(src, c), BATCH_DOCS):
-                    c["docs_in"] += len(batch)
-                    yield src.lang, batch
-
-            for kept, batch_counts in pool.imap(_process_batch, jobs()):
+        for si in range(journal.source_index, len(cfg.sources)):
+            source = cfg.sources[si]
+            resuming = si == journal.source_index
+            skip = journal.records_done if resuming else 0
+            writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens,
+                                      journal.writers.get(s) if resuming else None) for s in ("train", "val")}
+            c = counts.setdefault(source.name, Counter())
+            on_bad = BadRecordLog(source.name) if cfg.on_bad_record == "skip" else None
+            records = islice(iter_documents(source, on_bad), skip, None)
+            bar = tqdm(desc=f"build {source.name}", unit="doc", total=count_records(source), initial=skip,
+                       disable=None, smoothing=0.05)
+            done, finished, last_commit = skip, 0, time.monotonic()
+            jobs = ((source.lang, batch) for batch in _batches(records, BATCH_DOCS))
+            for kept, batch_counts in pool.imap(_process_batch, jobs):
                 c.update(batch_counts)
                 for split, key, minhash, toks in kept:
-                    if cfg.clean.dedup_exact and key in seen:
-                        c["removed_exact_duplicate"] += 1
-                        continue
-                    seen.add(key)
-                    if near_index.seen(key, minhash):
-                        c["removed_near_duplicate"] += 1
+                    if (dup := dedup.check(key, minhash)) is not None:
+                        c[f"removed_{dup}_duplicate"] += 1
                         continue
                     writers[split].write(toks)
                     c["docs_kept"] += 1
-                bar.update(len(kept))
+                n = sum(v for k, v in batch_counts.items() if k in ("docs_in", "removed_empty", "removed_bad_record"))
+                done += n
+                bar.update(n)
+                bar.set_postfix_str(f"{c['bytes_in'] / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.2f} MB/s",
+                                    refresh=False)
+                now_finished = sum(len(w.shards) for w in writers.values())
+                if now_finished > finished or time.monotonic() - last_commit > cfg.commit_seconds:
+                    commit(si, done, writers)
+                    finished, last_commit = now_finished, time.monotonic()
+                    log.info("%s: %d records done, %d shards finished", source.name, done, finished)
             bar.close()
             for w in writers.values():
-                manifest.shards.extend(w.close())
+                journal.done_shards.extend(asdict(x) for x in w.close())
+            commit(si + 1, 0, {})
             log.info("%s: %s", source.name, dict(sorted(c.items())))
+    dedup.close()
+    manifest.shards = [ShardInfo(**s) for s in journal.done_shards]
     totals = {s: sum(x.num_tokens for x in manifest.split_shards(s)) for s in ("train", "val")}
     docs = {s: sum(x.num_docs for x in manifest.split_shards(s)) for s in ("train", "val")}
     if totals["train"] == 0:
@@ -154,12 +215,14 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
             f"no document landed in the validation split ({docs['train']} documents): "
             "raise data.val_fraction or add more data"
         )
-    seconds = time.perf_counter() - t0
+    seconds = journal.seconds
     manifest.stats = {"tokens": totals, "docs": docs, "seconds": round(seconds, 2),
                       "tokens_per_second": round((totals["train"] + totals["val"]) / max(seconds, 1e-9)),
                       "cleaning": {name: dict(sorted(c.items())) for name, c in counts.items()}}
     manifest.config = asdict(cfg)
     manifest.save(out)
+    (out / JOURNAL).unlink()
+    shutil.rmtree(out / STATE_DIR)
     log.info("wrote %s: %s", out, manifest.stats)
     return manifest
 
@@ -170,7 +233,7 @@ ConfigStore.instance().store(name="data_build_job_schema", node=DataBuildJob)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="data_build")
 def main(cfg) -> None:
     job: DataBuildJob = OmegaConf.to_object(cfg)
-    build_shards(job.data, job.tokenizer_model, data_dir(job.run_dir))
+    build_shards(job.data, job.tokenizer_model, data_dir(job.run_dir), resume=job.resume)
 
 
 if __name__ == "__main__":

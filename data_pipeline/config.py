@@ -89,10 +89,18 @@ class DataConfig:
     """Cleaning, PII scrubbing, quality filters and exact dedup."""
     verify_checksums: bool = True
     """The trainer checks every shard's SHA-256 against the manifest at start (reads all shards once)."""
+    on_bad_record: str = "error"
+    """A record that is not UTF-8, not JSON or lacks the text field: ``error`` stops the build naming
+    the file and line; ``skip`` logs the first few, counts all (``removed_bad_record``) and goes on."""
+    commit_seconds: float = 60.0
+    """The build journal is committed after every finished shard and at least this often: an
+    interrupted build resumes from the last commit."""
 
     def __post_init__(self) -> None:
         if self.seq_len <= 0 or self.shard_tokens <= 0 or self.num_workers <= 0:
             raise ValueError("data.seq_len, data.shard_tokens and data.num_workers must be positive")
+        if self.on_bad_record not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
         names = [s.name for s in self.sources]

@@ -1,7 +1,9 @@
 """Deterministic, resumable, mixture-weighted distributed batches of packed token windows.
 
 Each source's train shards, laid end to end, are cut into windows of ``seq_len + 1`` tokens
-(inputs and shifted targets; documents are packed back to back as ``<s> ... </s>``). The
+(inputs and shifted targets; documents are packed back to back as ``<s> ... </s>``); the
+shards' offset files say where each document starts, so every window carries its document
+boundaries (per-document position ids and ``cu_seqlens``). The
 training stream is a sequence of (source, window) samples that is a pure function of the
 global sample index ``i`` and the seed:
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipeline.shards import Manifest, file_sha256
+from data_pipeline.shards import OFFSET_DTYPE, Manifest, file_sha256
 
 BLOCK = 1000
 
@@ -41,18 +43,21 @@ class TokenWindows:
             raise ValueError(f"{data_dir}: no {what} shards in the manifest; rebuild with `python -m data_pipeline.build`")
         self.seq_len = seq_len
         dtype = np.dtype(self.manifest.dtype)
-        self._arrays = []
+        self._arrays, self._offsets = [], []
         for s in shards:
-            path = Path(data_dir) / s.file
-            size = path.stat().st_size if path.is_file() else -1
-            if size != s.num_tokens * dtype.itemsize:
-                raise ValueError(f"{path}: {max(size, 0)} bytes on disk, the manifest says {s.num_tokens} tokens "
-                                 f"({s.num_tokens * dtype.itemsize} bytes): the shard is missing or truncated; "
-                                 "rebuild with `python -m data_pipeline.build`")
-            if verify and file_sha256(path) != s.sha256:
-                raise ValueError(f"{path}: SHA-256 differs from the manifest's: the shard is corrupt; rebuild with "
-                                 "`python -m data_pipeline.build`")
-            self._arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+            for file, count, itemsize, sha in ((s.file, s.num_tokens, dtype.itemsize, s.sha256),
+                                               (s.index_file, s.num_docs, OFFSET_DTYPE.itemsize, s.index_sha256)):
+                path = Path(data_dir) / file
+                size = path.stat().st_size if path.is_file() else -1
+                if size != count * itemsize:
+                    raise ValueError(f"{path}: {max(size, 0)} bytes on disk, the manifest says {count * itemsize} "
+                                     f"({s.num_tokens} tokens, {s.num_docs} documents): the shard is missing or "
+                                     "truncated; rebuild with `python -m data_pipeline.build`")
+                if verify and file_sha256(path) != sha:
+                    raise ValueError(f"{path}: SHA-256 differs from the manifest's: the shard is corrupt; rebuild "
+                                     "with `python -m data_pipeline.build`")
+            self._arrays.append(np.memmap(Path(data_dir) / s.file, dtype=dtype, mode="r"))
+            self._offsets.append(np.memmap(Path(data_dir) / s.index_file, dtype=OFFSET_DTYPE, mode="r"))
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
         self.num_tokens = int(self._starts[-1])
         self.num_windows = (self.num_tokens - 1) // seq_len
@@ -67,16 +72,23 @@ class TokenWindows:
 
     def __getitem__(self, i: int) -> np.ndarray:
         """Tokens ``[i*seq_len, (i+1)*seq_len]`` of the concatenated shards (may span shards)."""
+        return self.window(i)[0]
+
+    def window(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window ``i``'s tokens, and where documents start in it (offsets into the window)."""
         start, end = i * self.seq_len, (i + 1) * self.seq_len + 1
-        parts = []
+        parts, starts = [], []
         k = int(np.searchsorted(self._starts, start, side="right")) - 1
         while start < end:
             lo = start - self._starts[k]
             take = min(end, self._starts[k + 1]) - start
             parts.append(self._arrays[k][lo : lo + take])
+            offsets = self._offsets[k]
+            first, last = np.searchsorted(offsets, [lo, lo + take])
+            starts.append(offsets[first:last].astype(np.int64) - lo + (start - i * self.seq_len))
             start += take
             k += 1
-        return np.concatenate(parts).astype(np.int64)
+        return np.concatenate(parts).astype(np.int64), np.concatenate(starts)
 
 
 def block_quotas(weights: list[float], block: int = BLOCK) -> list[int]:
@@ -134,18 +146,24 @@ class MixtureStream:
         return src, int(self._perm((1, src, epoch), n)[j])
 
     def sample(self, i: int) -> np.ndarray:
+        """Tokens of global sample ``i``."""
+        return self.sample_window(i)[0]
+
+    def sample_window(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens of global sample ``i`` and the offsets where documents start in it."""
         src, w = self.locate(i)
-        return self.windows[src][w]
+        return self.windows[src].window(w)
 
 
-def document_positions(tokens: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token position ids that restart at every document start (a ``bos``), and the
-    ``cu_seqlens`` of the documents (pieces of documents) packed in the sequence."""
-    starts = np.flatnonzero(tokens == bos_id)
+def document_positions(starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token position ids that restart at every document start, and the ``cu_seqlens`` of the
+    documents (pieces of documents) in a sequence of ``length`` tokens; ``starts`` are the offsets
+    where documents begin (those at or past ``length`` are ignored)."""
+    starts = starts[starts < length]
     if len(starts) == 0 or starts[0] != 0:
         starts = np.concatenate([[0], starts])
-    cu = np.append(starts, len(tokens)).astype(np.int32)
-    positions = np.arange(len(tokens)) - np.repeat(starts, np.diff(cu))
+    cu = np.append(starts, length).astype(np.int32)
+    positions = np.arange(length) - np.repeat(starts, np.diff(cu))
     return positions, cu
 
 
@@ -159,10 +177,11 @@ class Batch:
     """Per sequence: document boundaries as cumulative lengths (flash-attn varlen style)."""
 
 
-def to_batch(windows: list[np.ndarray], bos_id: int) -> Batch:
-    x = torch.from_numpy(np.stack(windows))
+def to_batch(windows: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
+    """A batch from (tokens, document starts) windows of ``seq_len + 1`` tokens."""
+    x = torch.from_numpy(np.stack([w for w, _ in windows]))
     inputs = x[:, :-1].contiguous()
-    docs = [document_positions(w[:-1], bos_id) for w in windows]
+    docs = [document_positions(starts, len(w) - 1) for w, starts in windows]
     return Batch(inputs, x[:, 1:].contiguous(), torch.from_numpy(np.stack([p for p, _ in docs])),
                  [torch.from_numpy(c) for _, c in docs])
 
@@ -170,9 +189,8 @@ def to_batch(windows: list[np.ndarray], bos_id: int) -> Batch:
 class DistributedLoader:
     """This rank's batches of the training stream; ``state_dict`` is the global sample count."""
 
-    def __init__(self, stream: MixtureStream, local_batch: int, rank: int, world: int, bos_id: int = 1) -> None:
+    def __init__(self, stream: MixtureStream, local_batch: int, rank: int, world: int) -> None:
         self.stream, self.local_batch, self.rank, self.world = stream, local_batch, rank, world
-        self.bos_id = bos_id
         self.consumed = 0
 
     def indices(self) -> range:
@@ -181,23 +199,31 @@ class DistributedLoader:
         return range(lo, lo + self.local_batch)
 
     def next_batch(self) -> Batch:
-        batch = to_batch([self.stream.sample(i) for i in self.indices()], self.bos_id)
+        batch = to_batch([self.stream.sample_window(i) for i in self.indices()])
         self.consumed += self.local_batch * self.world
         return batch
 
     def state_dict(self) -> dict:
-        return {"consumed": self.consumed, "seed": self.stream.seed, "weights": dict(zip(self.stream.names,
-                                                                                        self.stream.weights))}
+        """The samples consumed, and what the stream is a function of (checked on load)."""
+        return {"consumed": self.consumed, "seed": self.stream.seed,
+                "weights": {n: round(w, 12) for n, w in zip(self.stream.names, self.stream.weights)},
+                "windows": {n: len(w) for n, w in zip(self.stream.names, self.stream.windows)}}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("seed", self.stream.seed) != self.stream.seed:
-            raise ValueError(f"checkpoint data seed {state['seed']} != trainer.seed {self.stream.seed}: "
-                             "resume with the seed the run started with")
+        """Resume at ``state``'s sample count; refuses a stream that is not the one the state came
+        from (another seed, mixture or set of shards), which could not continue it exactly."""
+        mine = self.state_dict()
+        for key, fix in (("seed", "resume with the trainer.seed the run started with"),
+                         ("weights", "resume with the data.sources weights the run started with"),
+                         ("windows", "resume on the shards the run started with (or rebuild them with the same "
+                                     "config, tokenizer and inputs)")):
+            if key in state and state[key] != mine[key]:
+                raise ValueError(f"the checkpoint's data stream differs: {key} {state[key]} != {mine[key]} now; "
+                                 f"{fix}. Changing it mid-run would repeat or skip data")
         self.consumed = int(state["consumed"])
 
 
-def validation_batches(windows: TokenWindows, local_batch: int, rank: int, world: int, max_batches: int,
-                       bos_id: int = 1):
+def validation_batches(windows: TokenWindows, local_batch: int, rank: int, world: int, max_batches: int):
     """The first ``max_batches`` global batches of a split in order, this rank's share of each."""
     n = min(max_batches, len(windows) // (local_batch * world))
     if n == 0:
@@ -206,4 +232,4 @@ def validation_batches(windows: TokenWindows, local_batch: int, rank: int, world
         )
     for b in range(n):
         lo = (b * world + rank) * local_batch
-        yield to_batch([windows[j] for j in range(lo, lo + local_batch)], bos_id)
+        yield to_batch([windows.window(j) for j in range(lo, lo + local_batch)])

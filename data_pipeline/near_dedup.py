@@ -83,10 +83,16 @@ class NearDuplicateIndex:
         self.num_perm = num_perm
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
 
+    def _minhash(self, values: np.ndarray) -> MinHash:
+        return MinHash(num_perm=self.num_perm, seed=SEED, hashvalues=values, scheme=SCHEME)
+
+    def add(self, key, values: np.ndarray) -> None:
+        self.lsh.insert(key, self._minhash(values), check_duplication=False)
+
     def seen(self, key, values: np.ndarray | None) -> bool:
         if values is None:
             return False
-        m = MinHash(num_perm=self.num_perm, seed=SEED, hashvalues=values, scheme=SCHEME)
+        m = self._minhash(values)
         if self.lsh.query(m):
             return True
         self.lsh.insert(key, m, check_duplication=False)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.config import DataSource
-from tokenizer.readers import FILE_SUFFIXES, CorpusError, iter_texts
+from tokenizer.readers import FILE_SUFFIXES, CorpusError, OnBadRecord, iter_texts
 
 DataError = CorpusError
+log = logging.getLogger(__name__)
 
 
 def source_specs(source: DataSource) -> list[str]:
@@ -23,14 +24,48 @@ def source_specs(source: DataSource) -> list[str]:
     return [source.path]
 
 
-def iter_documents(source: DataSource, counts: Counter | None = None) -> Iterator[str]:
-    """Every non-blank document of a source (a JSON line, a text line, a table row, a dataset row).
+def iter_documents(source: DataSource, on_bad: OnBadRecord | None = None) -> Iterator[str | None]:
+    """Every record of a source in a fixed order: a JSON line, a text line, a table or dataset row.
 
-    Blank documents are skipped and counted in ``counts["removed_empty"]``.
+    Blank documents are yielded too (the caller counts them); with ``on_bad`` a bad record is
+    reported to it and yielded as ``None``, without it its error is raised.
     """
     for spec in source_specs(source):
-        for text in iter_texts(spec, source.text_field, f"data.sources[{source.name}]", split=source.split):
-            if text.strip():
-                yield text
-            elif counts is not None:
-                counts["removed_empty"] += 1
+        yield from iter_texts(spec, source.text_field, f"data.sources[{source.name}]", split=source.split,
+                              on_bad=on_bad)
+
+
+def count_records(source: DataSource) -> int | None:
+    """How many records ``iter_documents`` will yield, read cheaply (non-blank lines, table metadata),
+    or None where that needs the whole dataset (``hf:`` names). For progress bars."""
+    if source.path.startswith("hf:"):
+        return None
+    total = 0
+    for spec in source_specs(source):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            return None
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            total += pq.ParquetFile(path).metadata.num_rows
+        elif path.suffix == ".arrow":
+            return None
+        else:
+            with path.open("rb") as f:
+                total += sum(1 for line in f if line.strip())
+    return total
+
+
+class BadRecordLog:
+    """``on_bad`` for ``iter_documents`` that logs the first few bad records of a source and counts all."""
+
+    def __init__(self, source: str, show: int = 10) -> None:
+        self.source, self.show, self.count = source, show, 0
+
+    def __call__(self, err: CorpusError) -> None:
+        self.count += 1
+        if self.count <= self.show:
+            log.warning("skipped a bad record (data.on_bad_record=skip): %s", err)
+        elif self.count == self.show + 1:
+            log.warning("data.sources[%s]: more bad records; only their count is reported", self.source)

@@ -54,7 +54,10 @@ def test_shards_hold_exactly_the_cleaned_tokenized_documents(shards, tiny_corpus
             got = np.concatenate([np.fromfile(shards / s.file, dtype=np.uint16) for s in files]) if files else []
             assert list(got) == expected[split], (source, split)
     for s in manifest.shards:
-        assert file_sha256(shards / s.file) == s.sha256
+        assert file_sha256(shards / s.file) == s.sha256 and file_sha256(shards / s.index_file) == s.index_sha256
+        tokens = np.fromfile(shards / s.file, dtype=np.uint16)
+        offsets = np.fromfile(shards / s.index_file, dtype=np.uint64)
+        assert len(offsets) == s.num_docs and offsets.tolist() == np.flatnonzero(tokens == 1).tolist()
     assert len([s for s in manifest.shards if s.source == "ko" and s.split == "train"]) > 1  # rolled over
     assert manifest.stats["docs"]["val"] > 0
     en = manifest.stats["cleaning"]["en"]
@@ -79,7 +82,7 @@ def test_cleaning_counts_every_decision(tiny_tokenizer, tmp_path):
     c = manifest.stats["cleaning"]["ko"]
     assert c == {"docs_in": 7, "docs_kept": 3, "removed_exact_duplicate": 1, "removed_too_short": 1,
                  "removed_low_hangul": 1, "removed_repeated_lines": 1, "pii_phone": 1, "pii_email": 1,
-                 "lines_boilerplate": 1}
+                 "lines_boilerplate": 1, "bytes_in": sum(len(d.encode()) for d in docs)}
     sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
     text = sp.decode([int(t) for s in manifest.shards for t in np.fromfile(tmp_path / "out" / s.file,
                                                                           dtype=np.uint16)])
@@ -153,20 +156,24 @@ def test_resume_gives_the_uninterrupted_stream_also_on_more_ranks(shards):
     expected = np.stack([stream.sample(i) for i in (3, 4, 5)])
     assert batch.inputs.numpy().tolist() == expected[:, :-1].tolist()
     assert batch.targets.numpy().tolist() == expected[:, 1:].tolist()
-    with pytest.raises(ValueError, match="data seed"):
+    with pytest.raises(ValueError, match="data stream differs: seed 3 != 4.*trainer.seed"):
         DistributedLoader(MixtureStream(shards, SEQ, None, seed=4), 3, 0, 2).load_state_dict(loader.state_dict())
+    reweighted = MixtureStream(shards, SEQ, {"ko": 0.5, "en": 0.3, "code": 0.2}, seed=3)
+    with pytest.raises(ValueError, match="data stream differs: weights .*data.sources weights"):
+        DistributedLoader(reweighted, 3, 0, 2).load_state_dict(loader.state_dict())
 
 
 def test_document_boundaries_in_every_packed_sequence(shards):
-    loader = DistributedLoader(MixtureStream(shards, SEQ, None, seed=0), 4, 0, 1, bos_id=1)
+    loader = DistributedLoader(MixtureStream(shards, SEQ, None, seed=0), 4, 0, 1)
     for _ in range(25):
         b = loader.next_batch()
         for x, pos, cu in zip(b.inputs, b.position_ids, b.cu_seqlens):
+            # boundaries come from the shards' offset files; every document starts with <s> (id 1)
             starts = sorted({0, *[i for i in range(1, SEQ) if x[i] == 1]})
             assert cu.tolist() == starts + [SEQ]
             for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
                 assert pos[lo:hi].tolist() == list(range(hi - lo))
-    positions, cu = document_positions(np.array([5, 6, 1, 7, 8, 9, 1, 4]), 1)
+    positions, cu = document_positions(np.array([2, 6, 8]), 8)
     assert positions.tolist() == [0, 1, 0, 1, 2, 3, 0, 1] and cu.tolist() == [0, 2, 6, 8]
 
 

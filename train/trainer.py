@@ -54,8 +54,7 @@ class Trainer:
         check_vocab(job, manifest, data_dir)
         check_tokenizer(run_dir, manifest, data_dir)
         stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
-        self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world, manifest.bos_id)
-        self.bos_id = manifest.bos_id
+        self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
         # Same seed on every rank gives identical full weights before sharding.
         model = Transformer(job.model)
         model.init_weights(seed=tc.seed)
@@ -94,7 +93,7 @@ class Trainer:
         self.model.eval()
         tc, losses = self.job.trainer, []
         for batch in validation_batches(self.val_windows, tc.local_batch_size, self.dist.rank, self.dist.world,
-                                        tc.val_batches, self.bos_id):
+                                        tc.val_batches):
             losses.append(cross_entropy_loss(self.model(batch.inputs.to(self.dist.device)),
                                              batch.targets.to(self.dist.device)).item())
         self.model.train()
