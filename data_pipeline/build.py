@@ -12,6 +12,7 @@ finished one with the same inputs is not redone.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import shutil
@@ -119,6 +120,20 @@ def _up_to_date(out: Path, fp: str) -> Manifest | None:
     return manifest if manifest.fingerprint == fp else None
 
 
+def check_tokenizer_heldout(tokenizer_model: Path, val_fraction: float) -> None:
+    """The validation documents must be ones the tokenizer was not trained on either: both splits use
+    ``is_heldout``, so that holds when the tokenizer held out at least ``val_fraction``."""
+    stats = tokenizer_model.parent / "train_stats.json"
+    if not stats.is_file():
+        return  # a tokenizer kfm did not train: nothing to check against
+    heldout = json.loads(stats.read_text()).get("config", {}).get("heldout_fraction")
+    if heldout is not None and heldout < val_fraction:
+        raise DataError(f"data.val_fraction={val_fraction} is more than the tokenizer held out "
+                        f"(tokenizer.heldout_fraction={heldout} in {stats}): validation documents would include text "
+                        "the tokenizer was trained on. Set data.val_fraction <= tokenizer.heldout_fraction (they are "
+                        "equal by default) or retrain the tokenizer")
+
+
 def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Path, resume: bool = True,
                  on_commit: Callable[[Journal], None] | None = None) -> Manifest:
     """Tokenize every source of ``cfg`` into ``out_dir``; returns the manifest written there.
@@ -129,6 +144,7 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
     if not cfg.sources:
         raise DataError("data.sources is empty: name at least one corpus file or folder")
     sp = load_sentencepiece(tokenizer_model)
+    check_tokenizer_heldout(Path(tokenizer_model), cfg.val_fraction)
     out = Path(out_dir)
     tokenizer_sha256 = file_sha256(Path(tokenizer_model))
     fp = fingerprint(cfg, tokenizer_sha256)

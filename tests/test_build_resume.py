@@ -135,3 +135,10 @@ def test_truncated_offsets_file_is_named(tiny_corpus, tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match=f"{victim}: 0 bytes on disk"):
         TokenWindows(out, "train", cfg.seq_len)
     assert np.dtype(manifest.dtype) == np.uint16
+
+
+def test_validation_split_larger_than_the_tokenizers_heldout_is_refused(tiny_corpus, tiny_tokenizer, tmp_path):
+    cfg = _config(tiny_corpus)
+    cfg.val_fraction = 0.45  # the tiny tokenizer held out 0.4
+    with pytest.raises(DataError, match=r"data.val_fraction=0.45 is more than the tokenizer held out .*=0.4"):
+        build_shards(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "out")

@@ -28,7 +28,8 @@ def env(tiny_corpus, tmp_path_factory):
 
 def test_entry_points_chain_to_a_loadable_hf_model(env, tmp_path):
     rd = f"run_dir={tmp_path}"
-    run(["tokenizer.train", rd, "tokenizer.vocab_size=768", "tokenizer.ksx1001_hangul=false"], env)
+    run(["tokenizer.train", rd, "tokenizer.vocab_size=768", "tokenizer.ksx1001_hangul=false",
+         "tokenizer.heldout_fraction=0.1"], env)
     run(["data_pipeline.build", rd, "data.seq_len=32", "data.val_fraction=0.1", "data.clean.dedup_near=false"], env)
     small = ["model.vocab_size=768", "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
              "model.ffn_hidden_dim=96", "data.seq_len=32", "trainer.steps=6", "trainer.log_every=2",
