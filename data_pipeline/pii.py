@@ -3,6 +3,7 @@ card numbers and IP addresses become typed placeholders such as ``[EMAIL]``."""
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections import Counter
@@ -43,24 +44,48 @@ def _is_ipv6(text: str) -> bool:
         return False
 
 
-def scrub(text: str, counts: Counter) -> str:
-    """Replace PII with typed placeholders; adds what was replaced to ``counts`` (``pii_<type>``)."""
+# Numeric PII (RRN, card, phone, IPv4) lies inside a run of digits and separators at least 7 long
+# ("1.1.1.1"); the patterns run only inside such runs. Their look-arounds see the text outside the run,
+# which is never a digit or separator, so they decide as on the whole text.
+_NUMERIC_RUN = re.compile(r"[+\d][\d\-.()+ \t]*")
+_MIN_NUMERIC_RUN = 7
+_NUMERIC = ((_RRN, "RRN", None), (_CARD, "CARD", _luhn_ok), (_PHONE, "PHONE", None), (_IPV4, "IP", None))
 
-    def sub(pattern: re.Pattern, kind: str, s: str, check=None) -> str:
-        def repl(m: re.Match) -> str:
-            if check is not None and not check(m.group(0)):
-                return m.group(0)
-            counts[f"pii_{kind.lower()}"] += 1
-            return f"[{kind}]"
-        return pattern.sub(repl, s)
+
+def find_pii(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, kind) of each piece of PII, sorted and not overlapping; where two patterns match
+    the same characters the first kind in e-mail, RRN, card, phone, IP order wins."""
+    found: list[tuple[int, int, str]] = []  # sorted by start; disjoint, so also by end
+
+    def claim(matches, kind: str, check=None) -> None:
+        for m in matches:
+            lo, hi = m.span()
+            i = bisect.bisect_left(found, (lo,))
+            if (i and found[i - 1][1] > lo) or (i < len(found) and found[i][0] < hi):
+                continue
+            if check is None or check(m.group(0)):
+                found.insert(i, (lo, hi, kind))
 
     if "@" in text:
-        text = sub(_EMAIL, "EMAIL", text)
-    text = sub(_RRN, "RRN", text)
-    text = sub(_CARD, "CARD", text, _luhn_ok)
-    text = sub(_PHONE, "PHONE", text)
-    if "." in text:
-        text = sub(_IPV4, "IP", text)
+        claim(_EMAIL.finditer(text), "EMAIL")
+    runs = [m.span() for m in _NUMERIC_RUN.finditer(text) if m.end() - m.start() >= _MIN_NUMERIC_RUN]
+    for pattern, kind, check in _NUMERIC:
+        for lo, hi in runs:
+            claim(pattern.finditer(text, lo, hi), kind, check)
     if "::" in text or text.count(":") >= 2:
-        text = sub(_IPV6_CANDIDATE, "IP", text, _is_ipv6)
-    return text
+        claim(_IPV6_CANDIDATE.finditer(text), "IP", _is_ipv6)
+    return found
+
+
+def scrub(text: str, counts: Counter) -> str:
+    """Replace PII with typed placeholders; adds what was replaced to ``counts`` (``pii_<type>``)."""
+    found = find_pii(text)
+    if not found:
+        return text
+    out, pos = [], 0
+    for lo, hi, kind in found:
+        out += [text[pos:lo], f"[{kind}]"]
+        counts[f"pii_{kind.lower()}"] += 1
+        pos = hi
+    out.append(text[pos:])
+    return "".join(out)
