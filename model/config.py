@@ -1,13 +1,49 @@
-"""Model configuration: one dataclass, validated on construction."""
+"""Model configuration: dataclasses validated on construction."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+ATTENTION_BACKENDS = ("auto", "flash_attn", "flex", "sdpa")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
+
+
+@dataclass
+class RopeConfig:
+    """Rotary position embedding: base frequency and optional long-context scaling."""
+
+    theta: float = 10000.0
+    """Base frequency."""
+    scaling: str = "none"
+    """``none``, ``linear`` (position interpolation), ``llama3`` (Llama 3.1's frequency-band rule) or ``yarn``."""
+    factor: float = 1.0
+    """Context extension factor (scaled types)."""
+    original_max_seq_len: int = 8192
+    """Context length the model was pretrained at, before extension (``llama3``, ``yarn``)."""
+    low_freq_factor: float = 1.0
+    """``llama3``: wavelengths above ``original_max_seq_len / low_freq_factor`` are divided by ``factor``."""
+    high_freq_factor: float = 4.0
+    """``llama3``: wavelengths below ``original_max_seq_len / high_freq_factor`` are kept."""
+    beta_fast: float = 32.0
+    """``yarn``: rotations from which dimensions are kept (extrapolated)."""
+    beta_slow: float = 1.0
+    """``yarn``: rotations below which dimensions are interpolated."""
+
+    def __post_init__(self) -> None:
+        if self.scaling not in ROPE_SCALINGS:
+            raise ValueError(f"model.rope.scaling must be one of {ROPE_SCALINGS}, got {self.scaling!r}")
+        if self.theta <= 0:
+            raise ValueError(f"model.rope.theta must be positive, got {self.theta}")
+        if self.scaling != "none" and self.factor < 1.0:
+            raise ValueError(f"model.rope.factor must be >= 1 with scaling {self.scaling!r}, got {self.factor}")
+        if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
+            raise ValueError("model.rope: llama3 scaling needs high_freq_factor > low_freq_factor > 0")
 
 
 @dataclass
 class ModelConfig:
-    """Shape of a Llama-style decoder (RMSNorm, RoPE, GQA, SwiGLU)."""
+    """Shape and features of a decoder-only transformer (RMSNorm, RoPE, GQA, SwiGLU and options)."""
 
     name: str = "debug"
     """Preset name, for logs and exported configs."""
@@ -21,43 +57,88 @@ class ModelConfig:
     """Query heads per attention layer."""
     n_kv_heads: int = 2
     """Key/value heads (grouped-query attention); must divide ``n_heads``."""
+    head_dim: Optional[int] = None
+    """Width of one head; unset: ``dim / n_heads`` (Qwen3 sets it apart from ``dim``)."""
     ffn_hidden_dim: int = 704
     """Hidden width of the SwiGLU feed-forward layer."""
     max_seq_len: int = 512
     """Longest sequence the RoPE tables are built for."""
-    rope_theta: float = 10000.0
-    """RoPE base frequency."""
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    """Rotary embedding base and long-context scaling."""
     norm_eps: float = 1e-5
     """Epsilon inside RMSNorm."""
+    norm_placement: str = "pre"
+    """``pre``: x + f(norm(x)) (Llama, Qwen); ``post``: x + norm(f(x)) (EXAONE 4's reordered norms)."""
+    qk_norm: bool = False
+    """RMSNorm over each query and key head before RoPE (Qwen3, EXAONE 4)."""
+    qkv_bias: bool = False
+    """Bias on the query, key and value projections (Qwen2/2.5)."""
+    sliding_window: int = 0
+    """Tokens a local (``L``) layer sees, itself included; 0: no local layers."""
+    layer_pattern: str = "G"
+    """Attention kind per layer, repeated over the depth: ``G`` global (full causal), ``L`` local
+    (sliding window). EXAONE 4.0: ``LLLG``."""
+    rope_on_global_layers: bool = True
+    """Global layers apply RoPE; EXAONE 4.0's hybrid models leave them without position encoding."""
     tie_embeddings: bool = False
     """Share the input embedding with the output projection."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init (output layers are scaled by depth)."""
+    attention_backend: str = "auto"
+    """``auto`` (flash-attn when installed and it supports the features in use, else SDPA),
+    ``flash_attn``, ``flex`` (PyTorch FlexAttention) or ``sdpa`` (PyTorch, explicit mask for documents/windows)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.rope, dict):
+            self.rope = RopeConfig(**self.rope)
         positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden_dim", "max_seq_len")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"model.{key} must be positive, got {getattr(self, key)}")
-        if self.dim % self.n_heads:
-            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.head_dim is None and self.dim % self.n_heads:
+            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads}), "
+                             "or set model.head_dim")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"model.n_heads ({self.n_heads}) must be a multiple of model.n_kv_heads ({self.n_kv_heads})"
             )
-        if self.head_dim % 2:
-            raise ValueError(f"head dim dim/n_heads = {self.head_dim} must be even for RoPE")
-        if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
-            raise ValueError("model.norm_eps, model.rope_theta and model.init_std must be positive")
+        if self.head_dim is not None and self.head_dim <= 0:
+            raise ValueError(f"model.head_dim must be positive, got {self.head_dim}")
+        if self.head_size % 2:
+            raise ValueError(f"head dim {self.head_size} must be even for RoPE")
+        if self.norm_eps <= 0 or self.init_std <= 0:
+            raise ValueError("model.norm_eps and model.init_std must be positive")
+        if self.norm_placement not in ("pre", "post"):
+            raise ValueError(f"model.norm_placement must be 'pre' or 'post', got {self.norm_placement!r}")
+        if not self.layer_pattern or set(self.layer_pattern) - {"G", "L"}:
+            raise ValueError(f"model.layer_pattern must be letters G (global) and L (local), got {self.layer_pattern!r}")
+        if len(self.layer_pattern) > self.n_layers:
+            raise ValueError(f"model.layer_pattern {self.layer_pattern!r} is longer than model.n_layers "
+                             f"({self.n_layers})")
+        if "L" in self.layer_pattern and self.sliding_window <= 0:
+            raise ValueError(f"model.layer_pattern {self.layer_pattern!r} has local layers: set model.sliding_window")
+        if self.sliding_window < 0:
+            raise ValueError(f"model.sliding_window must be >= 0, got {self.sliding_window}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"model.attention_backend must be one of {ATTENTION_BACKENDS}, "
+                             f"got {self.attention_backend!r}")
 
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def head_size(self) -> int:
+        """Width of one attention head."""
+        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
 
-    def num_params(self) -> int:
-        """Parameter count, computed from the shapes (embeddings included)."""
-        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
-        mlp = 3 * self.dim * self.ffn_hidden_dim
-        block = attn + mlp + 2 * self.dim
-        emb = self.vocab_size * self.dim
-        return self.n_layers * block + self.dim + emb * (1 if self.tie_embeddings else 2)
+    def is_local(self, layer: int) -> bool:
+        """Whether ``layer`` is a sliding-window layer."""
+        return self.layer_pattern[layer % len(self.layer_pattern)] == "L"
+
+    def uses_rope(self, layer: int) -> bool:
+        return self.is_local(layer) or self.rope_on_global_layers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ModelConfig:
+        return cls(**{**raw, "rope": RopeConfig(**raw["rope"]) if isinstance(raw.get("rope"), dict) else
+                      raw.get("rope", RopeConfig())})

@@ -7,6 +7,7 @@ import torch.distributed.checkpoint as dcp
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from model import ModelConfig, Transformer
+from model.config import RopeConfig
 from train.checkpoint import STATE_FILE
 from train.export_hf import export_checkpoint
 from train.hf_convert import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
@@ -14,7 +15,7 @@ from train.hf_convert import from_hf_config, from_hf_state_dict, to_hf_config, t
 
 def tiny_cfg(**kw):
     base = dict(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
-                rope_theta=500000.0, norm_eps=1e-6)
+                rope=RopeConfig(theta=500000.0), norm_eps=1e-6)
     return ModelConfig(**{**base, **kw})
 
 

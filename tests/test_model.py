@@ -5,7 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from model import ModelConfig, Transformer
-from model.layers import RMSNorm, apply_rope, rope_tables
+from model.accounting import num_params
+from model.config import RopeConfig
+from model.layers import RMSNorm
+from model.rope import apply_rope, rope_tables
 
 CFG = ModelConfig(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64)
 
@@ -20,7 +23,7 @@ def test_shapes_and_param_count():
     m = build()
     x = torch.randint(0, CFG.vocab_size, (3, 17))
     assert m(x).shape == (3, 17, CFG.vocab_size)
-    assert sum(p.numel() for p in m.parameters()) == CFG.num_params()
+    assert sum(p.numel() for p in m.parameters()) == num_params(CFG)
 
 
 def test_builds_on_meta_and_materialises():
@@ -60,7 +63,7 @@ def test_attention_matches_explicit_reference():
 
 
 def test_rope_is_a_rotation_with_relative_positions():
-    cos, sin = rope_tables(16, 32, 10000.0)
+    cos, sin = rope_tables(16, 32, RopeConfig())
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
     def dot(i, j):
         return (apply_rope(q, cos[i : i + 1], sin[i : i + 1]) * apply_rope(k, cos[j : j + 1], sin[j : j + 1])).sum()

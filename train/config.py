@@ -47,6 +47,11 @@ class TrainerConfig:
     """Data-parallel backend: ``fsdp2`` (DeepSpeed ZeRO lands with the trainer issue)."""
     param_dtype: str = "fp32"
     """Compute dtype of the sharded parameters: ``fp32`` or ``bf16`` (gradients reduce in fp32)."""
+    document_masking: bool = True
+    """Packed documents attend only within themselves and restart their RoPE positions (false: a
+    packed sequence is one stream, as at inference on a single document)."""
+    z_loss: float = 0.0
+    """Weight of the z-loss (mean squared log-normaliser of the softmax); PaLM used 1e-4."""
     log_every: int = 10
     """Steps between training-loss log lines."""
     val_every: int = 100

@@ -2,8 +2,8 @@
 
     python -m train.export_hf [run_dir=runs/demo] [checkpoint=<dir>] [out_dir=<run_dir>/hf]
 
-Writes ``model.safetensors``, ``config.json`` (``LlamaForCausalLM``), ``generation_config.json``
-and the tokenizer files (``tokenizer.model``, ``tokenizer.json``, ``tokenizer_config.json``).
+Writes ``model.safetensors``, ``config.json`` (the stock class the model matches: Llama, Qwen2,
+Qwen3 or EXAONE 4), ``generation_config.json`` and the tokenizer files (``tokenizer.model``, ``tokenizer.json``, ``tokenizer_config.json``).
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ class ExportJob:
 
 def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str = "float32",
                       max_new_tokens: int = 64) -> Path:
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     state = json.loads((ckpt / STATE_FILE).read_text())
-    cfg = ModelConfig(**state["config"]["model"])
+    cfg = ModelConfig.from_dict(state["config"]["model"])
     sp = load_sentencepiece(tokenizer_dir / "tokenizer.model")
     if sp.get_piece_size() != cfg.vocab_size:
         raise ValueError(f"tokenizer in {tokenizer_dir} has {sp.get_piece_size()} pieces but the checkpoint's "
@@ -60,7 +60,7 @@ def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str
     load_model_weights(ckpt, model)
     torch_dtype = getattr(torch, dtype)
     hf_cfg = to_hf_config(cfg, sp.bos_id(), sp.eos_id(), sp.pad_id(), dtype)
-    hf = LlamaForCausalLM(hf_cfg)
+    hf = AutoModelForCausalLM.from_config(hf_cfg)
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(model.state_dict(), cfg), strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:

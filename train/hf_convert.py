@@ -1,7 +1,8 @@
-"""kfm ↔ Hugging Face Llama: one key-mapping table, both directions.
+"""kfm ↔ Hugging Face: one key-mapping table per architecture family, both directions.
 
-kfm's attention uses the half-split RoPE layout that ``LlamaForCausalLM`` uses, so
-weights map one to one with no permutation.
+kfm's attention uses the half-split RoPE layout of ``transformers``' Llama, Qwen2, Qwen3 and
+EXAONE 4 models, so weights map one to one with no permutation. ``hf_architecture`` says which
+stock class a config matches (or names the feature none of them has).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from model.config import ModelConfig
 
 # kfm name pattern → HF name pattern; "{i}" is the layer index.
-KEY_MAP: dict[str, str] = {
+LLAMA_KEYS: dict[str, str] = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
     "layers.{i}.attention.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
     "layers.{i}.attention.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
@@ -27,70 +28,121 @@ KEY_MAP: dict[str, str] = {
     "norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+_QKV_BIAS = {f"layers.{{i}}.attention.w{x}.bias": f"model.layers.{{i}}.self_attn.{x}_proj.bias" for x in "qkv"}
+_QK_NORM = {f"layers.{{i}}.attention.{x}_norm.weight": f"model.layers.{{i}}.self_attn.{x}_norm.weight" for x in "qk"}
+# EXAONE 4 normalises each sublayer's output: kfm's two block norms are its post-attention/feed-forward norms.
+_EXAONE4_NORMS = {"layers.{i}.attention_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+                  "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_feedforward_layernorm.weight"}
+KEY_MAPS: dict[str, dict[str, str]] = {
+    "LlamaForCausalLM": LLAMA_KEYS,
+    "Qwen2ForCausalLM": {**LLAMA_KEYS, **_QKV_BIAS},
+    "Qwen3ForCausalLM": {**LLAMA_KEYS, **_QK_NORM},
+    "Exaone4ForCausalLM": {**LLAMA_KEYS, **_QK_NORM, **_EXAONE4_NORMS},
+}
+KEY_MAP = LLAMA_KEYS
+
+
+def hf_architecture(cfg: ModelConfig) -> str:
+    """The stock ``transformers`` class ``cfg`` matches; a ValueError naming the feature if none does."""
+    hybrid = "L" in cfg.layer_pattern
+    if cfg.norm_placement == "post" or hybrid:
+        problems = [what for bad, what in (
+            (not cfg.qk_norm, "post-norm/hybrid attention without qk_norm"),
+            (cfg.qkv_bias, "qkv_bias"),
+            (cfg.norm_placement != "post", "sliding-window layers with pre-norm"),
+            (hybrid and cfg.rope_on_global_layers, "RoPE on the global layers of a hybrid model"),
+            (cfg.head_dim is not None and cfg.head_dim * cfg.n_heads != cfg.dim, "head_dim != dim / n_heads"),
+        ) if bad]
+        if problems:
+            raise ValueError(f"no stock transformers architecture has {', '.join(problems)} (EXAONE 4, the closest, "
+                             "needs post norms, QK-norm, no QKV bias, global layers without RoPE)")
+        return "Exaone4ForCausalLM"
+    if cfg.qkv_bias and cfg.qk_norm:
+        raise ValueError("no stock transformers architecture has both qkv_bias and qk_norm")
+    if cfg.qkv_bias:
+        if cfg.head_dim is not None and cfg.head_dim * cfg.n_heads != cfg.dim:
+            raise ValueError("Qwen2 (qkv_bias) cannot have head_dim != dim / n_heads")
+        return "Qwen2ForCausalLM"
+    return "Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"
 
 
 def _compile(table: dict[str, str]) -> list[tuple[re.Pattern, str]]:
     return [(re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + "$"), dst) for src, dst in table.items()]
 
 
-_TO_HF = _compile(KEY_MAP)
-_FROM_HF = _compile({v: k for k, v in KEY_MAP.items()})
+_TO_HF = {arch: _compile(table) for arch, table in KEY_MAPS.items()}
+_FROM_HF = {arch: _compile({v: k for k, v in table.items()}) for arch, table in KEY_MAPS.items()}
 
 
 def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
     for pattern, dst in rules:
         if m := pattern.match(key):
             return dst.replace("{i}", m.group(1)) if m.groups() else dst
-    raise KeyError(f"no Hugging Face mapping for parameter {key!r}; add it to train/hf_convert.py KEY_MAP")
+    raise KeyError(f"no Hugging Face mapping for parameter {key!r}; add it to train/hf_convert.py KEY_MAPS")
 
 
 def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    out = {_rename(k, _TO_HF): v for k, v in sd.items()}
+    rules = _TO_HF[hf_architecture(cfg)]
+    out = {_rename(k, rules): v for k, v in sd.items()}
     if cfg.tie_embeddings:
         out.pop("lm_head.weight", None)
     return out
 
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    out = {_rename(k, _FROM_HF): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
+    rules = _FROM_HF[hf_architecture(cfg)]
+    out = {_rename(k, rules): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
     if cfg.tie_embeddings:
         out["output.weight"] = out["tok_embeddings.weight"]
     return out
 
 
-def to_hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2, pad_id: int = 3, dtype: str = "float32"):
-    from transformers import LlamaConfig
+def hf_rope_parameters(cfg: ModelConfig) -> dict:
+    r = cfg.rope
+    params = {"rope_type": "default" if r.scaling == "none" else r.scaling, "rope_theta": r.theta}
+    if r.scaling != "none":
+        params["factor"] = r.factor
+    if r.scaling in ("llama3", "yarn"):
+        params["original_max_position_embeddings"] = r.original_max_seq_len
+    if r.scaling == "llama3":
+        params.update(low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor)
+    if r.scaling == "yarn":
+        params.update(beta_fast=r.beta_fast, beta_slow=r.beta_slow)
+    return params
 
-    return LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.dim,
-        intermediate_size=cfg.ffn_hidden_dim,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim,
-        hidden_act="silu",
-        max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,
-        tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        initializer_range=cfg.init_std,
-        dtype=dtype,
-        architectures=["LlamaForCausalLM"],
+
+def to_hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2, pad_id: int = 3, dtype: str = "float32"):
+    """The ``transformers`` config of the stock class ``cfg`` matches (``hf_architecture``)."""
+    import transformers
+
+    arch = hf_architecture(cfg)
+    common = dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_hidden_dim,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+        hidden_act="silu", max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
+        rope_parameters=hf_rope_parameters(cfg), tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, initializer_range=cfg.init_std,
+        dtype=dtype, architectures=[arch],
     )
+    if arch == "LlamaForCausalLM":
+        return transformers.LlamaConfig(**common, head_dim=cfg.head_size, attention_bias=False, mlp_bias=False)
+    if arch == "Qwen2ForCausalLM":
+        return transformers.Qwen2Config(**common, use_sliding_window=False)
+    if arch == "Qwen3ForCausalLM":
+        return transformers.Qwen3Config(**common, head_dim=cfg.head_size, attention_bias=False,
+                                        use_sliding_window=False)
+    layer_types = ["sliding_attention" if cfg.is_local(i) else "full_attention" for i in range(cfg.n_layers)]
+    return transformers.Exaone4Config(**common, sliding_window=cfg.sliding_window or None, layer_types=layer_types)
 
 
 def from_hf_config(hf_cfg) -> ModelConfig:
+    from model.config import RopeConfig
+
     rope = getattr(hf_cfg, "rope_parameters", None) or {}
     return ModelConfig(
         vocab_size=hf_cfg.vocab_size, dim=hf_cfg.hidden_size, n_layers=hf_cfg.num_hidden_layers,
         n_heads=hf_cfg.num_attention_heads, n_kv_heads=hf_cfg.num_key_value_heads,
         ffn_hidden_dim=hf_cfg.intermediate_size, max_seq_len=hf_cfg.max_position_embeddings,
-        rope_theta=float(rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 10000.0))),
+        rope=RopeConfig(theta=float(rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 10000.0)))),
         norm_eps=hf_cfg.rms_norm_eps, tie_embeddings=hf_cfg.tie_word_embeddings,
     )

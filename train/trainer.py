@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_pipeline.loader import DistributedLoader, MixtureStream, TokenWindows, validation_batches
+from data_pipeline.loader import Batch, DistributedLoader, MixtureStream, TokenWindows, validation_batches
 from data_pipeline.shards import Manifest, file_sha256
 from model import Transformer
-from model.transformer import cross_entropy_loss
+from model.loss import cross_entropy_loss
 from train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import PretrainJob
 from train.distributed import DistInfo, all_reduce_mean, apply_fsdp
@@ -72,13 +72,19 @@ class Trainer:
             self.loader.load_state_dict(state["data"])
             log.info("resumed from %s at step %d", ckpt, self.step)
 
+    def loss(self, batch: Batch, z_loss: float | None = None) -> torch.Tensor:
+        tc, dev = self.job.trainer, self.dist.device
+        if tc.document_masking:
+            logits = self.model(batch.inputs.to(dev), batch.position_ids.to(dev), batch.cu_seqlens)
+        else:
+            logits = self.model(batch.inputs.to(dev))
+        return cross_entropy_loss(logits, batch.targets.to(dev), z_loss=tc.z_loss if z_loss is None else z_loss)
+
     def train_step(self, step: int) -> tuple[float, float]:
         lr = lr_at(step, self.job.trainer.steps, self.job.optim)
         for group in self.optim.param_groups:
             group["lr"] = lr
-        batch = self.loader.next_batch()
-        inputs, targets = batch.inputs.to(self.dist.device), batch.targets.to(self.dist.device)
-        loss = cross_entropy_loss(self.model(inputs), targets)
+        loss = self.loss(self.loader.next_batch())
         loss.backward()
         clip = self.job.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
@@ -94,8 +100,7 @@ class Trainer:
         tc, losses = self.job.trainer, []
         for batch in validation_batches(self.val_windows, tc.local_batch_size, self.dist.rank, self.dist.world,
                                         tc.val_batches):
-            losses.append(cross_entropy_loss(self.model(batch.inputs.to(self.dist.device)),
-                                             batch.targets.to(self.dist.device)).item())
+            losses.append(self.loss(batch, z_loss=0.0).item())
         self.model.train()
         return all_reduce_mean(sum(losses) / len(losses), self.dist.device)
 

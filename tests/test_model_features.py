@@ -1,0 +1,181 @@
+"""Model options against `transformers` (logits), packed documents, attention backends, FLOPs, bad configs."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from model import ModelConfig, Transformer
+from model.accounting import flops_per_token, num_params
+from model.attention import Documents, attention, attention_mask
+from model.config import RopeConfig
+from model.loss import cross_entropy_loss
+from train.hf_convert import hf_architecture, to_hf_config, to_hf_state_dict
+
+BASE = dict(vocab_size=211, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
+            norm_eps=1e-6)
+
+VARIANTS = {
+    "llama": dict(),
+    "llama_untied_gqa8": dict(n_heads=8, n_kv_heads=1, tie_embeddings=True),
+    "llama_rope_linear": dict(rope=RopeConfig(theta=50000.0, scaling="linear", factor=4.0)),
+    "llama_rope_llama3": dict(rope=RopeConfig(theta=500000.0, scaling="llama3", factor=8.0, original_max_seq_len=16)),
+    "llama_rope_yarn": dict(rope=RopeConfig(theta=1e6, scaling="yarn", factor=4.0, original_max_seq_len=16)),
+    "qwen2_bias": dict(qkv_bias=True, rope=RopeConfig(theta=1e6)),
+    "qwen3_qknorm_headdim": dict(qk_norm=True, head_dim=32, tie_embeddings=True),
+    "exaone4_hybrid": dict(qk_norm=True, norm_placement="post", sliding_window=6, layer_pattern="LLLG",
+                           rope_on_global_layers=False),
+}
+ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+        "exaone4": "Exaone4ForCausalLM"}
+
+
+def build(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    m = Transformer(cfg)
+    m.init_weights(seed=seed)
+    with torch.no_grad():  # norms and biases off their init values, so the comparison sees them
+        g = torch.Generator().manual_seed(seed + 1)
+        for name, p in m.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+    return m.eval()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_logits_equal_the_stock_transformers_class(name):
+    from transformers import AutoModelForCausalLM
+
+    cfg = ModelConfig(**{**BASE, **VARIANTS[name]})
+    assert hf_architecture(cfg) == ARCH[name.split("_")[0]]
+    ours = build(cfg)
+    hf_cfg = to_hf_config(cfg)
+    hf_cfg._attn_implementation = "eager"
+    hf = AutoModelForCausalLM.from_config(hf_cfg).eval()
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(ours.state_dict(), cfg), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    assert sum(p.numel() for p in hf.parameters()) == sum(p.numel() for p in ours.parameters()) == num_params(cfg)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (ours(tokens) - hf(tokens).logits).abs().max().item()
+    assert diff < 1e-4, diff
+
+
+@pytest.mark.parametrize("name", ["llama", "exaone4_hybrid", "qwen3_qknorm_headdim"])
+def test_packed_documents_equal_separate_runs(name):
+    cfg = ModelConfig(**{**BASE, **VARIANTS[name]})
+    m = build(cfg)
+    g = torch.Generator().manual_seed(1)
+    layouts = [[5, 11, 1, 7], [24]]
+    tokens = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
+    cu = [torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()]) for lens in layouts]
+    positions = torch.stack([torch.cat([torch.arange(n) for n in lens]) for lens in layouts])
+    with torch.no_grad():
+        packed = m(tokens, positions, cu)
+        for row, lens in enumerate(layouts):
+            start = 0
+            for n in lens:
+                alone = m(tokens[row : row + 1, start : start + n])
+                assert (packed[row, start : start + n] - alone[0]).abs().max() < 1e-5
+                start += n
+        assert not torch.allclose(packed[0, 5:16], m(tokens[:1])[0, 5:16], atol=1e-3)  # the mask matters
+
+
+def _qkv(batch, heads, kv_heads, seq, dim, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, h, seq, dim, generator=g).to(dtype) for h in (heads, kv_heads, kv_heads)]
+
+
+def reference_attention(q, k, v, allowed):
+    """Plain softmax attention with the key/value heads repeated, in fp32."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1).float(), v.repeat_interleave(rep, 1).float()
+    scores = q.float() @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v).to(q.dtype)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "auto"])
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("with_docs", [False, True])
+def test_attention_backends_agree(backend, window, with_docs):
+    q, k, v = _qkv(2, 8, 2, 37, 16, torch.float32)
+    docs = Documents.from_cu_seqlens([torch.tensor([0, 10, 11, 37]), torch.tensor([0, 37])], 37) if with_docs else None
+    allowed = attention_mask(37, docs, window)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FlexAttention warns that it runs uncompiled on CPU
+        got = attention(q, k, v, docs, window, backend)
+    assert (got - reference_attention(q, k, v, allowed)).abs().max() < 1e-5
+
+
+def test_attention_mask_rule():
+    docs = Documents.from_cu_seqlens([torch.tensor([0, 3, 8])], 8)
+    allowed = attention_mask(8, docs, 2)[0, 0]
+    for i in range(8):
+        for j in range(8):
+            same_doc = (i < 3) == (j < 3)
+            assert bool(allowed[i, j]) == (j <= i and i - j < 2 and same_doc), (i, j)
+
+
+def test_bad_cu_seqlens_and_unavailable_backend():
+    with pytest.raises(ValueError, match="cu_seqlens of row 0 must rise strictly from 0 to the sequence length 8"):
+        Documents.from_cu_seqlens([torch.tensor([0, 3, 3, 8])], 8)
+    q, k, v = _qkv(1, 2, 2, 8, 16, torch.float32)
+    with pytest.raises(RuntimeError, match="flash_attn"):
+        attention(q, k, v, backend="flash_attn")
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2_bias", "qwen3_qknorm_headdim", "exaone4_hybrid"])
+def test_flops_match_the_flop_counter(name):
+    cfg = ModelConfig(**{**BASE, **VARIANTS[name]})
+    m = Transformer(cfg)
+    m.init_weights(seed=0)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 48))
+    # SDPA's math path runs attention as matrix products, which the counter sees forward and backward
+    # (the backward of CPU's fused kernel is counted at half its products). Full score matrices, causal or not.
+    with sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as fwd:
+            logits = m(tokens)
+        with FlopCounterMode(display=False) as both:
+            F.cross_entropy(m(tokens).flatten(0, 1), tokens.flatten()).backward()
+    expected = flops_per_token(cfg, 48) * tokens.numel()
+    assert logits.shape[-1] == cfg.vocab_size
+    assert abs(fwd.get_total_flops() - expected) / expected < 0.01
+    assert abs(both.get_total_flops() - 3 * expected) / (3 * expected) < 0.01
+    assert flops_per_token(cfg, 48, causal=True) < expected
+
+
+def test_z_loss():
+    logits = torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    targets[0, 0] = -100
+    keep = targets.flatten() != -100
+    z = torch.logsumexp(logits.flatten(0, 1)[keep], -1).pow(2).mean()
+    plain = cross_entropy_loss(logits, targets)
+    assert torch.allclose(cross_entropy_loss(logits, targets, z_loss=1e-2), plain + 1e-2 * z)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(dim=66), r"model.dim \(66\) must be divisible by model.n_heads \(4\)"),
+    (dict(n_kv_heads=3), r"model.n_heads \(4\) must be a multiple of model.n_kv_heads \(3\)"),
+    (dict(layer_pattern="LLLLG", sliding_window=4), r"layer_pattern 'LLLLG' is longer than model.n_layers \(4\)"),
+    (dict(layer_pattern="LG"), "has local layers: set model.sliding_window"),
+    (dict(layer_pattern="LX", sliding_window=4), "letters G"),
+    (dict(attention_backend="xformers"), "model.attention_backend must be one of"),
+    (dict(norm_placement="sandwich"), "model.norm_placement"),
+    (dict(rope=dict(scaling="ntk")), "model.rope.scaling must be one of"),
+])
+def test_bad_config_is_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**{**BASE, **bad})
+
+
+@pytest.mark.parametrize("features, match", [
+    (dict(qkv_bias=True, qk_norm=True), "both qkv_bias and qk_norm"),
+    (dict(sliding_window=4, layer_pattern="LG"), "sliding-window layers with pre-norm"),
+    (dict(norm_placement="post"), "without qk_norm"),
+])
+def test_no_stock_architecture_names_the_feature(features, match):
+    with pytest.raises(ValueError, match=match):
+        hf_architecture(ModelConfig(**{**BASE, **features}))
