@@ -9,6 +9,7 @@ from torch import nn
 
 from model.attention import Documents
 from model.config import ModelConfig
+from model.kernels.linear_cross_entropy import linear_cross_entropy
 from model.layers import RMSNorm, TransformerBlock
 from model.rope import rope_tables
 
@@ -87,6 +88,14 @@ class Transformer(nn.Module):
         return self.norm(h)
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
-                cu_seqlens: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits (batch, seq, vocab) for ``tokens`` (batch, seq); see ``hidden_states`` for the rest."""
-        return self.output(self.hidden_states(tokens, position_ids, cu_seqlens))
+                cu_seqlens: list[torch.Tensor] | None = None, targets: torch.Tensor | None = None,
+                z_loss: float = 0.0, loss_chunk: int = 1024) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for ``tokens`` (batch, seq); see ``hidden_states`` for the rest.
+
+        With ``targets`` (batch, seq; ``-100`` ignored): the mean next-token cross-entropy (+ ``z_loss``)
+        instead, computed ``loss_chunk`` tokens at a time so the full logits never exist.
+        """
+        h = self.hidden_states(tokens, position_ids, cu_seqlens)
+        if targets is None:
+            return self.output(h)
+        return linear_cross_entropy(h, self.output.weight, targets, z_loss=z_loss, chunk=loss_chunk)

@@ -12,6 +12,7 @@ from model import ModelConfig, Transformer
 from model.accounting import flops_per_token, num_params
 from model.attention import Documents, attention, attention_mask
 from model.config import RopeConfig
+from model.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from model.loss import cross_entropy_loss
 from train.hf_convert import hf_architecture, to_hf_config, to_hf_state_dict
 
@@ -179,3 +180,32 @@ def test_bad_config_is_refused(bad, match):
 def test_no_stock_architecture_names_the_feature(features, match):
     with pytest.raises(ValueError, match=match):
         hf_architecture(ModelConfig(**{**BASE, **features}))
+
+
+@pytest.mark.parametrize("n, vocab, dim, chunk", [(37, 101, 16, 8), (64, 50, 8, 64), (5, 7, 3, 2), (130, 257, 24, 128)])
+@pytest.mark.parametrize("z", [0.0, 1e-3])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_chunked_linear_cross_entropy_equals_reference(n, vocab, dim, chunk, z, dtype, tol):
+    g = torch.Generator().manual_seed(n)
+    h = torch.randn(n, dim, generator=g).to(dtype).requires_grad_()
+    w = (torch.randn(vocab, dim, generator=g) / dim**0.5).to(dtype).requires_grad_()
+    t = torch.randint(0, vocab, (n,), generator=g)
+    t[::4] = -100
+    got = linear_cross_entropy(h, w, t, z_loss=z, chunk=chunk)
+    got.backward(torch.tensor(3.0))
+    gh, gw = h.grad, w.grad
+    h.grad = w.grad = None
+    ref = linear_cross_entropy_reference(h.float(), w.float(), t, z_loss=z)
+    ref.backward(torch.tensor(3.0))
+    assert got.dtype == torch.float32 and abs(got.item() - ref.item()) < tol
+    assert gh.dtype == dtype and (gh.float() - h.grad.float()).abs().max() < tol
+    assert gw.dtype == dtype and (gw.float() - w.grad.float()).abs().max() < tol
+
+
+def test_model_loss_equals_logits_loss():
+    cfg = ModelConfig(**{**BASE, **VARIANTS["qwen3_qknorm_headdim"]})
+    m = build(cfg)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 20))
+    targets = torch.randint(0, cfg.vocab_size, (2, 20))
+    fused = m(tokens, targets=targets, z_loss=1e-4, loss_chunk=7)
+    assert torch.allclose(fused, cross_entropy_loss(m(tokens), targets, z_loss=1e-4), atol=1e-5)

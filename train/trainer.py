@@ -13,7 +13,6 @@ from torch import nn
 from data_pipeline.loader import Batch, DistributedLoader, MixtureStream, TokenWindows, validation_batches
 from data_pipeline.shards import Manifest, file_sha256
 from model import Transformer
-from model.loss import cross_entropy_loss
 from train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import PretrainJob
 from train.distributed import DistInfo, all_reduce_mean, apply_fsdp
@@ -74,11 +73,9 @@ class Trainer:
 
     def loss(self, batch: Batch, z_loss: float | None = None) -> torch.Tensor:
         tc, dev = self.job.trainer, self.dist.device
-        if tc.document_masking:
-            logits = self.model(batch.inputs.to(dev), batch.position_ids.to(dev), batch.cu_seqlens)
-        else:
-            logits = self.model(batch.inputs.to(dev))
-        return cross_entropy_loss(logits, batch.targets.to(dev), z_loss=tc.z_loss if z_loss is None else z_loss)
+        docs = (batch.position_ids.to(dev), batch.cu_seqlens) if tc.document_masking else (None, None)
+        return self.model(batch.inputs.to(dev), *docs, targets=batch.targets.to(dev),
+                          z_loss=tc.z_loss if z_loss is None else z_loss)
 
     def train_step(self, step: int) -> tuple[float, float]:
         lr = lr_at(step, self.job.trainer.steps, self.job.optim)
