@@ -89,11 +89,12 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cu_seqlens: list[torch.Tensor] | None = None, targets: torch.Tensor | None = None,
-                z_loss: float = 0.0, loss_chunk: int = 1024) -> torch.Tensor:
+                z_loss: float = 0.0, loss_chunk: int | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab) for ``tokens`` (batch, seq); see ``hidden_states`` for the rest.
 
         With ``targets`` (batch, seq; ``-100`` ignored): the mean next-token cross-entropy (+ ``z_loss``)
-        instead, computed ``loss_chunk`` tokens at a time so the full logits never exist.
+        instead, computed ``loss_chunk`` tokens at a time (default: by vocabulary size) so the full
+        logits never exist.
         """
         h = self.hidden_states(tokens, position_ids, cu_seqlens)
         if targets is None:

@@ -73,12 +73,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None, None
 
 
+LOGITS_PER_CHUNK = 1 << 24
+"""Default chunk: as many tokens as keep one chunk's fp32 logits at 64 MiB (128 tokens at a 128k vocabulary)."""
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                         z_loss: float = 0.0, chunk: int = 1024) -> torch.Tensor:
+                         z_loss: float = 0.0, chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy (+ z-loss) of ``hidden @ weight.T`` against ``targets`` without the full logits.
 
-    ``hidden`` (..., D) and ``targets`` (...) are flattened; ``chunk`` tokens' logits exist at a time.
+    ``hidden`` (..., D) and ``targets`` (...) are flattened; ``chunk`` tokens' logits exist at a time
+    (default: ``LOGITS_PER_CHUNK`` logits).
     """
+    if chunk is None:
+        chunk = max(16, LOGITS_PER_CHUNK // weight.shape[0])
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
