@@ -8,6 +8,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not os.path.exists("/dev/nvidia0"):  # no GPU: Triton kernels run in its interpreter, on CPU tensors
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tests.helpers import write_tiny_corpus  # noqa: E402
 from tokenizer.config import TextSource, TokenizerConfig  # noqa: E402

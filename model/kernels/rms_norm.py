@@ -1,0 +1,124 @@
+"""RMSNorm, optionally fused with the residual add, as Triton kernels.
+
+For a row ``x`` of width D (after ``x = x + residual`` when a residual is given):
+
+    rstd = 1 / sqrt(mean(x^2) + eps),   x_hat = x * rstd,   y = x_hat * w
+
+and with ``g = dy * w``:
+
+    dx = rstd * (g - x_hat * mean(g * x_hat)),   dw = sum over rows of dy * x_hat
+
+Statistics are computed in fp32 whatever the input dtype. Layers: Triton kernels →
+launchers (``_forward``/``_backward``) → ``RMSNormFunction`` (autograd) → ``rms_norm``;
+``rms_norm_reference`` is the plain PyTorch computation they must equal. On CPU the kernels
+run under the Triton interpreter (``TRITON_INTERPRET=1``), which is how they are tested here.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                       residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, x + residual) computed in fp32 and cast back; the second is ``x`` without a residual."""
+    if residual is not None:
+        x = x + residual
+    x32 = x.float()
+    y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    return y.to(x.dtype), x
+
+
+@triton.jit
+def _rms_norm_fwd(X, R, W, Y, XOUT, RSTD, stride, D, eps, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < D
+    x = tl.load(X + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x += tl.load(R + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(XOUT + row * stride + cols, x.to(XOUT.dtype.element_ty), mask=mask)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + row * stride + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _rms_norm_bwd(DY, X, W, RSTD, DX, DW_PARTIAL, stride, n_rows, D, ROWS_PER_PROGRAM: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < D
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(ROWS_PER_PROGRAM):
+        row = pid * ROWS_PER_PROGRAM + i
+        if row < n_rows:
+            x = tl.load(X + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + row)
+            x_hat = x * rstd
+            g = dy * w
+            dx = rstd * (g - x_hat * (tl.sum(g * x_hat, axis=0) / D))
+            tl.store(DX + row * stride + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            dw += dy * x_hat
+    tl.store(DW_PARTIAL + pid * D + cols, dw, mask=mask)
+
+
+def _block(d: int) -> int:
+    block = triton.next_power_of_2(d)
+    if block > 65536:
+        raise ValueError(f"RMSNorm kernel supports rows up to 65536 wide, got {d}")
+    return block
+
+
+def _forward(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None):
+    d = x.shape[-1]
+    x2 = x.reshape(-1, d).contiguous()
+    r2 = residual.reshape(-1, d).contiguous() if residual is not None else None
+    y = torch.empty_like(x2)
+    x_out = torch.empty_like(x2) if residual is not None else x2
+    rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
+    _rms_norm_fwd[(x2.shape[0],)](x2, r2 if r2 is not None else x2, weight, y, x_out, rstd, x2.stride(0), d, eps,
+                                  HAS_RESIDUAL=residual is not None, BLOCK=_block(d))
+    return y.view_as(x), x_out.view_as(x), rstd
+
+
+def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor):
+    d = x.shape[-1]
+    x2, dy2 = x.reshape(-1, d), dy.reshape(-1, d).contiguous()
+    n = x2.shape[0]
+    programs = min(n, 256)
+    rows_per_program = triton.cdiv(n, programs)
+    programs = triton.cdiv(n, rows_per_program)
+    dx = torch.empty_like(x2)
+    dw_partial = torch.empty(programs, d, dtype=torch.float32, device=x.device)
+    _rms_norm_bwd[(programs,)](dy2, x2, weight, rstd, dx, dw_partial, x2.stride(0), n, d,
+                               ROWS_PER_PROGRAM=rows_per_program, BLOCK=_block(d))
+    return dx.view_as(x), dw_partial.sum(0).to(weight.dtype)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, residual):
+        y, x_sum, rstd = _forward(x, weight, eps, residual)
+        ctx.save_for_backward(x_sum, weight, rstd)
+        ctx.has_residual = residual is not None
+        return y, x_sum
+
+    @staticmethod
+    def backward(ctx, dy, dx_sum):
+        x_sum, weight, rstd = ctx.saved_tensors
+        dx, dw = _backward(dy, x_sum, weight, rstd)
+        if dx_sum is not None:  # the summed residual stream is an output too: its gradient adds in
+            dx = dx + dx_sum
+        return dx, dw, None, dx if ctx.has_residual else None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(x + residual) * weight, x + residual) with the Triton kernels."""
+    return RMSNormFunction.apply(x, weight, eps, residual)
