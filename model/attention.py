@@ -5,16 +5,19 @@ its own document (packed sequences carry ``cu_seqlens``) and, on a local layer, 
 ``window`` positions, itself included; key/value heads are shared by groups of query heads.
 
 - ``flash_attn``: flash-attn's varlen kernel (GPU, fp16/bf16), documents as one flat batch.
+- ``triton``: kfm's own Triton flash attention (``model.kernels.flash_attention``): on a GPU, or
+  on CPU under the Triton interpreter (``TRITON_INTERPRET=1``, for tests).
 - ``flex``: PyTorch FlexAttention with a block mask built from the same rule.
 - ``sdpa``: PyTorch scaled-dot-product attention; ``is_causal`` when there is nothing else to
   mask, else an explicit boolean mask (``attention_mask``), which is also the reference.
 - ``auto``: flash-attn when it is installed and can run the inputs (CUDA, half precision),
-  else SDPA.
+  else the Triton kernel on CUDA, else SDPA.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 
 import torch
@@ -66,11 +69,23 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
     """The backend that runs ``q``: ``auto`` resolved, an explicit one checked with a clear error."""
     can_flash = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if backend == "auto":
-        return "flash_attn" if can_flash and flash_attn_available() else "sdpa"
+        if can_flash and flash_attn_available():
+            return "flash_attn"
+        return "triton" if q.is_cuda and triton_available() else "sdpa"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("model.attention_backend=triton but triton is not installed: `pip install triton`")
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"model.attention_backend=triton needs CUDA tensors (got {q.device}), or "
+                               "TRITON_INTERPRET=1 to run the kernel in Triton's interpreter on CPU (slow; tests)")
     if backend == "flash_attn":
         if not flash_attn_available():
             raise RuntimeError("model.attention_backend=flash_attn but flash-attn is not installed: "
@@ -125,7 +140,13 @@ def _flash_attn(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
     return out.view(bsz, seq, heads, dim).transpose(1, 2)
 
 
-BACKENDS = {"sdpa": _sdpa, "flex": _flex, "flash_attn": _flash_attn}
+def _triton(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
+    from model.kernels.flash_attention import flash_attention
+
+    return flash_attention(q, k, v, docs.doc_ids if docs is not None else None, window)
+
+
+BACKENDS = {"sdpa": _sdpa, "flex": _flex, "flash_attn": _flash_attn, "triton": _triton}
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: Documents | None = None, window: int = 0,

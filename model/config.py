@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-ATTENTION_BACKENDS = ("auto", "flash_attn", "flex", "sdpa")
+ATTENTION_BACKENDS = ("auto", "flash_attn", "triton", "flex", "sdpa")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 
 
@@ -85,8 +85,9 @@ class ModelConfig:
     init_std: float = 0.02
     """Standard deviation of the normal weight init (output layers are scaled by depth)."""
     attention_backend: str = "auto"
-    """``auto`` (flash-attn when installed and it supports the features in use, else SDPA),
-    ``flash_attn``, ``flex`` (PyTorch FlexAttention) or ``sdpa`` (PyTorch, explicit mask for documents/windows)."""
+    """``auto`` (flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else
+    SDPA), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa`` (PyTorch, explicit mask for
+    documents/windows)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rope, dict):

@@ -34,3 +34,40 @@ def test_rms_norm_matches_reference_forward_and_backward(shape, dtype, with_resi
         assert a.dtype == b.dtype, name
         scale = max(1.0, b.float().abs().max().item())  # dw sums over rows: compare relative to its size
         assert (a.float() - b.float()).abs().max().item() <= tol * scale, name
+
+
+# (batch, heads, kv_heads, seq, head_dim, window, document layout (cu_seqlens per row) or None)
+ATTENTION_CASES = [
+    (1, 2, 2, 20, 64, 0, None),  # GQA 1, one block plus a ragged tail
+    (2, 4, 1, 37, 80, 0, [[0, 10, 11, 37], [0, 37]]),  # GQA 4, head dim 80, a 1-token document
+    (1, 8, 1, 50, 128, 0, [[0, 17, 33, 50]]),  # GQA 8, head dim 128, documents across block edges
+    (1, 4, 2, 45, 64, 7, [[0, 30, 45]]),  # sliding window with documents
+    (2, 2, 1, 33, 80, 16, None),  # window equal to the block size
+]
+
+
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: f"b{c[0]}h{c[1]}kv{c[2]}s{c[3]}d{c[4]}w{c[5]}"
+                         f"{'docs' if c[6] else ''}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_flash_attention_matches_reference_forward_and_backward(case, dtype):
+    from model.attention import Documents, attention_mask
+    from model.kernels.flash_attention import flash_attention
+    from tests.test_model_features import reference_attention
+
+    bsz, heads, kv_heads, seq, dim, window, layout = case
+    g = torch.Generator().manual_seed(seq)
+    q, k, v = (torch.randn(bsz, h, seq, dim, generator=g).to(dtype).requires_grad_()
+               for h in (heads, kv_heads, kv_heads))
+    dout = torch.randn(bsz, heads, seq, dim, generator=g).to(dtype)
+    docs = Documents.from_cu_seqlens([torch.tensor(c) for c in layout], seq) if layout else None
+    out = flash_attention(q, k, v, docs.doc_ids if docs else None, window)
+    out.backward(dout)
+    got = [out, q.grad, k.grad, v.grad]
+    q.grad = k.grad = v.grad = None
+    ref_out = reference_attention(q.float(), k.float(), v.float(), attention_mask(seq, docs, window))
+    ref_out.backward(dout.float())
+    tol = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
+    for name, a, b in zip(["out", "dq", "dk", "dv"], got, [ref_out, q.grad, k.grad, v.grad]):
+        assert a.dtype == dtype, name
+        scale = max(1.0, b.abs().max().item())
+        assert (a.float() - b.float()).abs().max().item() <= tol * scale, name

@@ -97,7 +97,7 @@ def reference_attention(q, k, v, allowed):
     return (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v).to(q.dtype)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "flex", "auto"])
+@pytest.mark.parametrize("backend", ["sdpa", "flex", "triton", "auto"])
 @pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("with_docs", [False, True])
 def test_attention_backends_agree(backend, window, with_docs):
