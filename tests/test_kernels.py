@@ -71,3 +71,49 @@ def test_flash_attention_matches_reference_forward_and_backward(case, dtype):
         assert a.dtype == dtype, name
         scale = max(1.0, b.abs().max().item())
         assert (a.float() - b.float()).abs().max().item() <= tol * scale, name
+
+
+@pytest.mark.parametrize("shape", [(5, 123, 123), (3, 1000), (1, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_swiglu_matches_reference_forward_and_backward(shape, dtype):
+    from model.kernels.swiglu import swiglu, swiglu_reference
+
+    g = torch.Generator().manual_seed(len(shape))
+    a, b = (torch.randn(shape, generator=g).mul(3).to(dtype).requires_grad_() for _ in range(2))
+    dy = torch.randn(shape, generator=g).to(dtype)
+    got = swiglu(a, b)
+    got.backward(dy)
+    ga, gb = a.grad, b.grad
+    a.grad = b.grad = None
+    ref = swiglu_reference(a, b)
+    ref.backward(dy)
+    for name, x, y in [("y", got, ref), ("da", ga, a.grad), ("db", gb, b.grad)]:
+        assert x.dtype == dtype
+        assert (x.float() - y.float()).abs().max().item() <= TOL[dtype] * max(1.0, y.float().abs().max().item()), name
+
+
+@pytest.mark.parametrize("heads, kv_heads, dim", [(4, 2, 64), (8, 1, 80), (3, 3, 128), (2, 2, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("packed", [False, True])
+def test_rope_matches_reference_forward_and_backward(heads, kv_heads, dim, dtype, packed):
+    from model.config import RopeConfig
+    from model.kernels.rope import apply_rope_qk, rope_reference
+    from model.rope import rope_tables
+
+    bsz, seq = 2, 13
+    cos, sin = rope_tables(dim, 64, RopeConfig(scaling="yarn", factor=4.0, original_max_seq_len=16))
+    g = torch.Generator().manual_seed(dim)
+    q = torch.randn(bsz, seq, heads, dim, generator=g).to(dtype).requires_grad_()
+    k = torch.randn(bsz, seq, kv_heads, dim, generator=g).to(dtype).requires_grad_()
+    positions = (torch.tensor([list(range(5)) + list(range(8)), list(range(3, 16))]) if packed
+                 else torch.arange(seq).expand(bsz, seq))
+    dq, dk = torch.randn(q.shape, generator=g).to(dtype), torch.randn(k.shape, generator=g).to(dtype)
+    qo, ko = apply_rope_qk(q, k, cos, sin, positions if packed else None)
+    (qo.float() * dq.float()).sum().add((ko.float() * dk.float()).sum()).backward()
+    got = [qo, ko, q.grad, k.grad]
+    q.grad = k.grad = None
+    rq, rk = rope_reference(q, cos, sin, positions), rope_reference(k, cos, sin, positions)
+    (rq.float() * dq.float()).sum().add((rk.float() * dk.float()).sum()).backward()
+    for name, x, y in zip(["q", "k", "dq", "dk"], got, [rq, rk, q.grad, k.grad]):
+        assert x.dtype == dtype
+        assert (x.float() - y.float()).abs().max().item() <= TOL[dtype] * max(1.0, y.float().abs().max().item()), name
