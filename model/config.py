@@ -84,6 +84,9 @@ class ModelConfig:
     """Share the input embedding with the output projection."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init (output layers are scaled by depth)."""
+    kernels: str = "auto"
+    """RMSNorm (with the residual add), RoPE and SwiGLU: ``triton`` (kfm's kernels), ``torch`` (plain PyTorch) or
+    ``auto`` (Triton on CUDA, PyTorch elsewhere; on CPU ``triton`` needs ``TRITON_INTERPRET=1``)."""
     attention_backend: str = "auto"
     """``auto`` (flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else
     SDPA), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa`` (PyTorch, explicit mask for
@@ -120,6 +123,8 @@ class ModelConfig:
             raise ValueError(f"model.layer_pattern {self.layer_pattern!r} has local layers: set model.sliding_window")
         if self.sliding_window < 0:
             raise ValueError(f"model.sliding_window must be >= 0, got {self.sliding_window}")
+        if self.kernels not in ("auto", "triton", "torch"):
+            raise ValueError(f"model.kernels must be auto, triton or torch, got {self.kernels!r}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"model.attention_backend must be one of {ATTENTION_BACKENDS}, "
                              f"got {self.attention_backend!r}")

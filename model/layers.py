@@ -1,4 +1,8 @@
-"""Building blocks: RMSNorm, grouped-query attention with options, SwiGLU, the transformer block."""
+"""Building blocks: RMSNorm, grouped-query attention with options, SwiGLU, the transformer block.
+
+Each takes ``kernels``: True runs the Triton kernels of ``model.kernels`` (same numbers as the
+PyTorch code beside them, tests/test_kernels.py), False plain PyTorch.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,39 @@ from torch import nn
 
 from model.attention import Documents, attention
 from model.config import ModelConfig
-from model.rope import apply_rope
+from model.rope import Rotary
+
+
+def use_triton(setting: str, x: torch.Tensor) -> bool:
+    """Whether ``model.kernels`` = ``setting`` runs the Triton kernels on ``x``."""
+    return setting == "triton" or (setting == "auto" and x.is_cuda)
 
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, kernels: str = "torch") -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.kernels = eps, kernels
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_triton(self.kernels, x):
+            from model.kernels.rms_norm import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)[0]
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * y.to(x.dtype)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual), in one kernel with Triton."""
+        if use_triton(self.kernels, x):
+            from model.kernels.rms_norm import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, residual)
+        total = x + residual
+        return self(total), total
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -38,23 +60,28 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps, cfg.kernels) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps, cfg.kernels) if cfg.qk_norm else None
+        self.kernels = cfg.kernels
         self.window = cfg.sliding_window if cfg.is_local(layer) else 0
         self.use_rope = cfg.uses_rope(layer)
         self.backend = cfg.attention_backend
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, docs: Documents | None = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: Rotary, docs: Documents | None = None) -> torch.Tensor:
         bsz, seq, _ = x.shape
         q = self.wq(x).view(bsz, seq, self.n_heads, self.head_dim)
         k = self.wk(x).view(bsz, seq, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(bsz, seq, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        triton_rope = self.use_rope and use_triton(self.kernels, x)
+        if triton_rope:
+            from model.kernels.rope import apply_rope_qk
+
+            q, k = apply_rope_qk(q, k, rotary.cos, rotary.sin, rotary.positions)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.use_rope:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.use_rope and not triton_rope:
+            q, k = rotary.apply(q), rotary.apply(k)
         out = attention(q, k, v, docs, self.window, self.backend)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
 
@@ -67,8 +94,13 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden_dim, bias=False)
         self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden_dim, bias=False)
         self.w2 = nn.Linear(cfg.ffn_hidden_dim, cfg.dim, bias=False)
+        self.kernels = cfg.kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_triton(self.kernels, x):
+            from model.kernels.swiglu import swiglu
+
+            return self.w2(swiglu(self.w1(x), self.w3(x)))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -79,15 +111,14 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.post_norm = cfg.norm_placement == "post"
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.kernels)
         self.attention = Attention(cfg, layer)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.kernels)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, docs: Documents | None = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: Rotary, docs: Documents | None = None) -> torch.Tensor:
         if self.post_norm:
-            x = x + self.attention_norm(self.attention(x, cos, sin, docs))
+            x = x + self.attention_norm(self.attention(x, rotary, docs))
             return x + self.ffn_norm(self.feed_forward(x))
-        x = x + self.attention(self.attention_norm(x), cos, sin, docs)
-        return x + self.feed_forward(self.ffn_norm(x))
+        h, x = self.ffn_norm.add_and_norm(self.attention(self.attention_norm(x), rotary, docs), x)
+        return x + self.feed_forward(h)

@@ -10,6 +10,7 @@ temperature folded into cos/sin).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -63,3 +64,25 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+@dataclass
+class Rotary:
+    """What every layer's RoPE needs: the tables and each token's position (None: ``0..seq-1``)."""
+
+    cos: torch.Tensor
+    """(max_seq_len, head_dim) table."""
+    sin: torch.Tensor
+    positions: torch.Tensor | None
+    """(batch, seq) position of each token, e.g. restarting at every packed document."""
+    seq_len: int
+
+    def __post_init__(self) -> None:
+        if self.positions is None:
+            self._rows = (self.cos[: self.seq_len], self.sin[: self.seq_len])
+        else:
+            self._rows = (self.cos[self.positions].unsqueeze(1), self.sin[self.positions].unsqueeze(1))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``apply_rope`` on x (batch, heads, seq, head_dim)."""
+        return apply_rope(x, *self._rows)

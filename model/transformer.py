@@ -11,7 +11,7 @@ from model.attention import Documents
 from model.config import ModelConfig
 from model.kernels.linear_cross_entropy import linear_cross_entropy
 from model.layers import RMSNorm, TransformerBlock
-from model.rope import rope_tables
+from model.rope import Rotary, rope_tables
 
 
 class Transformer(nn.Module):
@@ -26,7 +26,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.kernels)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -78,13 +78,10 @@ class Transformer(nn.Module):
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds model.max_seq_len={self.cfg.max_seq_len}")
         h = self.tok_embeddings(tokens)
-        if position_ids is None:
-            cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
-        else:
-            cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
+        rotary = Rotary(self.rope_cos, self.rope_sin, position_ids, seq)
         docs = Documents.from_cu_seqlens(cu_seqlens, seq, tokens.device) if cu_seqlens is not None else None
         for layer in self.layers:
-            h = layer(h, cos, sin, docs)
+            h = layer(h, rotary, docs)
         return self.norm(h)
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,

@@ -8,7 +8,7 @@ from model import ModelConfig, Transformer
 from model.accounting import num_params
 from model.config import RopeConfig
 from model.layers import RMSNorm
-from model.rope import apply_rope, rope_tables
+from model.rope import Rotary, apply_rope, rope_tables
 
 CFG = ModelConfig(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64)
 
@@ -59,7 +59,7 @@ def test_attention_matches_explicit_reference():
     scores = q @ k.transpose(-1, -2) / math.sqrt(16)
     scores = scores.masked_fill(torch.ones(11, 11, dtype=torch.bool).triu(1), float("-inf"))
     ref = attn.wo((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 11, 64))
-    assert torch.allclose(attn(x, cos, sin), ref, atol=1e-5)
+    assert torch.allclose(attn(x, Rotary(m.rope_cos, m.rope_sin, None, 11)), ref, atol=1e-5)
 
 
 def test_rope_is_a_rotation_with_relative_positions():
