@@ -10,7 +10,7 @@ from torch import nn
 from model.attention import Documents
 from model.config import ModelConfig
 from model.kernels.linear_cross_entropy import linear_cross_entropy
-from model.layers import RMSNorm, TransformerBlock
+from model.layers import RMSNorm, TransformerBlock, use_triton
 from model.rope import Rotary, rope_tables
 
 
@@ -96,4 +96,5 @@ class Transformer(nn.Module):
         h = self.hidden_states(tokens, position_ids, cu_seqlens)
         if targets is None:
             return self.output(h)
-        return linear_cross_entropy(h, self.output.weight, targets, z_loss=z_loss, chunk=loss_chunk)
+        return linear_cross_entropy(h, self.output.weight, targets, z_loss=z_loss, chunk=loss_chunk,
+                                    use_triton=use_triton(self.cfg.kernels, h))

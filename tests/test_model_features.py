@@ -182,16 +182,18 @@ def test_no_stock_architecture_names_the_feature(features, match):
         hf_architecture(ModelConfig(**{**BASE, **features}))
 
 
-@pytest.mark.parametrize("n, vocab, dim, chunk", [(37, 101, 16, 8), (64, 50, 8, 64), (5, 7, 3, 2), (130, 257, 24, 128)])
+@pytest.mark.parametrize("n, vocab, dim, chunk", [(37, 101, 16, 8), (64, 50, 8, 64), (5, 7, 3, 2), (130, 257, 24, 128),
+                                                 (20, 2500, 16, 8)])  # vocabulary over the kernel block
 @pytest.mark.parametrize("z", [0.0, 1e-3])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_chunked_linear_cross_entropy_equals_reference(n, vocab, dim, chunk, z, dtype, tol):
+@pytest.mark.parametrize("use_triton", [False, True])
+def test_chunked_linear_cross_entropy_equals_reference(n, vocab, dim, chunk, z, dtype, tol, use_triton):
     g = torch.Generator().manual_seed(n)
     h = torch.randn(n, dim, generator=g).to(dtype).requires_grad_()
     w = (torch.randn(vocab, dim, generator=g) / dim**0.5).to(dtype).requires_grad_()
     t = torch.randint(0, vocab, (n,), generator=g)
     t[::4] = -100
-    got = linear_cross_entropy(h, w, t, z_loss=z, chunk=chunk)
+    got = linear_cross_entropy(h, w, t, z_loss=z, chunk=chunk, use_triton=use_triton)
     got.backward(torch.tensor(3.0))
     gh, gw = h.grad, w.grad
     h.grad = w.grad = None

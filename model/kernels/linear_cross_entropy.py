@@ -10,7 +10,9 @@ The forward walks the tokens in chunks: each chunk's logits (chunk x V, fp32) ex
 while its loss and its gradients for ``h`` and ``W`` are computed, so peak memory is one
 chunk of logits plus ``W``'s gradient instead of N x V logits and their gradient (the same
 approach as Liger-Kernel's fused linear cross-entropy). The backward only scales the stored
-gradients by the incoming one.
+gradients by the incoming one. The two matrix products per chunk are PyTorch's (cuBLAS); the
+per-row log-sum-exp, loss and in-place logits gradient are a Triton kernel (``_ce_rows``) when
+``use_triton``, else the PyTorch code beside it.
 
 ``linear_cross_entropy_reference`` is the plain computation it must equal.
 """
@@ -19,6 +21,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+CE_BLOCK = 1024
 
 
 def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -30,9 +36,59 @@ def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, t
     return loss
 
 
+@triton.jit
+def _ce_rows_kernel(LOGITS, TARGETS, LOSS, stride, vocab, z_loss, scale, ignore_index,
+                    WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    base = LOGITS + row * stride
+    cols = tl.arange(0, BLOCK)
+    t = tl.load(TARGETS + row)
+    keep = t != ignore_index
+    t_safe = tl.where(keep, t, 0)
+    m = tl.load(base).to(tl.float32)
+    s = m * 0.0
+    for start in range(0, vocab, BLOCK):  # online log-sum-exp over the vocabulary
+        x = tl.load(base + start + cols, mask=start + cols < vocab, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        m = m_new
+    lse = m + tl.log(s)
+    picked = tl.load(base + t_safe).to(tl.float32)
+    tl.store(LOSS + row, tl.where(keep, lse - picked + z_loss * lse * lse, 0.0))
+    if WRITE_GRAD:  # d loss / d logits, over the logits in place
+        coef = tl.where(keep, scale, 0.0)
+        for start in range(0, vocab, BLOCK):
+            offs = start + cols
+            ok = offs < vocab
+            x = tl.load(base + offs, mask=ok, other=0.0).to(tl.float32)
+            g = tl.exp(x - lse) * (1.0 + 2.0 * z_loss * lse)
+            g = tl.where(offs == t_safe, g - 1.0, g) * coef
+            tl.store(base + offs, g, mask=ok)
+
+
+def _ce_rows_triton(logits, t, keep, ignore_index: int, z_loss: float, scale: float, write_grad: bool):
+    loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    _ce_rows_kernel[(logits.shape[0],)](logits, t, loss, logits.stride(0), logits.shape[1], z_loss, scale,
+                                        ignore_index, WRITE_GRAD=write_grad, BLOCK=CE_BLOCK)
+    return loss.sum()
+
+
+def _ce_rows_torch(logits, t, keep, ignore_index: int, z_loss: float, scale: float, write_grad: bool):
+    """Summed loss of the rows of an fp32 logits chunk; with ``write_grad`` the logits become their gradient."""
+    lse = torch.logsumexp(logits, dim=-1)
+    safe_t = torch.where(keep, t, 0)
+    picked = logits.gather(1, safe_t[:, None])[:, 0]
+    total = torch.where(keep, lse - picked + z_loss * lse * lse, 0.0).sum()
+    if write_grad:  # softmax * (1 + 2 z lse) - onehot, on kept rows, / M
+        logits.sub_(lse[:, None]).exp_().mul_((1.0 + 2.0 * z_loss * lse)[:, None])
+        logits.scatter_add_(1, safe_t[:, None], -torch.ones_like(lse)[:, None])
+        logits.mul_((keep.float() * scale)[:, None])
+    return total
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index: int, z_loss: float, chunk: int):
+    def forward(ctx, hidden, weight, targets, ignore_index: int, z_loss: float, chunk: int, use_triton: bool):
         n = hidden.shape[0]
         valid = targets != ignore_index
         count = int(valid.sum())
@@ -41,20 +97,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if needs_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        rows = _ce_rows_triton if use_triton else _ce_rows_torch
+        want_grad = grad_h is not None or grad_w is not None
         for lo in range(0, n, chunk):
             h, t, keep = hidden[lo : lo + chunk], targets[lo : lo + chunk], valid[lo : lo + chunk]
-            logits = (h @ weight.T).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            safe_t = torch.where(keep, t, 0)
-            picked = logits.gather(1, safe_t[:, None])[:, 0]
-            total += torch.where(keep, lse - picked + z_loss * lse * lse, 0.0).sum()
-            if grad_h is None and grad_w is None:
+            logits = (h @ weight.T).float().contiguous()
+            total += rows(logits, t.contiguous(), keep, ignore_index, z_loss, scale, want_grad)
+            if not want_grad:
                 continue
-            # d/dlogits, reusing the logits buffer: softmax * (1 + 2 z lse) - onehot, on kept rows, / M
-            grad = logits.sub_(lse[:, None]).exp_().mul_((1.0 + 2.0 * z_loss * lse)[:, None])
-            grad.scatter_add_(1, safe_t[:, None], -torch.ones_like(lse)[:, None])
-            grad.mul_((keep.float() * scale)[:, None])
-            grad = grad.to(hidden.dtype)
+            grad = logits.to(hidden.dtype)
             if grad_h is not None:
                 grad_h[lo : lo + chunk] = grad @ weight
             if grad_w is not None:
@@ -70,7 +121,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out.to(grad_h.dtype) if ctx.has[0] else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has[1] else None
-        return gh, gw, None, None, None, None
+        return gh, gw, None, None, None, None, None
 
 
 LOGITS_PER_CHUNK = 1 << 24
@@ -78,15 +129,15 @@ LOGITS_PER_CHUNK = 1 << 24
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                         z_loss: float = 0.0, chunk: int | None = None) -> torch.Tensor:
+                         z_loss: float = 0.0, chunk: int | None = None, use_triton: bool = False) -> torch.Tensor:
     """Mean cross-entropy (+ z-loss) of ``hidden @ weight.T`` against ``targets`` without the full logits.
 
     ``hidden`` (..., D) and ``targets`` (...) are flattened; ``chunk`` tokens' logits exist at a time
-    (default: ``LOGITS_PER_CHUNK`` logits).
+    (default: ``LOGITS_PER_CHUNK`` logits); ``use_triton`` runs the per-row part as a Triton kernel.
     """
     if chunk is None:
         chunk = max(16, LOGITS_PER_CHUNK // weight.shape[0])
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                     ignore_index, float(z_loss), chunk)
+                                     ignore_index, float(z_loss), chunk, use_triton)
