@@ -140,3 +140,17 @@ def test_model_with_triton_kernels_equals_plain_pytorch(variant):
     assert abs(plain.item() - fused.item()) < 1e-5
     for name, g in plain_grads.items():
         assert (g - fused_grads[name]).abs().max() < 1e-5, name
+
+
+def test_kernel_benchmark_smoke_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "kernels.py"), "--smoke"], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 8b")]
+    assert {r.split("|")[2].strip() for r in rows} >= {"kfm triton", "torch eager", "torch sdpa (default)"}
+    diffs = [float(r.split("|")[-2]) for r in rows]
+    assert len(rows) == 10 and max(diffs) < 1e-4
