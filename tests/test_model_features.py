@@ -211,3 +211,50 @@ def test_model_loss_equals_logits_loss():
     targets = torch.randint(0, cfg.vocab_size, (2, 20))
     fused = m(tokens, targets=targets, z_loss=1e-4, loss_chunk=7)
     assert torch.allclose(fused, cross_entropy_loss(m(tokens), targets, z_loss=1e-4), atol=1e-5)
+
+
+def fake_flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, window_size=(-1, -1), **_):
+    """flash-attn's documented varlen semantics in plain PyTorch: tokens (total, heads, dim), sequences cut at
+    cu_seqlens, query i sees keys in [i - window_size[0], i + window_size[1]] (and <= i when causal)."""
+    assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and max_q == max_k
+    out = torch.empty_like(q)
+    rep = q.shape[1] // k.shape[1]
+    for lo, hi in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        i = torch.arange(hi - lo)[:, None]
+        j = torch.arange(hi - lo)[None, :]
+        ok = (j <= i) if causal else torch.ones(hi - lo, hi - lo, dtype=torch.bool)
+        if window_size[0] >= 0:
+            ok = ok & (j >= i - window_size[0])
+        qs, ks, vs = (x[lo:hi].transpose(0, 1) for x in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)))
+        scores = (qs @ ks.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~ok, float("-inf"))
+        out[lo:hi] = (scores.softmax(-1) @ vs).transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("with_docs", [False, True])
+def test_flash_attn_backend_passes_documents_and_window_as_flash_attn_expects(monkeypatch, window, with_docs):
+    """No GPU here: flash-attn's kernel is replaced by its documented semantics, to check kfm's side of the call
+    (flattening, cu_seqlens over the batch, window_size convention, GQA)."""
+    import sys
+    import types
+
+    from model.attention import BACKENDS
+
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(
+        flash_attn_varlen_func=fake_flash_attn_varlen_func))
+    q, k, v = _qkv(2, 8, 2, 37, 16, torch.float32)
+    docs = Documents.from_cu_seqlens([torch.tensor([0, 10, 11, 37]), torch.tensor([0, 37])], 37) if with_docs else None
+    got = BACKENDS["flash_attn"](q, k, v, docs, window)
+    assert (got - reference_attention(q, k, v, attention_mask(37, docs, window))).abs().max() < 1e-5
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    from model.attention import resolve_backend
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="attention_backend=triton needs CUDA tensors .* TRITON_INTERPRET=1"):
+        resolve_backend("triton", torch.zeros(1, 1, 4, 16))
+    with pytest.raises(RuntimeError, match="flash_attn needs CUDA fp16/bf16|flash-attn is not installed"):
+        resolve_backend("flash_attn", torch.zeros(1, 1, 4, 16))
+    assert resolve_backend("auto", torch.zeros(1, 1, 4, 16)) == "sdpa"
