@@ -8,9 +8,20 @@ from data_pipeline.config import DataConfig
 from model.config import ModelConfig
 
 
+SCHEDULES = ("cosine", "wsd", "constant")
+PEAK_FLOPS = {
+    # Dense bf16 tensor-core peak per device, FLOP/s, from the vendors' datasheets (without sparsity).
+    "h100_sxm": 989e12,
+    "h200": 989e12,
+    "b200": 2250e12,
+    # A nominal figure so that MFU arithmetic runs (and is tested) on CPU; not a measured peak.
+    "cpu": 1e12,
+}
+
+
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay."""
+    """AdamW with linear warmup, then cosine decay or warmup-stable-decay (WSD)."""
 
     lr: float = 3e-3
     """Peak learning rate."""
@@ -25,8 +36,17 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     """Global gradient-norm clip; 0 disables clipping."""
+    schedule: str = "cosine"
+    """After warmup: ``cosine`` decay to ``lr * min_lr_ratio``; ``wsd`` holds ``lr`` then decays linearly
+    over the last ``decay_fraction`` of the steps (warmup-stable-decay, as in MiniCPM); ``constant``."""
+    decay_fraction: float = 0.2
+    """``wsd``: share of all steps spent in the final decay."""
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"optim.decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
             raise ValueError("optim.lr must be > 0, optim.min_lr_ratio in [0, 1], optim.warmup_steps >= 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip < 0:
@@ -40,7 +60,10 @@ class TrainerConfig:
     steps: int = 300
     """Optimizer steps to train for."""
     local_batch_size: int = 4
-    """Sequences per rank per step."""
+    """Sequences per rank per forward/backward (micro batch)."""
+    global_batch_size: int = 0
+    """Sequences per optimizer step over all ranks; a multiple of ``local_batch_size`` x ranks, the
+    quotient being the gradient-accumulation steps. 0: ``local_batch_size`` x ranks (no accumulation)."""
     seed: int = 0
     """Seed of the weight init and the data order."""
     backend: str = "fsdp2"
@@ -52,6 +75,17 @@ class TrainerConfig:
     packed sequence is one stream, as at inference on a single document)."""
     z_loss: float = 0.0
     """Weight of the z-loss (mean squared log-normaliser of the softmax); PaLM used 1e-4."""
+    skip_nonfinite: bool = True
+    """A step whose loss or gradient norm is not finite is skipped (no update) and counted; false: stop."""
+    spike_sigmas: float = 0.0
+    """Loss-spike detection: a loss above the mean of the last ``spike_window`` steps by this many
+    standard deviations is a spike (0: off)."""
+    spike_window: int = 50
+    """Steps in the running window of the spike detector."""
+    spike_action: str = "skip"
+    """On a spike: ``skip`` the update (counted) or ``stop`` the run with an error."""
+    device_peak: str = "auto"
+    """Peak FLOP/s used for MFU: a key of ``PEAK_FLOPS`` or ``auto`` (from the CUDA device name; ``cpu`` without)."""
     log_every: int = 10
     """Steps between training-loss log lines."""
     val_every: int = 100
@@ -74,6 +108,14 @@ class TrainerConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"trainer.{key} must be positive, got {getattr(self, key)}")
+        if self.global_batch_size < 0 or self.global_batch_size % self.local_batch_size:
+            raise ValueError(f"trainer.global_batch_size={self.global_batch_size} must be a multiple of "
+                             f"trainer.local_batch_size={self.local_batch_size} (or 0)")
+        if self.spike_sigmas < 0 or self.spike_window < 2 or self.spike_action not in ("skip", "stop"):
+            raise ValueError("trainer.spike_sigmas must be >= 0, spike_window >= 2, spike_action skip or stop")
+        if self.device_peak != "auto" and self.device_peak not in PEAK_FLOPS:
+            raise ValueError(f"trainer.device_peak must be auto or one of {sorted(PEAK_FLOPS)}, "
+                             f"got {self.device_peak!r}")
         if self.backend != "fsdp2":
             raise ValueError(f"trainer.backend must be 'fsdp2' (DeepSpeed is not wired yet), got {self.backend!r}")
         if self.param_dtype not in ("fp32", "bf16"):

@@ -1,4 +1,4 @@
-"""AdamW with decay only on matrices, and the warmup-cosine learning-rate schedule."""
+"""AdamW with decay only on matrices, and the learning-rate schedules (warmup, then cosine / WSD / constant)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
+    """Learning rate of (0-based) ``step``: linear warmup to ``lr`` over ``warmup_steps``, then
+    ``cosine``: cosine decay to ``lr * min_lr_ratio`` at the last step;
+    ``wsd``: ``lr`` until the last ``decay_fraction`` of the steps, then linear decay to ``lr * min_lr_ratio``;
+    ``constant``: ``lr``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "wsd":
+        decay_steps = max(1, round(total_steps * cfg.decay_fraction))
+        decay_start = max(cfg.warmup_steps, total_steps - decay_steps)
+        if step < decay_start:
+            return cfg.lr
+        progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
+        return cfg.lr + (floor - cfg.lr) * progress
     span = max(1, total_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import resource
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +20,7 @@ from train.config import PretrainJob
 from train.distributed import DistInfo, all_reduce_mean, apply_fsdp
 from train.metrics import MetricsSink
 from train.optim import build_optimizer, lr_at
+from train.throughput import SpikeDetector, device_peak_flops, mfu
 
 log = logging.getLogger("kfm.train")
 
@@ -41,6 +44,13 @@ def check_vocab(job: PretrainJob, manifest: Manifest, data_dir: Path) -> None:
         )
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class Trainer:
     def __init__(self, job: PretrainJob, dist_info: DistInfo) -> None:
         self.job, self.dist = job, dist_info
@@ -52,6 +62,14 @@ class Trainer:
         manifest = self.val_windows.manifest
         check_vocab(job, manifest, data_dir)
         check_tokenizer(run_dir, manifest, data_dir)
+        world_batch = tc.local_batch_size * dist_info.world
+        self.global_batch = tc.global_batch_size or world_batch
+        if self.global_batch % world_batch:
+            raise ValueError(
+                f"trainer.global_batch_size={self.global_batch} is not divisible by trainer.local_batch_size "
+                f"({tc.local_batch_size}) x data-parallel ranks ({dist_info.world}) = {world_batch}: choose a "
+                "multiple of it, or change the micro batch or the number of ranks")
+        self.accum = self.global_batch // world_batch
         stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
         self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
         # Same seed on every rank gives identical full weights before sharding.
@@ -61,6 +79,10 @@ class Trainer:
         self.optim = build_optimizer(self.model, job.optim)
         self.ckpt_root = checkpoint_root(run_dir)
         self.step = 0
+        self.skipped_steps = 0
+        self.data_wait = 0.0
+        self.spikes = SpikeDetector(tc.spike_sigmas, tc.spike_window)
+        self.peak_name, self.peak_flops = device_peak_flops(tc.device_peak, dist_info.device)
         self.sink = MetricsSink(run_dir, asdict(job), tc.wandb_mode, tc.wandb_project) if dist_info.is_main else None
 
     def maybe_resume(self) -> None:
@@ -77,19 +99,48 @@ class Trainer:
         return self.model(batch.inputs.to(dev), *docs, targets=batch.targets.to(dev),
                           z_loss=tc.z_loss if z_loss is None else z_loss)
 
-    def train_step(self, step: int) -> tuple[float, float]:
-        lr = lr_at(step, self.job.trainer.steps, self.job.optim)
+    def next_batch(self) -> Batch:
+        t0 = time.perf_counter()
+        batch = self.loader.next_batch()
+        self.data_wait += time.perf_counter() - t0
+        return batch
+
+    def train_step(self, step: int) -> tuple[float, float, bool]:
+        """One optimizer step over ``accum`` micro batches: (mean loss over ranks, grad norm, skipped)."""
+        tc = self.job.trainer
+        lr = lr_at(step, tc.steps, self.job.optim)
         for group in self.optim.param_groups:
             group["lr"] = lr
-        loss = self.loss(self.loader.next_batch())
-        loss.backward()
+        total = 0.0
+        for micro in range(self.accum):
+            if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2: reduce gradients once, at the last
+                self.model.set_requires_gradient_sync(micro == self.accum - 1)
+            loss = self.loss(self.next_batch()) / self.accum
+            loss.backward()
+            total += loss.item()
+        loss_value = all_reduce_mean(total, self.dist.device)
         clip = self.job.optim.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        grad_norm = grad_norm.item()
+        nonfinite = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
+        if nonfinite and not tc.skip_nonfinite:
+            raise FloatingPointError(f"step {step}: loss {loss_value}, grad norm {grad_norm} not finite "
+                                     "(trainer.skip_nonfinite=false); resume from the last checkpoint")
+        spike = not nonfinite and self.spikes.is_spike(loss_value)
+        if spike and tc.spike_action == "stop":
+            raise RuntimeError(f"step {step}: loss spike {loss_value:.4g} (trainer.spike_sigmas={tc.spike_sigmas} "
+                               f"over the last {tc.spike_window} steps); resume from the last checkpoint")
+        if nonfinite or spike:
+            self.optim.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            log.warning("step %d skipped (%s: loss %.4g, grad norm %.4g); %d skipped so far", step,
+                        "not finite" if nonfinite else "loss spike", loss_value, grad_norm, self.skipped_steps)
+            return loss_value, grad_norm, True
         self.optim.step()
         self.optim.zero_grad(set_to_none=True)
-        return loss.item(), grad_norm.item()
+        return loss_value, grad_norm, False
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -109,7 +160,7 @@ class Trainer:
     def fit(self) -> dict:
         tc = self.job.trainer
         self.maybe_resume()
-        tokens_per_step = tc.local_batch_size * self.dist.world * self.job.data.seq_len
+        tokens_per_step = self.global_batch * self.job.data.seq_len
         window_loss, window_start, t_last = [], self.step, time.perf_counter()
         last = {}
         if self.step == 0:  # the starting point of the validation curve
@@ -117,18 +168,25 @@ class Trainer:
             if self.sink:
                 self.sink.log(0, {"val_loss": last["val_loss"]})
         while self.step < tc.steps:
-            loss, grad_norm = self.train_step(self.step)
-            window_loss.append(loss)
+            loss, grad_norm, skipped = self.train_step(self.step)
+            if not skipped:
+                window_loss.append(loss)
             self.step += 1
             if self.step % tc.log_every == 0 or self.step == tc.steps:
                 elapsed = time.perf_counter() - t_last
-                last["train_loss"] = all_reduce_mean(sum(window_loss) / len(window_loss), self.dist.device)
-                metrics = {"train_loss": last["train_loss"], "grad_norm": grad_norm,
-                           "lr": lr_at(self.step - 1, tc.steps, self.job.optim),
-                           "tokens_per_s": (self.step - window_start) * tokens_per_step / elapsed}
+                tokens_per_s = (self.step - window_start) * tokens_per_step / elapsed
+                per_device = tokens_per_s / self.dist.world
+                metrics = {"grad_norm": grad_norm, "lr": lr_at(self.step - 1, tc.steps, self.job.optim),
+                           "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
+                           "mfu": mfu(self.job.model, self.job.data.seq_len, per_device, self.peak_flops),
+                           "data_wait_s": self.data_wait, "skipped_steps": self.skipped_steps,
+                           "peak_memory_mb": peak_memory_mb(self.dist.device)}
+                if window_loss:
+                    last["train_loss"] = metrics["train_loss"] = sum(window_loss) / len(window_loss)
                 if self.sink:
                     self.sink.log(self.step, metrics)
                 window_loss, window_start, t_last = [], self.step, time.perf_counter()
+                self.data_wait = 0.0
             if self.step % tc.val_every == 0 or self.step == tc.steps:
                 last["val_loss"] = self.validate()
                 if self.sink:

@@ -1,0 +1,87 @@
+"""Trainer loop features: schedules, MFU arithmetic, spike detection, gradient accumulation, NaN steps skipped."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from model import ModelConfig
+from tests.helpers import run_distributed
+from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
+from train.config import OptimConfig
+from train.optim import lr_at
+from train.throughput import SpikeDetector, mfu
+
+
+def test_wsd_and_cosine_schedules():
+    wsd = OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=2, schedule="wsd", decay_fraction=0.3)
+    assert [round(lr_at(s, 10, wsd), 6) for s in range(10)] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.7, 0.4, 0.1]
+    cos = OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=2)
+    assert lr_at(2, 10, cos) == 1.0 and math.isclose(lr_at(10, 10, cos), 0.1) and math.isclose(lr_at(6, 10, cos), 0.55)
+    assert lr_at(7, 10, OptimConfig(lr=1.0, warmup_steps=2, schedule="constant")) == 1.0
+    with pytest.raises(ValueError, match="optim.schedule must be one of"):
+        OptimConfig(schedule="linear")
+
+
+def test_mfu_arithmetic_against_a_hand_count():
+    cfg = ModelConfig(vocab_size=100, dim=8, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden_dim=16, max_seq_len=4)
+    # per token, forward: attention projections 8*4*(2+1+1) + 2*4*8 = 192 weights, SwiGLU 3*8*16 = 384,
+    # output 100*8 = 800 -> 2 * 1376 = 2752 FLOPs; scores and values 2 products * 2 * 4 keys * 2 heads * 4 = 128.
+    # Training is 3x: 8640 FLOPs per token. At 1000 tokens/s on a 1e12 FLOP/s device: 8.64e-6.
+    assert mfu(cfg, 4, 1000.0, 1e12) == pytest.approx(8.64e-6, rel=1e-12)
+
+
+def test_spike_detector():
+    d = SpikeDetector(sigmas=3.0, window=5)
+    assert not any(d.is_spike(x) for x in [2.0, 2.1, 1.9, 2.0, 2.05])  # filling the window
+    assert d.is_spike(5.0)  # far above mean 2.01 + 3 * 0.074
+    assert not d.is_spike(2.02)
+    assert not SpikeDetector(sigmas=0.0, window=2).is_spike(1e9)  # off
+
+
+def test_impossible_batch_configuration_is_named(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=2, global_batch_size=12)  # local 4 x 2 ranks = 8 does not divide 12
+    with pytest.raises(RuntimeError, match=r"trainer.global_batch_size=12 is not divisible by trainer.local_batch_size "
+                                           r"\(4\) x data-parallel ranks \(2\) = 8"):
+        run_distributed(train_and_report, 2, job)
+
+
+def test_gradient_accumulation_equals_the_full_batch(run_dir, tmp_path):  # noqa: F811
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "data", other / "data")
+    full = make_job(run_dir, steps=3)
+    full.trainer.local_batch_size = 8
+    accumulated = make_job(other, steps=3, global_batch_size=8)  # 2 micro batches of 4
+    (_, w_full), = run_distributed(train_and_report, 1, full)
+    (_, w_acc), = run_distributed(train_and_report, 1, accumulated)
+    for k in w_full:
+        assert torch.allclose(w_full[k], w_acc[k], rtol=1e-4, atol=1e-6), k
+
+
+def train_with_a_nan_batch(job):
+    from train.distributed import init_distributed
+    from train.trainer import Trainer
+
+    class NaNOnce(Trainer):
+        def loss(self, batch, z_loss=None):
+            loss = super().loss(batch, z_loss)
+            return loss * float("nan") if self.step == 3 and self.model.training else loss
+
+    trainer = NaNOnce(job, init_distributed())
+    last = trainer.fit()
+    finite = all(torch.isfinite(p.full_tensor() if hasattr(p, "full_tensor") else p).all()
+                 for p in trainer.model.parameters())
+    return last, trainer.skipped_steps, finite
+
+
+def test_a_nan_batch_is_skipped_and_counted(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=6)
+    (last, skipped, finite), _ = run_distributed(train_with_a_nan_batch, 2, job)
+    assert skipped == 1 and finite and math.isfinite(last["train_loss"])
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "skipped_steps" in r]
+    assert train_rows[-1]["step"] == 6 and train_rows[-1]["skipped_steps"] == 1
+    assert all(r["mfu"] > 0 and r["tokens_per_s_per_device"] > 0 and r["peak_memory_mb"] > 0 for r in train_rows)
