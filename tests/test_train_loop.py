@@ -85,3 +85,70 @@ def test_a_nan_batch_is_skipped_and_counted(run_dir):  # noqa: F811
     train_rows = [r for r in rows if "skipped_steps" in r]
     assert train_rows[-1]["step"] == 6 and train_rows[-1]["skipped_steps"] == 1
     assert all(r["mfu"] > 0 and r["tokens_per_s_per_device"] > 0 and r["peak_memory_mb"] > 0 for r in train_rows)
+
+
+def train_with_a_signal_on_rank0(job):
+    import os
+    import signal
+
+    from train.distributed import init_distributed
+    from train.trainer import Trainer
+
+    class SignalAtStep3(Trainer):
+        def train_step(self, step):
+            if step == 3 and self.dist.rank == 0:
+                os.kill(os.getpid(), signal.SIGUSR1)  # as Slurm's --signal would, to one rank first
+            return super().train_step(step)
+
+    trainer = SignalAtStep3(job, init_distributed())
+    trainer.fit()
+    return trainer.step, trainer.preempted
+
+
+def test_sigusr1_checkpoints_on_every_rank_and_stops(run_dir):  # noqa: F811
+    from train.checkpoint import list_checkpoints
+
+    job = make_job(run_dir, steps=8)
+    results = run_distributed(train_with_a_signal_on_rank0, 2, job)
+    assert results == [(4, True), (4, True)]
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_0000004"]
+
+
+def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from train.checkpoint import list_checkpoints
+    from train.trainer import EXIT_REQUEUE
+
+    root = Path(__file__).resolve().parents[1]
+    # data.sources=[]: the shards here hold one source, so the sample config's mixture weights do not apply.
+    args = [sys.executable, "-m", "train.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=64",
+            "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96", "data.seq_len=32",
+            "data.sources=[]", "trainer.steps=400", "trainer.log_every=1", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
+            "trainer.val_batches=1", "trainer.wandb_mode=disabled"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    def trained_a_step():
+        return metrics.exists() and '"train_loss"' in metrics.read_text()
+
+    while time.time() < deadline and proc.poll() is None and not trained_a_step():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_REQUEUE, out[-3000:]
+    stopped = int(list_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[1])
+    assert 0 < stopped < 400 and "stopped by a signal" in out
+    resumed = subprocess.run(args[:-6] + ["trainer.steps=" + str(stopped + 2), "trainer.log_every=1",
+                                          "trainer.val_every=1000", "trainer.checkpoint_every=1000",
+                                          "trainer.val_batches=1", "trainer.wandb_mode=disabled"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert int(list_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[1]) == stopped + 2

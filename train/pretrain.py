@@ -2,12 +2,15 @@
 
     torchrun --nproc_per_node=2 -m train.pretrain [run_dir=runs/demo] [model=debug] [trainer.steps=300] ...
 
-Also runs as a single process (``python -m train.pretrain``).
+Also runs as a single process (``python -m train.pretrain``). On SIGUSR1 or SIGTERM it finishes
+the step, writes a checkpoint and exits with status 75 (``EXIT_REQUEUE``): requeue the job, and
+the next start resumes from that checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 import torch.distributed as dist
@@ -16,7 +19,7 @@ from omegaconf import OmegaConf
 
 from train.config import PretrainJob
 from train.distributed import init_distributed
-from train.trainer import Trainer
+from train.trainer import EXIT_REQUEUE, Trainer
 
 ConfigStore.instance().store(name="pretrain_job_schema", node=PretrainJob)
 
@@ -28,9 +31,12 @@ def main(cfg) -> None:
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        Trainer(job, info).fit()
+        trainer = Trainer(job, info)
+        trainer.fit()
     finally:
         dist.destroy_process_group()
+    if trainer.preempted:
+        sys.exit(EXIT_REQUEUE)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +25,10 @@ from train.optim import build_optimizer, lr_at
 from train.throughput import SpikeDetector, device_peak_flops, mfu
 
 log = logging.getLogger("kfm.train")
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+"""What Slurm sends before a time limit (``--signal``) or on preemption."""
+EXIT_REQUEUE = 75
+"""Exit status after a signal-triggered checkpoint (EX_TEMPFAIL: try again): the launcher requeues the job."""
 
 
 def check_tokenizer(run_dir: Path, manifest: Manifest, data_dir: Path) -> None:
@@ -83,7 +89,23 @@ class Trainer:
         self.data_wait = 0.0
         self.spikes = SpikeDetector(tc.spike_sigmas, tc.spike_window)
         self.peak_name, self.peak_flops = device_peak_flops(tc.device_peak, dist_info.device)
+        self.stop_requested = self.preempted = False
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, self._on_signal)
         self.sink = MetricsSink(run_dir, asdict(job), tc.wandb_mode, tc.wandb_project) if dist_info.is_main else None
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_requested = True
+        log.warning("received %s: checkpointing after this step, then exiting with status %d (requeue)",
+                    signal.Signals(signum).name, EXIT_REQUEUE)
+
+    def stop_agreed(self) -> bool:
+        """True on every rank when any rank received a stop signal (ranks see signals at different times)."""
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.dist.device)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def maybe_resume(self) -> None:
         ckpt = latest_checkpoint(self.ckpt_root) if self.job.trainer.resume else None
@@ -191,6 +213,11 @@ class Trainer:
                 last["val_loss"] = self.validate()
                 if self.sink:
                     self.sink.log(self.step, {"val_loss": last["val_loss"]})
+            if self.stop_agreed():
+                path = self.save()
+                self.preempted = True
+                log.warning("stopped by a signal at step %d; checkpoint %s", self.step, path)
+                break
             if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
                 path = self.save()
                 if self.sink:
