@@ -9,6 +9,7 @@ from model.config import ModelConfig
 
 
 SCHEDULES = ("cosine", "wsd", "constant")
+BACKENDS = ("fsdp2", "hsdp", "ddp")
 PEAK_FLOPS = {
     # Dense bf16 tensor-core peak per device, FLOP/s, from the vendors' datasheets (without sparsity).
     "h100_sxm": 989e12,
@@ -67,9 +68,19 @@ class TrainerConfig:
     seed: int = 0
     """Seed of the weight init and the data order."""
     backend: str = "fsdp2"
-    """Data-parallel backend: ``fsdp2`` (DeepSpeed ZeRO lands with the trainer issue)."""
+    """Data parallelism: ``fsdp2`` (sharded), ``hsdp`` (sharded within groups, replicated across them) or ``ddp``."""
+    hsdp_replicas: int = 0
+    """``hsdp``: replica groups (0: one per node, from ``LOCAL_WORLD_SIZE``)."""
     param_dtype: str = "fp32"
     """Compute dtype of the sharded parameters: ``fp32`` or ``bf16`` (gradients reduce in fp32)."""
+    cpu_offload: bool = False
+    """FSDP2/HSDP: keep sharded parameters, gradients and optimizer state in CPU memory."""
+    activation_checkpointing: str = "none"
+    """Recompute activations in the backward: ``none``, ``full`` (every block) or ``selective`` (every ``ac_every``-th)."""
+    ac_every: int = 2
+    """``selective``: checkpoint one block in this many."""
+    compile: bool = False
+    """``torch.compile`` each block."""
     document_masking: bool = True
     """Packed documents attend only within themselves and restart their RoPE positions (false: a
     packed sequence is one stream, as at inference on a single document)."""
@@ -116,8 +127,12 @@ class TrainerConfig:
         if self.device_peak != "auto" and self.device_peak not in PEAK_FLOPS:
             raise ValueError(f"trainer.device_peak must be auto or one of {sorted(PEAK_FLOPS)}, "
                              f"got {self.device_peak!r}")
-        if self.backend != "fsdp2":
-            raise ValueError(f"trainer.backend must be 'fsdp2' (DeepSpeed is not wired yet), got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"trainer.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.activation_checkpointing not in ("none", "full", "selective") or self.ac_every < 1:
+            raise ValueError("trainer.activation_checkpointing must be none, full or selective; trainer.ac_every >= 1")
+        if self.hsdp_replicas < 0 or (self.cpu_offload and self.backend == "ddp"):
+            raise ValueError("trainer.hsdp_replicas must be >= 0; trainer.cpu_offload needs fsdp2 or hsdp")
         if self.param_dtype not in ("fp32", "bf16"):
             raise ValueError(f"trainer.param_dtype must be 'fp32' or 'bf16', got {self.param_dtype!r}")
         if self.wandb_mode not in ("offline", "online", "disabled"):

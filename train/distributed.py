@@ -1,4 +1,4 @@
-"""Process-group setup and the parallelism applied to a plain model (kept out of ``model/``)."""
+"""Process-group setup (the parallelism itself is in ``train.parallelize``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -47,15 +45,6 @@ def init_distributed() -> DistInfo:
     else:
         device = torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
-
-
-def apply_fsdp(model: nn.Module, param_dtype: str) -> nn.Module:
-    """FSDP2: shard each transformer block, then the root (embeddings, final norm, output)."""
-    policy = MixedPrecisionPolicy(param_dtype=DTYPES[param_dtype], reduce_dtype=torch.float32)
-    for block in model.layers:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
-    return model
 
 
 def all_reduce_mean(value: float, device: torch.device) -> float:

@@ -19,9 +19,10 @@ from data_pipeline.shards import Manifest, file_sha256
 from model import Transformer
 from train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
 from train.config import PretrainJob
-from train.distributed import DistInfo, all_reduce_mean, apply_fsdp
+from train.distributed import DistInfo, all_reduce_mean
 from train.metrics import MetricsSink
 from train.optim import build_optimizer, lr_at
+from train.parallelize import parallelize
 from train.throughput import SpikeDetector, device_peak_flops, mfu
 
 log = logging.getLogger("kfm.train")
@@ -81,7 +82,7 @@ class Trainer:
         # Same seed on every rank gives identical full weights before sharding.
         model = Transformer(job.model)
         model.init_weights(seed=tc.seed)
-        self.model: nn.Module = apply_fsdp(model.to(dist_info.device), tc.param_dtype)
+        self.model: nn.Module = parallelize(model.to(dist_info.device), tc, dist_info)
         self.optim = build_optimizer(self.model, job.optim)
         self.ckpt_root = checkpoint_root(run_dir)
         self.step = 0

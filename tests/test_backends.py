@@ -1,0 +1,60 @@
+"""Every data-parallel backend (and activation checkpointing) follows the single-process loss curve."""
+
+import json
+
+import pytest
+
+from tests.helpers import run_distributed
+from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
+
+STEPS = 5
+
+
+def losses(run_dir) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in rows if "train_loss" in r]
+
+
+def run(run_dir, world: int, **trainer_kw):
+    job = make_job(run_dir, steps=STEPS, **trainer_kw)
+    job.trainer.log_every, job.trainer.val_every, job.trainer.checkpoint_every = 1, 100, 100
+    job.trainer.local_batch_size = 8 // world  # the same 8 sequences per step, split over the ranks
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    results = run_distributed(train_and_report, world, job)
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return losses(run_dir), results[0][1]
+
+
+@pytest.fixture()
+def reference(run_dir):  # noqa: F811
+    return run(run_dir, 1)
+
+
+@pytest.mark.parametrize("backend, extra", [
+    ("fsdp2", {}), ("hsdp", {"hsdp_replicas": 2}), ("ddp", {}),
+    ("fsdp2", {"activation_checkpointing": "full"}), ("ddp", {"activation_checkpointing": "selective"}),
+])
+def test_backend_matches_the_single_process_run(run_dir, reference, backend, extra):  # noqa: F811
+    ref_losses, ref_weights = reference
+    got_losses, got_weights = run(run_dir, 2, backend=backend, **extra)
+    assert len(got_losses) == STEPS and got_losses[-1] < got_losses[0]
+    assert got_losses == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
+    # Plain parameter names whatever the wrapping. (Weights are not compared element-wise: Adam turns
+    # round-off-sized gradients of rarely seen embeddings into lr-sized steps of either sign.)
+    assert set(got_weights) == set(ref_weights)
+    assert all(got_weights[k].shape == ref_weights[k].shape for k in ref_weights)
+
+
+def test_a_ddp_checkpoint_resumes_under_fsdp2(run_dir):  # noqa: F811
+    from train.checkpoint import list_checkpoints
+
+    job = make_job(run_dir, steps=4, backend="ddp")
+    run_distributed(train_and_report, 2, job)
+    job.trainer.backend, job.trainer.steps = "fsdp2", 6
+    (last, _), = run_distributed(train_and_report, 1, job)
+    assert "val_loss" in last
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")][-1] == "step_0000006"
+    state = json.loads((run_dir / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
+    assert state["data"]["consumed"] == 4 * 2 * 4 + 2 * 1 * 4  # 4 steps of 2 ranks x 4, then 2 of 1 rank x 4
