@@ -35,17 +35,21 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     @torch.no_grad()
-    def init_weights(self, seed: int | None = None) -> None:
+    def init_weights(self, seed: int | None = None, assign=None) -> None:
         """Normal(0, init_std) for every matrix; residual outputs scaled by 1/sqrt(2·n_layers);
-        biases zero, norms one. Draws on the CPU, so a seed gives the same weights on every device."""
+        biases zero, norms one. Draws each full tensor on the CPU in a fixed order, so a seed gives
+        the same weights on every device and world size. ``assign(param, full)`` stores a drawn full
+        tensor into a parameter (default ``param.copy_(full)``); a trainer that sharded the model
+        first passes one that keeps only the local shard."""
         gen = None
         if seed is not None:
             gen = torch.Generator(device="cpu").manual_seed(seed)
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        put = assign or (lambda param, full: param.copy_(full))
 
         def normal_(t: torch.Tensor, s: float) -> None:
-            t.copy_(torch.randn(t.shape, generator=gen, dtype=torch.float32).mul_(s).to(t.dtype))
+            put(t, torch.randn(t.shape, generator=gen, dtype=torch.float32).mul_(s).to(t.dtype))
 
         normal_(self.tok_embeddings.weight, std)
         for layer in self.layers:
@@ -53,13 +57,13 @@ class Transformer(nn.Module):
             for lin in (attn.wq, attn.wk, attn.wv, ffn.w1, ffn.w3):
                 normal_(lin.weight, std)
                 if lin.bias is not None:
-                    lin.bias.zero_()
+                    put(lin.bias, torch.zeros(lin.bias.shape, dtype=lin.bias.dtype))
             normal_(attn.wo.weight, out_std)
             normal_(ffn.w2.weight, out_std)
             for norm in (layer.attention_norm, layer.ffn_norm, attn.q_norm, attn.k_norm):
                 if norm is not None:
-                    norm.reset_parameters()
-        self.norm.reset_parameters()
+                    put(norm.weight, torch.ones(norm.weight.shape, dtype=norm.weight.dtype))
+        put(self.norm.weight, torch.ones(self.norm.weight.shape, dtype=self.norm.weight.dtype))
         if not self.cfg.tie_embeddings:
             normal_(self.output.weight, std)
         cos, sin = rope_tables(self.cfg.head_size, self.cfg.max_seq_len, self.cfg.rope, device=self.rope_cos.device)

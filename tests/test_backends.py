@@ -58,3 +58,30 @@ def test_a_ddp_checkpoint_resumes_under_fsdp2(run_dir):  # noqa: F811
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")][-1] == "step_0000006"
     state = json.loads((run_dir / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
     assert state["data"]["consumed"] == 4 * 2 * 4 + 2 * 1 * 4  # 4 steps of 2 ranks x 4, then 2 of 1 rank x 4
+
+
+def build_and_gather(job):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from train.distributed import init_distributed
+    from train.trainer import build_model
+
+    model = build_model(job, init_distributed())
+    meta_left = [n for n, p in model.named_parameters() if p.is_meta]
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return meta_left, {k: v.clone() for k, v in full.items()}
+
+
+@pytest.mark.parametrize("backend", ["fsdp2", "hsdp"])
+def test_sharded_model_is_initialised_from_meta_like_the_plain_model(run_dir, backend):  # noqa: F811
+    import torch
+
+    from model import Transformer
+
+    job = make_job(run_dir, backend=backend, tie=True)
+    (meta_left, weights), _ = run_distributed(build_and_gather, 2, job)
+    plain = Transformer(job.model)
+    plain.init_weights(seed=job.trainer.seed)
+    assert not meta_left
+    for k, v in plain.state_dict().items():
+        assert torch.equal(weights[k], v), k

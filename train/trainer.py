@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from data_pipeline.loader import Batch, DistributedLoader, MixtureStream, TokenWindows, validation_batches
 from data_pipeline.shards import Manifest, file_sha256
@@ -58,6 +59,30 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _assign_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Store this rank's part of ``full`` (drawn identically on every rank) in a possibly sharded parameter."""
+    if isinstance(param, DTensor):
+        full = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(full)
+
+
+def build_model(job: PretrainJob, info: DistInfo) -> nn.Module:
+    """The model, parallelised. FSDP2/HSDP: built on the meta device, sharded, then materialised shard by
+    shard, so no rank ever holds the full model; DDP (which broadcasts full weights) builds it whole.
+    Either way the weights equal ``Transformer(cfg).init_weights(seed)``'s."""
+    tc = job.trainer
+    if tc.backend == "ddp":
+        model = Transformer(job.model)
+        model.init_weights(seed=tc.seed)
+        return parallelize(model.to(info.device), tc, info)
+    with torch.device("meta"):
+        model = Transformer(job.model)
+    model = parallelize(model, tc, info)
+    model.to_empty(device=info.device)
+    model.init_weights(seed=tc.seed, assign=_assign_local_shard)
+    return model
+
+
 class Trainer:
     def __init__(self, job: PretrainJob, dist_info: DistInfo) -> None:
         self.job, self.dist = job, dist_info
@@ -79,10 +104,7 @@ class Trainer:
         self.accum = self.global_batch // world_batch
         stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
         self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
-        # Same seed on every rank gives identical full weights before sharding.
-        model = Transformer(job.model)
-        model.init_weights(seed=tc.seed)
-        self.model: nn.Module = parallelize(model.to(dist_info.device), tc, dist_info)
+        self.model: nn.Module = build_model(job, dist_info)
         self.optim = build_optimizer(self.model, job.optim)
         self.ckpt_root = checkpoint_root(run_dir)
         self.step = 0
