@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from tests.helpers import run_distributed
 from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
@@ -85,3 +86,21 @@ def test_sharded_model_is_initialised_from_meta_like_the_plain_model(run_dir, ba
     assert not meta_left
     for k, v in plain.state_dict().items():
         assert torch.equal(weights[k], v), k
+
+
+def test_consolidate_an_fsdp2_checkpoint_to_one_safetensors_file(run_dir):  # noqa: F811
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    job = make_job(run_dir, steps=4, tie=True)
+    (_, weights), _ = run_distributed(train_and_report, 2, job)
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "train.consolidate", f"run_dir={run_dir}"], cwd=root, check=True,
+                   capture_output=True, timeout=300)
+    sd = load_file(str(run_dir / "checkpoints" / "step_0000004" / "model.safetensors"))
+    assert set(sd) == set(weights) - {"output.weight"}  # tied: stored once
+    for k, v in sd.items():
+        assert torch.equal(v, weights[k]), k

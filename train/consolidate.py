@@ -1,0 +1,70 @@
+"""Consolidate a sharded checkpoint into one safetensors state dict (for export, sharing or inspection).
+
+    python -m train.consolidate [run_dir=runs/demo] [checkpoint=<dir>] [out=<checkpoint>/model.safetensors]
+
+Works for a checkpoint written by any backend and world size, in one process on CPU. Keys are
+kfm's parameter names; a tied output projection is stored once (as ``tok_embeddings.weight``);
+the metadata holds the step and the model config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+
+from model import ModelConfig, Transformer
+from train.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint, load_model_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsolidateJob:
+    """``python -m train.consolidate``."""
+
+    run_dir: str = "runs/demo"
+    checkpoint: str = ""
+    """Checkpoint directory; empty means the newest one under ``<run_dir>/checkpoints``."""
+    out: str = ""
+    """Output file; empty means ``<checkpoint>/model.safetensors``."""
+
+
+def consolidate(ckpt: Path, out: Path) -> Path:
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    cfg = ModelConfig.from_dict(state["config"]["model"])
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device="cpu")
+    load_model_weights(ckpt, model)
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if cfg.tie_embeddings:
+        del sd["output.weight"]  # the same tensor as tok_embeddings.weight
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(out), metadata={"step": str(state["step"]), "model_config": json.dumps(cfg.to_dict())})
+    log.info("consolidated %s (step %d, %d tensors) into %s", ckpt, state["step"], len(sd), out)
+    return out
+
+
+ConfigStore.instance().store(name="consolidate_job_schema", node=ConsolidateJob)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="consolidate")
+def main(cfg) -> None:
+    job: ConsolidateJob = OmegaConf.to_object(cfg)
+    ckpt = Path(job.checkpoint) if job.checkpoint else latest_checkpoint(checkpoint_root(job.run_dir))
+    if ckpt is None or not (ckpt / STATE_FILE).is_file():
+        raise FileNotFoundError(f"no complete checkpoint at {job.checkpoint or checkpoint_root(job.run_dir)}: "
+                                "train first (`torchrun -m train.pretrain`) or set checkpoint=<dir>")
+    consolidate(ckpt, Path(job.out) if job.out else ckpt / "model.safetensors")
+
+
+if __name__ == "__main__":
+    main()
