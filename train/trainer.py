@@ -221,13 +221,14 @@ class Trainer:
                 elapsed = time.perf_counter() - t_last
                 tokens_per_s = (self.step - window_start) * tokens_per_step / elapsed
                 per_device = tokens_per_s / self.dist.world
-                metrics = {"grad_norm": grad_norm, "lr": lr_at(self.step - 1, tc.steps, self.job.optim),
-                           "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
-                           "mfu": mfu(self.job.model, self.job.data.seq_len, per_device, self.peak_flops),
-                           "data_wait_s": self.data_wait, "skipped_steps": self.skipped_steps,
-                           "peak_memory_mb": peak_memory_mb(self.dist.device)}
+                metrics = {}
                 if window_loss:
                     last["train_loss"] = metrics["train_loss"] = sum(window_loss) / len(window_loss)
+                metrics |= {"grad_norm": grad_norm, "lr": lr_at(self.step - 1, tc.steps, self.job.optim),
+                            "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
+                            "mfu": mfu(self.job.model, self.job.data.seq_len, per_device, self.peak_flops),
+                            "data_wait_s": self.data_wait, "skipped_steps": self.skipped_steps,
+                            "peak_memory_mb": peak_memory_mb(self.dist.device)}
                 if self.sink:
                     self.sink.log(self.step, metrics)
                 window_loss, window_start, t_last = [], self.step, time.perf_counter()
