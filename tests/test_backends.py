@@ -104,3 +104,28 @@ def test_consolidate_an_fsdp2_checkpoint_to_one_safetensors_file(run_dir):  # no
     assert set(sd) == set(weights) - {"output.weight"}  # tied: stored once
     for k, v in sd.items():
         assert torch.equal(v, weights[k]), k
+
+
+def test_checkpoint_of_another_model_or_damaged_is_named(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=4)
+    run_distributed(train_and_report, 2, job)
+    wider = make_job(run_dir, steps=6)
+    wider.model.ffn_hidden_dim, wider.model.n_layers = 128, 3
+    with pytest.raises(RuntimeError, match=r"(?s)written by a different model config:\s+missing in checkpoint: "
+                                           r"layers.2.attention.wk.weight .*shape layers.0.feed_forward.w1.weight: "
+                                           r"checkpoint \(96, 64\) vs model \(128, 64\)"):
+        run_distributed(train_and_report, 1, wider)
+    for f in (run_dir / "checkpoints" / "step_0000004").glob("*.distcp"):
+        f.write_bytes(f.read_bytes()[:100])  # truncated shards
+    with pytest.raises(RuntimeError, match=r"checkpoint .*step_0000004 could not be read .*damaged"):
+        run_distributed(train_and_report, 1, make_job(run_dir, steps=6))
+
+
+def test_fsdp2_resumes_on_three_ranks(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=4)
+    run_distributed(train_and_report, 2, job)
+    job.trainer.steps = 6
+    results = run_distributed(train_and_report, 3, job)  # 2 -> 3 ranks: resharded
+    assert all("val_loss" in last for last, _ in results)
+    state = json.loads((run_dir / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
+    assert state["data"]["consumed"] == 4 * 2 * 4 + 2 * 3 * 4

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.optim import Optimizer
 
@@ -63,11 +64,39 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optim: Optimi
     return final
 
 
+def check_compatible(path: str | Path, model_sd: dict) -> None:
+    """The checkpoint at ``path`` must hold exactly the model's weights with the model's (global) shapes;
+    a ValueError lists what differs. An unreadable checkpoint is a ValueError naming it."""
+    try:
+        saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception as err:  # noqa: BLE001 - any failure to read means the same thing to the user
+        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it to resume from "
+                         "the previous one") from err
+    saved_shapes = {k[len("model."):]: tuple(v.size) for k, v in saved.items()
+                    if k.startswith("model.") and hasattr(v, "size")}
+    mine = {k: tuple(v.shape) for k, v in model_sd.items()}
+    problems = [f"missing in checkpoint: {k} {mine[k]}" for k in sorted(set(mine) - set(saved_shapes))]
+    problems += [f"not in model: {k} {saved_shapes[k]}" for k in sorted(set(saved_shapes) - set(mine))]
+    problems += [f"shape {k}: checkpoint {saved_shapes[k]} vs model {mine[k]}"
+                 for k in sorted(set(mine) & set(saved_shapes)) if saved_shapes[k] != mine[k]]
+    if problems:
+        shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise ValueError(f"checkpoint {path} was written by a different model config:\n  {shown}\n"
+                         "resume with the model config it was trained with, or start a new run_dir")
+
+
 def load_checkpoint(path: str | Path, model: nn.Module, optim: Optimizer) -> dict:
     """Collective: restore model and optimizer in place (any world size); returns the trainer state."""
     model_sd, optim_sd = get_state_dict(model, optim)
+    check_compatible(path, model_sd)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - damage surfaces as many exception types
+        cause = next(iter(err.failures.values()), err) if isinstance(err, CheckpointException) else err
+        first_line = (str(cause).strip().splitlines() or [""])[0]
+        raise ValueError(f"checkpoint {path} could not be read ({type(cause).__name__}: {first_line}); it is "
+                         "damaged: delete it to resume from the previous one") from err
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((Path(path) / STATE_FILE).read_text())
 
@@ -75,6 +104,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optim: Optimizer) -> dic
 def load_model_weights(path: str | Path, model: nn.Module) -> dict:
     """Load only the model weights of a checkpoint into a plain (unsharded) model, in one process."""
     sd = model.state_dict()
+    check_compatible(path, sd)
     dcp.load({"model": sd}, checkpoint_id=str(path))
     model.load_state_dict(sd)
     return json.loads((Path(path) / STATE_FILE).read_text())
