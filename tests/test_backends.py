@@ -129,3 +129,46 @@ def test_fsdp2_resumes_on_three_ranks(run_dir):  # noqa: F811
     assert all("val_loss" in last for last, _ in results)
     state = json.loads((run_dir / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
     assert state["data"]["consumed"] == 4 * 2 * 4 + 2 * 3 * 4
+
+
+KILLED_DURING_SAVE = """
+import os, pickle, signal, sys
+import train.checkpoint as ckpt
+from train.distributed import init_distributed
+from train.trainer import Trainer
+
+job = pickle.load(open(sys.argv[1], "rb"))
+real_save = ckpt.dcp.save
+
+def save_then_die(state, checkpoint_id):
+    real_save(state, checkpoint_id=checkpoint_id)
+    if checkpoint_id.endswith("step_0000008.tmp"):
+        os.kill(os.getpid(), signal.SIGKILL)  # shards written, the checkpoint not yet published
+
+ckpt.dcp.save = save_then_die
+Trainer(job, init_distributed()).fit()
+"""
+
+
+def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir):  # noqa: F811
+    import pickle
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from train.checkpoint import latest_checkpoint, list_checkpoints
+
+    job = make_job(run_dir, steps=8)
+    (run_dir / "job.pkl").write_bytes(pickle.dumps(job))
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", KILLED_DURING_SAVE, str(run_dir / "job.pkl")], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "step_0000008.tmp").is_dir()  # the half-published checkpoint
+    assert latest_checkpoint(run_dir / "checkpoints").name == "step_0000004"
+    (last, _), = run_distributed(train_and_report, 1, job)
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_0000004", "step_0000008"]
+    assert not (run_dir / "checkpoints" / "step_0000008.tmp").exists()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["step"] for r in rows if "train_loss" in r]
+    assert logged == [2, 4, 6, 8, 6, 8] and "val_loss" in last  # the second start went on from step 4
