@@ -42,6 +42,15 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def resolve_checkpoint(checkpoint: str, run_dir: str | Path) -> Path:
+    """``checkpoint`` if given, else the newest complete one of ``run_dir``; an error naming the fix if none."""
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(checkpoint_root(run_dir))
+    if ckpt is None or not (ckpt / STATE_FILE).is_file():
+        raise FileNotFoundError(f"no complete checkpoint at {checkpoint or checkpoint_root(run_dir)}: "
+                                "train first (`torchrun -m train.pretrain`) or set checkpoint=<dir>")
+    return ckpt
+
+
 def save_checkpoint(root: str | Path, step: int, model: nn.Module, optim: Optimizer, state: dict, keep: int) -> Path:
     """Collective: every rank calls it. Returns the final directory."""
     root = Path(root)

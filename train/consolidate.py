@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from model import ModelConfig, Transformer
-from train.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint, load_model_weights
+from train.checkpoint import STATE_FILE, load_model_weights, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,7 @@ ConfigStore.instance().store(name="consolidate_job_schema", node=ConsolidateJob)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="consolidate")
 def main(cfg) -> None:
     job: ConsolidateJob = OmegaConf.to_object(cfg)
-    ckpt = Path(job.checkpoint) if job.checkpoint else latest_checkpoint(checkpoint_root(job.run_dir))
-    if ckpt is None or not (ckpt / STATE_FILE).is_file():
-        raise FileNotFoundError(f"no complete checkpoint at {job.checkpoint or checkpoint_root(job.run_dir)}: "
-                                "train first (`torchrun -m train.pretrain`) or set checkpoint=<dir>")
+    ckpt = resolve_checkpoint(job.checkpoint, job.run_dir)
     consolidate(ckpt, Path(job.out) if job.out else ckpt / "model.safetensors")
 
 

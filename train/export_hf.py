@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from model import ModelConfig, Transformer
 from tokenizer.hf import load_sentencepiece, save_hf_tokenizer
-from train.checkpoint import STATE_FILE, checkpoint_root, latest_checkpoint, load_model_weights
+from train.checkpoint import STATE_FILE, load_model_weights, resolve_checkpoint
 from train.hf_convert import to_hf_config, to_hf_state_dict
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,7 @@ ConfigStore.instance().store(name="export_job_schema", node=ExportJob)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export_hf")
 def main(cfg) -> None:
     job: ExportJob = OmegaConf.to_object(cfg)
-    ckpt = Path(job.checkpoint) if job.checkpoint else latest_checkpoint(checkpoint_root(job.run_dir))
-    if ckpt is None or not (ckpt / STATE_FILE).is_file():
-        raise FileNotFoundError(f"no complete checkpoint at {job.checkpoint or checkpoint_root(job.run_dir)}: "
-                                "train first (`torchrun -m train.pretrain`) or set checkpoint=<dir>")
+    ckpt = resolve_checkpoint(job.checkpoint, job.run_dir)
     export_checkpoint(ckpt, Path(job.tokenizer_dir), Path(job.out_dir), job.dtype, job.max_new_tokens)
 
 
