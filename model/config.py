@@ -146,5 +146,5 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelConfig:
-        return cls(**{**raw, "rope": RopeConfig(**raw["rope"]) if isinstance(raw.get("rope"), dict) else
-                      raw.get("rope", RopeConfig())})
+        """From ``to_dict``'s output or a preset YAML (``__post_init__`` turns a ``rope`` dict into a RopeConfig)."""
+        return cls(**raw)

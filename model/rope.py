@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -77,12 +78,13 @@ class Rotary:
     """(batch, seq) position of each token, e.g. restarting at every packed document."""
     seq_len: int
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows of these tokens, gathered once per forward (only the PyTorch path needs them)."""
         if self.positions is None:
-            self._rows = (self.cos[: self.seq_len], self.sin[: self.seq_len])
-        else:
-            self._rows = (self.cos[self.positions].unsqueeze(1), self.sin[self.positions].unsqueeze(1))
+            return self.cos[: self.seq_len], self.sin[: self.seq_len]
+        return self.cos[self.positions].unsqueeze(1), self.sin[self.positions].unsqueeze(1)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``apply_rope`` on x (batch, heads, seq, head_dim)."""
-        return apply_rope(x, *self._rows)
+        return apply_rope(x, *self.rows)

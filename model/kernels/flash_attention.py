@@ -38,6 +38,24 @@ def _allowed(offs_m, offs_n, doc_q, doc_k, seq_len, WINDOW: tl.constexpr):
 
 
 @triton.jit
+def _load_block(base, offs, stride, offs_d, rows_ok, d_ok, UPCAST: tl.constexpr):
+    """Rows ``offs`` (head_dim wide) of one head's (seq, head_dim) tensor; zeros outside; fp32 if UPCAST."""
+    x = tl.load(base + offs[:, None] * stride + offs_d[None, :], mask=rows_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _key_range(DOC_START, b, seq_len, first, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr):
+    """Key blocks a query block starting at ``first`` may see: from its document start (or window) to the diagonal."""
+    lo = tl.load(DOC_START + b * seq_len + first)
+    if WINDOW > 0:
+        lo = tl.maximum(lo, first - WINDOW + 1)
+    return (lo // BLOCK_N) * BLOCK_N, tl.minimum(first + BLOCK_M, seq_len)
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, DOC, DOC_START, scale, seq_len, n_heads, n_kv_heads,
                 stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -54,12 +72,7 @@ def _fwd_kernel(Q, K, V, O, LSE, DOC, DOC_START, scale, seq_len, n_heads, n_kv_h
     if UPCAST:
         q = q.to(tl.float32)
     doc_q = tl.load(DOC + b * seq_len + offs_m, mask=m_ok, other=-1)
-    first = pid_m * BLOCK_M
-    lo = tl.load(DOC_START + b * seq_len + first)
-    if WINDOW > 0:
-        lo = tl.maximum(lo, first - WINDOW + 1)
-    lo = (lo // BLOCK_N) * BLOCK_N
-    hi = tl.minimum(first + BLOCK_M, seq_len)
+    lo, hi = _key_range(DOC_START, b, seq_len, pid_m * BLOCK_M, BLOCK_M, BLOCK_N, WINDOW)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
@@ -68,12 +81,8 @@ def _fwd_kernel(Q, K, V, O, LSE, DOC, DOC_START, scale, seq_len, n_heads, n_kv_h
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < seq_len
-        k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
-                    other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
-                    other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
+        k = _load_block(k_base, offs_n, stride_ks, offs_d, n_ok, d_ok, UPCAST)
+        v = _load_block(v_base, offs_n, stride_ks, offs_d, n_ok, d_ok, UPCAST)
         doc_k = tl.load(DOC + b * seq_len + offs_n, mask=n_ok, other=-2)
         s = tl.dot(q, tl.trans(k)) * scale
         s = tl.where(_allowed(offs_m, offs_n, doc_q, doc_k, seq_len, WINDOW), s, float("-inf"))
@@ -124,12 +133,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DOC, DOC_END, DK, DV, scale, seq_l
         for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             m_ok = offs_m < seq_len
-            q = tl.load(q_base + offs_m[:, None] * stride_qs + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
-                        other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * stride_qs + offs_d[None, :],
-                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-            if UPCAST:
-                q, do = q.to(tl.float32), do.to(tl.float32)
+            q = _load_block(q_base, offs_m, stride_qs, offs_d, m_ok, d_ok, UPCAST)
+            do = _load_block(do_base, offs_m, stride_qs, offs_d, m_ok, d_ok, UPCAST)
             doc_q = tl.load(DOC + b * seq_len + offs_m, mask=m_ok, other=-1)
             lse = tl.load(LSE + (b * n_heads + h) * seq_len + offs_m, mask=m_ok, other=0.0)
             delta = tl.load(DELTA + (b * n_heads + h) * seq_len + offs_m, mask=m_ok, other=0.0)
@@ -164,24 +169,15 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DOC, DOC_START, DQ, scale, seq_len, 
     doc_q = tl.load(DOC + b * seq_len + offs_m, mask=m_ok, other=-1)
     lse = tl.load(LSE + bh * seq_len + offs_m, mask=m_ok, other=0.0)
     delta = tl.load(DELTA + bh * seq_len + offs_m, mask=m_ok, other=0.0)
-    first = pid_m * BLOCK_M
-    lo = tl.load(DOC_START + b * seq_len + first)
-    if WINDOW > 0:
-        lo = tl.maximum(lo, first - WINDOW + 1)
-    lo = (lo // BLOCK_N) * BLOCK_N
-    hi = tl.minimum(first + BLOCK_M, seq_len)
+    lo, hi = _key_range(DOC_START, b, seq_len, pid_m * BLOCK_M, BLOCK_M, BLOCK_N, WINDOW)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     k_base = K + b * stride_kb + kvh * stride_kh
     v_base = V + b * stride_kb + kvh * stride_kh
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < seq_len
-        k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
-                    other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
-                    other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
+        k = _load_block(k_base, offs_n, stride_ks, offs_d, n_ok, d_ok, UPCAST)
+        v = _load_block(v_base, offs_n, stride_ks, offs_d, n_ok, d_ok, UPCAST)
         doc_k = tl.load(DOC + b * seq_len + offs_n, mask=n_ok, other=-2)
         s = tl.dot(q, tl.trans(k)) * scale
         ok = _allowed(offs_m, offs_n, doc_q, doc_k, seq_len, WINDOW) & m_ok[:, None]

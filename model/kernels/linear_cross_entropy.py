@@ -20,20 +20,18 @@ per-row log-sum-exp, loss and in-place logits gradient are a Triton kernel (``_c
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from model.loss import cross_entropy_loss
 
 CE_BLOCK = 1024
 
 
 def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                    ignore_index: int = -100, z_loss: float = 0.0) -> torch.Tensor:
-    logits = (hidden @ weight.T).float()
-    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
-    if z_loss:
-        loss = loss + z_loss * torch.logsumexp(logits[targets != ignore_index], -1).pow(2).mean()
-    return loss
+    """The plain computation: full logits, then ``model.loss.cross_entropy_loss``."""
+    return cross_entropy_loss((hidden @ weight.T)[None], targets[None], ignore_index, z_loss)
 
 
 @triton.jit
