@@ -35,10 +35,11 @@ from data_pipeline.dedup import Deduplicator, dedup_key
 from data_pipeline.journal import JOURNAL, STATE_DIR, Journal, fingerprint
 from data_pipeline.near_dedup import signature
 from data_pipeline.reader import BadRecordLog, DataError, count_records, iter_documents
-from data_pipeline.shards import MANIFEST, Manifest, ShardInfo, ShardWriter, file_sha256, token_dtype
+from data_pipeline.shards import MANIFEST, TOKEN_BYTES, Manifest, ShardInfo, ShardWriter, file_sha256, token_dtype
 from data_pipeline.text import normalize
 from tokenizer.fast_encode import batch_encoder
 from tokenizer.hf import load_sentencepiece
+from tokenizer.pieces import piece_byte_lengths
 from tokenizer.sampling import is_heldout
 
 __all__ = ["DataBuildJob", "build_shards", "data_dir", "dedup_key"]
@@ -150,6 +151,8 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
     fp = fingerprint(cfg, tokenizer_sha256)
     if resume and (done := _up_to_date(out, fp)):
         log.info("%s is up to date (same config, tokenizer and inputs); pass resume=false to rebuild", out)
+        if not (out / TOKEN_BYTES).is_file():
+            np.save(out / TOKEN_BYTES, piece_byte_lengths(sp))
         return done
     journal = Journal.load(out) if resume and out.is_dir() else None
     if journal is not None and journal.fingerprint != fp:
@@ -163,6 +166,7 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
     else:
         log.info("resuming the build in %s at source %d (%s), record %d", out, journal.source_index,
                  cfg.sources[min(journal.source_index, len(cfg.sources) - 1)].name, journal.records_done)
+    np.save(out / TOKEN_BYTES, piece_byte_lengths(sp))  # for bits-per-byte in validation
     dtype = token_dtype(sp.get_piece_size())
     manifest = Manifest(vocab_size=sp.get_piece_size(), dtype=dtype.name, tokenizer_sha256=tokenizer_sha256,
                         bos_id=sp.bos_id(), eos_id=sp.eos_id(), fingerprint=fp)

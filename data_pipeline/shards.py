@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 MANIFEST = "manifest.json"
+TOKEN_BYTES = "token_bytes.npy"
+"""Bytes of text behind each token id (``tokenizer.pieces.piece_byte_lengths``), for bits-per-byte."""
 FORMAT_VERSION = 2
 OFFSET_DTYPE = np.dtype(np.uint64)
 

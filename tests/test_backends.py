@@ -1,4 +1,5 @@
-"""Every data-parallel backend (and activation checkpointing) follows the single-process loss curve."""
+"""Every data-parallel backend (FSDP2, HSDP, DDP, DeepSpeed ZeRO 1/2/3, with activation checkpointing) follows
+the single-process loss curve; checkpoints survive kills, reshard, and refuse what does not fit."""
 
 import json
 
@@ -36,6 +37,8 @@ def reference(run_dir):  # noqa: F811
 @pytest.mark.parametrize("backend, extra", [
     ("fsdp2", {}), ("hsdp", {"hsdp_replicas": 2}), ("ddp", {}),
     ("fsdp2", {"activation_checkpointing": "full"}), ("ddp", {"activation_checkpointing": "selective"}),
+    ("deepspeed", {"zero_stage": 1}), ("deepspeed", {"zero_stage": 2}),
+    ("deepspeed", {"zero_stage": 3, "activation_checkpointing": "full"}),
 ])
 def test_backend_matches_the_single_process_run(run_dir, reference, backend, extra):  # noqa: F811
     ref_losses, ref_weights = reference
@@ -65,7 +68,7 @@ def build_and_gather(job):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from train.distributed import init_distributed
-    from train.trainer import build_model
+    from train.engine import build_model
 
     model = build_model(job, init_distributed())
     meta_left = [n for n, p in model.named_parameters() if p.is_meta]
@@ -133,24 +136,24 @@ def test_fsdp2_resumes_on_three_ranks(run_dir):  # noqa: F811
 
 KILLED_DURING_SAVE = """
 import os, pickle, signal, sys
-import train.checkpoint as ckpt
+import train.trainer as trainer
 from train.distributed import init_distributed
-from train.trainer import Trainer
 
 job = pickle.load(open(sys.argv[1], "rb"))
-real_save = ckpt.dcp.save
+real_publish = trainer.publish
 
-def save_then_die(state, checkpoint_id):
-    real_save(state, checkpoint_id=checkpoint_id)
-    if checkpoint_id.endswith("step_0000008.tmp"):
-        os.kill(os.getpid(), signal.SIGKILL)  # shards written, the checkpoint not yet published
+def die_before_publishing(tmp, final, state, keep):
+    if final.name == "step_0000008":
+        os.kill(os.getpid(), signal.SIGKILL)  # every file written, the checkpoint not yet published
+    return real_publish(tmp, final, state, keep)
 
-ckpt.dcp.save = save_then_die
-Trainer(job, init_distributed()).fit()
+trainer.publish = die_before_publishing
+trainer.Trainer(job, init_distributed()).fit()
 """
 
 
-def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir):  # noqa: F811
+@pytest.mark.parametrize("backend", ["fsdp2", "deepspeed"])
+def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir, backend):  # noqa: F811
     import pickle
     import subprocess
     import sys
@@ -158,7 +161,7 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir): 
 
     from train.checkpoint import latest_checkpoint, list_checkpoints
 
-    job = make_job(run_dir, steps=8)
+    job = make_job(run_dir, steps=8, backend=backend)
     (run_dir / "job.pkl").write_bytes(pickle.dumps(job))
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", KILLED_DURING_SAVE, str(run_dir / "job.pkl")], cwd=root,
@@ -166,9 +169,11 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir): 
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert (run_dir / "checkpoints" / "step_0000008.tmp").is_dir()  # the half-published checkpoint
     assert latest_checkpoint(run_dir / "checkpoints").name == "step_0000004"
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_0000004\n"
     (last, _), = run_distributed(train_and_report, 1, job)
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_0000004", "step_0000008"]
     assert not (run_dir / "checkpoints" / "step_0000008.tmp").exists()
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step_0000008\n"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [r["step"] for r in rows if "train_loss" in r]
     assert logged == [2, 4, 6, 8, 6, 8] and "val_loss" in last  # the second start went on from step 4

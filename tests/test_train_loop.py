@@ -95,10 +95,10 @@ def train_with_a_signal_on_rank0(job):
     from train.trainer import Trainer
 
     class SignalAtStep3(Trainer):
-        def train_step(self, step):
-            if step == 3 and self.dist.rank == 0:
+        def train_step(self):
+            if self.step == 3 and self.dist.rank == 0:
                 os.kill(os.getpid(), signal.SIGUSR1)  # as Slurm's --signal would, to one rank first
-            return super().train_step(step)
+            return super().train_step()
 
     trainer = SignalAtStep3(job, init_distributed())
     trainer.fit()
@@ -152,3 +152,32 @@ def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):  # noqa: F
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert int(list_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[1]) == stopped + 2
+
+
+def test_token_byte_lengths_sum_to_the_bytes_of_the_text(tiny_tokenizer):
+    from tests.helpers import EN_SENTENCES, KO_SENTENCES
+    from tokenizer.hf import load_sentencepiece
+    from tokenizer.pieces import piece_byte_lengths
+
+    sp = load_sentencepiece(tiny_tokenizer / "tokenizer.model")
+    table = piece_byte_lengths(sp)
+    assert table[sp.bos_id()] == table[sp.eos_id()] == 0
+    for text in KO_SENTENCES + EN_SENTENCES + ["def f(x):\n\treturn x  # 끝 😀 ∑"]:
+        ids = sp.encode(text)
+        assert table[ids].sum() == len(text.encode("utf-8")), text
+
+
+def test_validation_reports_bits_per_byte(run_dir):  # noqa: F811
+    import numpy as np
+
+    from data_pipeline.loader import TokenWindows, validation_batches
+
+    job = make_job(run_dir, steps=2)
+    (last, _), = run_distributed(train_and_report, 1, job)
+    table = np.load(run_dir / "data" / "token_bytes.npy")
+    windows = TokenWindows(run_dir / "data", "val", job.data.seq_len)
+    batches = list(validation_batches(windows, job.trainer.local_batch_size, 0, 1, job.trainer.val_batches))
+    tokens = sum(b.targets.numel() for b in batches)
+    nbytes = sum(int(table[b.targets.numpy()].sum()) for b in batches)
+    assert 1 < tokens and tokens < nbytes  # several bytes per token
+    assert last["val_bpb"] == pytest.approx(last["val_loss"] * tokens / nbytes / math.log(2), rel=1e-9)

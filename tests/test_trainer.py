@@ -27,15 +27,12 @@ def make_job(run_dir: Path, steps=8, tie=False, **trainer_kw) -> PretrainJob:
 
 
 def train_and_report(job: PretrainJob):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     from train.distributed import init_distributed
     from train.trainer import Trainer
 
     trainer = Trainer(job, init_distributed())
     last = trainer.fit()
-    full = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return last, {k: v.clone() for k, v in full.items()}
+    return last, trainer.engine.full_state_dict()
 
 
 @pytest.fixture()

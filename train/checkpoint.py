@@ -1,31 +1,39 @@
-"""Sharded checkpoints with torch.distributed.checkpoint (DCP).
+"""Checkpoint directories: layout, atomic publication, the ``latest`` pointer, and compatibility checks.
 
-Layout: ``<run_dir>/checkpoints/step_<N>/`` holds the DCP files of model and optimizer
-plus ``trainer_state.json`` (step, config). A checkpoint is written to ``step_<N>.tmp`` and
-renamed only once every rank has finished, so a crash never leaves a half-written
-``step_<N>``; ``latest_checkpoint`` only ever returns complete ones.
+Layout: ``<run_dir>/checkpoints/step_<N>/`` holds the backend's files (DCP shards for FSDP2/HSDP/DDP,
+DeepSpeed's own files for ZeRO), one ``rng_rank<R>.pt`` per rank and ``trainer_state.json`` (step,
+backend, world size, config, data-loader and scheduler state). A checkpoint is written to
+``step_<N>.tmp`` and renamed only once every rank has finished and the state file is on disk, so a
+crash never leaves a half-written ``step_<N>``; ``latest`` (a one-line file naming the newest) is
+replaced atomically after the rename. Resuming scans for complete directories rather than trusting
+the pointer, which a crash between rename and pointer update can leave one behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 import shutil
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch import nn
-from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.optim import Optimizer
+
+from model import ModelConfig, Transformer
 
 STATE_FILE = "trainer_state.json"
+LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step_{step:07d}"
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -51,69 +59,89 @@ def resolve_checkpoint(checkpoint: str, run_dir: str | Path) -> Path:
     return ckpt
 
 
-def save_checkpoint(root: str | Path, step: int, model: nn.Module, optim: Optimizer, state: dict, keep: int) -> Path:
-    """Collective: every rank calls it. Returns the final directory."""
-    root = Path(root)
-    final, tmp = root / f"step_{step:07d}", root / f"step_{step:07d}.tmp"
-    rank0 = dist.get_rank() == 0
-    if rank0:
+def read_state(path: str | Path) -> dict:
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
+def staging_dir(root: str | Path, step: int) -> tuple[Path, Path]:
+    """Collective: (temporary, final) directory of the checkpoint of ``step``; the temporary one is empty."""
+    final = step_dir(root, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    model_sd, optim_sd = get_state_dict(model, optim)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    return tmp, final
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    part = path.with_name(path.name + ".part")
+    with part.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    part.replace(path)
+
+
+def publish(tmp: Path, final: Path, state: dict, keep: int) -> Path:
+    """Collective, after every rank has written its files to ``tmp``: the state file, the rename, the
+    ``latest`` pointer, then pruning to the newest ``keep``."""
     dist.barrier()
-    if rank0:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+    if dist.get_rank() == 0:
+        _write_atomically(tmp / STATE_FILE, json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for old in list_checkpoints(root)[:-keep]:
+        _write_atomically(final.parent / LATEST, final.name + "\n")
+        for old in list_checkpoints(final.parent)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
 
 
-def check_compatible(path: str | Path, model_sd: dict) -> None:
-    """The checkpoint at ``path`` must hold exactly the model's weights with the model's (global) shapes;
-    a ValueError lists what differs. An unreadable checkpoint is a ValueError naming it."""
-    try:
-        saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    except Exception as err:  # noqa: BLE001 - any failure to read means the same thing to the user
-        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); delete it to resume from "
-                         "the previous one") from err
-    saved_shapes = {k[len("model."):]: tuple(v.size) for k, v in saved.items()
-                    if k.startswith("model.") and hasattr(v, "size")}
-    mine = {k: tuple(v.shape) for k, v in model_sd.items()}
-    problems = [f"missing in checkpoint: {k} {mine[k]}" for k in sorted(set(mine) - set(saved_shapes))]
-    problems += [f"not in model: {k} {saved_shapes[k]}" for k in sorted(set(saved_shapes) - set(mine))]
-    problems += [f"shape {k}: checkpoint {saved_shapes[k]} vs model {mine[k]}"
-                 for k in sorted(set(mine) & set(saved_shapes)) if saved_shapes[k] != mine[k]]
+def save_rng(directory: Path, device: torch.device) -> None:
+    """This rank's random-number generator states (Python, CPU torch, and CUDA when used)."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    torch.save(state, directory / f"rng_rank{dist.get_rank()}.pt")
+
+
+def load_rng(directory: Path, device: torch.device) -> bool:
+    """Restore this rank's generator states if the checkpoint has a file for this rank."""
+    path = directory / f"rng_rank{dist.get_rank()}.pt"
+    if not path.is_file():
+        return False
+    state = torch.load(path, weights_only=False)
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    return True
+
+
+def model_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter names and global shapes of the plain model of ``cfg`` (built on the meta device)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}
+
+
+def check_compatible(path: str | Path, saved: dict[str, tuple], mine: dict[str, tuple]) -> None:
+    """The checkpoint at ``path`` (holding weights of shapes ``saved``) must fit the model (``mine``);
+    a ValueError lists what differs."""
+    problems = [f"missing in checkpoint: {k} {mine[k]}" for k in sorted(set(mine) - set(saved))]
+    problems += [f"not in model: {k} {saved[k]}" for k in sorted(set(saved) - set(mine))]
+    problems += [f"shape {k}: checkpoint {saved[k]} vs model {mine[k]}"
+                 for k in sorted(set(mine) & set(saved)) if saved[k] != mine[k]]
     if problems:
         shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
         raise ValueError(f"checkpoint {path} was written by a different model config:\n  {shown}\n"
                          "resume with the model config it was trained with, or start a new run_dir")
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, optim: Optimizer) -> dict:
-    """Collective: restore model and optimizer in place (any world size); returns the trainer state."""
-    model_sd, optim_sd = get_state_dict(model, optim)
-    check_compatible(path, model_sd)
-    state = {"model": model_sd, "optim": optim_sd}
-    try:
-        dcp.load(state, checkpoint_id=str(path))
-    except (Exception, CheckpointException) as err:  # noqa: BLE001 - damage surfaces as many exception types
-        cause = next(iter(err.failures.values()), err) if isinstance(err, CheckpointException) else err
-        first_line = (str(cause).strip().splitlines() or [""])[0]
-        raise ValueError(f"checkpoint {path} could not be read ({type(cause).__name__}: {first_line}); it is "
-                         "damaged: delete it to resume from the previous one") from err
-    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return json.loads((Path(path) / STATE_FILE).read_text())
-
-
-def load_model_weights(path: str | Path, model: nn.Module) -> dict:
-    """Load only the model weights of a checkpoint into a plain (unsharded) model, in one process."""
-    sd = model.state_dict()
-    check_compatible(path, sd)
-    dcp.load({"model": sd}, checkpoint_id=str(path))
-    model.load_state_dict(sd)
-    return json.loads((Path(path) / STATE_FILE).read_text())
+def damaged(path: str | Path, err: BaseException) -> ValueError:
+    """The error for a checkpoint whose files cannot be read, naming the first cause."""
+    failures = getattr(err, "failures", None)  # DCP's CheckpointException wraps per-rank errors
+    cause = next(iter(failures.values()), err) if isinstance(failures, dict) and failures else err
+    first_line = (str(cause).strip().splitlines() or [""])[0]
+    return ValueError(f"checkpoint {path} could not be read ({type(cause).__name__}: {first_line}); it is "
+                      "damaged: delete it to resume from the previous one")

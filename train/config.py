@@ -9,7 +9,7 @@ from model.config import ModelConfig
 
 
 SCHEDULES = ("cosine", "wsd", "constant")
-BACKENDS = ("fsdp2", "hsdp", "ddp")
+BACKENDS = ("fsdp2", "hsdp", "ddp", "deepspeed")
 PEAK_FLOPS = {
     # Dense bf16 tensor-core peak per device, FLOP/s, from the vendors' datasheets (without sparsity).
     "h100_sxm": 989e12,
@@ -68,11 +68,15 @@ class TrainerConfig:
     seed: int = 0
     """Seed of the weight init and the data order."""
     backend: str = "fsdp2"
-    """Data parallelism: ``fsdp2`` (sharded), ``hsdp`` (sharded within groups, replicated across them) or ``ddp``."""
+    """Data parallelism: ``fsdp2`` (sharded), ``hsdp`` (sharded within groups, replicated across them), ``ddp``,
+    or ``deepspeed`` (ZeRO stage ``zero_stage``; its JSON config is generated from this config)."""
+    zero_stage: int = 3
+    """``deepspeed``: ZeRO stage 1 (optimizer state sharded), 2 (+ gradients) or 3 (+ parameters)."""
     hsdp_replicas: int = 0
     """``hsdp``: replica groups (0: one per node, from ``LOCAL_WORLD_SIZE``)."""
     param_dtype: str = "fp32"
-    """Compute dtype of the sharded parameters: ``fp32`` or ``bf16`` (gradients reduce in fp32)."""
+    """Compute dtype of the parameters: ``fp32`` or ``bf16`` (FSDP2: gradients reduce in fp32; DeepSpeed:
+    bf16 weights with fp32 master weights in the optimizer)."""
     cpu_offload: bool = False
     """FSDP2/HSDP: keep sharded parameters, gradients and optimizer state in CPU memory."""
     activation_checkpointing: str = "none"
@@ -94,7 +98,11 @@ class TrainerConfig:
     spike_window: int = 50
     """Steps in the running window of the spike detector."""
     spike_action: str = "skip"
-    """On a spike: ``skip`` the update (counted) or ``stop`` the run with an error."""
+    """On a spike: ``skip`` the update (counted), ``stop`` the run with an error, or ``rollback``: skip, and
+    after ``spike_rollback_after`` spikes in a row restore weights and optimizer from the newest checkpoint
+    (the data position goes on, so the batches behind the spikes are not replayed)."""
+    spike_rollback_after: int = 3
+    """``rollback``: consecutive spikes that trigger a rollback."""
     device_peak: str = "auto"
     """Peak FLOP/s used for MFU: a key of ``PEAK_FLOPS`` or ``auto`` (from the CUDA device name; ``cpu`` without)."""
     log_every: int = 10
@@ -107,8 +115,17 @@ class TrainerConfig:
     """Steps between checkpoints (and one at the end)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept on disk."""
-    resume: bool = True
-    """Continue from the newest checkpoint in ``<run_dir>/checkpoints`` if there is one."""
+    resume: str = "auto"
+    """``auto``: continue from the newest complete checkpoint in ``<run_dir>/checkpoints`` if there is one;
+    ``never``: start from step 0 (existing checkpoints are overwritten as the run reaches their steps);
+    or the path of a checkpoint directory to continue from."""
+    async_checkpoint: bool = False
+    """FSDP2/HSDP/DDP: write checkpoints in a background thread (``dcp.async_save``) while training goes on;
+    each is published once complete, before the next one starts."""
+    profile_start: int = 0
+    """First step profiled with ``torch.profiler`` (traces in ``<run_dir>/profile/``)."""
+    profile_steps: int = 0
+    """Steps to profile (0: off)."""
     wandb_mode: str = "offline"
     """``offline``, ``online`` or ``disabled``."""
     wandb_project: str = "kfm"
@@ -122,8 +139,10 @@ class TrainerConfig:
         if self.global_batch_size < 0 or self.global_batch_size % self.local_batch_size:
             raise ValueError(f"trainer.global_batch_size={self.global_batch_size} must be a multiple of "
                              f"trainer.local_batch_size={self.local_batch_size} (or 0)")
-        if self.spike_sigmas < 0 or self.spike_window < 2 or self.spike_action not in ("skip", "stop"):
-            raise ValueError("trainer.spike_sigmas must be >= 0, spike_window >= 2, spike_action skip or stop")
+        if self.spike_sigmas < 0 or self.spike_window < 2 or self.spike_action not in ("skip", "stop", "rollback"):
+            raise ValueError("trainer.spike_sigmas must be >= 0, spike_window >= 2, spike_action skip, stop or rollback")
+        if self.spike_rollback_after < 1 or self.profile_start < 0 or self.profile_steps < 0:
+            raise ValueError("trainer.spike_rollback_after must be >= 1; profile_start and profile_steps >= 0")
         if self.device_peak != "auto" and self.device_peak not in PEAK_FLOPS:
             raise ValueError(f"trainer.device_peak must be auto or one of {sorted(PEAK_FLOPS)}, "
                              f"got {self.device_peak!r}")
@@ -131,8 +150,14 @@ class TrainerConfig:
             raise ValueError(f"trainer.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.activation_checkpointing not in ("none", "full", "selective") or self.ac_every < 1:
             raise ValueError("trainer.activation_checkpointing must be none, full or selective; trainer.ac_every >= 1")
-        if self.hsdp_replicas < 0 or (self.cpu_offload and self.backend == "ddp"):
+        if self.hsdp_replicas < 0 or (self.cpu_offload and self.backend not in ("fsdp2", "hsdp")):
             raise ValueError("trainer.hsdp_replicas must be >= 0; trainer.cpu_offload needs fsdp2 or hsdp")
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"trainer.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        if self.async_checkpoint and self.backend == "deepspeed":
+            raise ValueError("trainer.async_checkpoint is for fsdp2, hsdp and ddp; DeepSpeed saves synchronously")
+        if not self.resume or self.resume.lower() in ("true", "false", "none"):
+            raise ValueError(f"trainer.resume must be auto, never or a checkpoint directory, got {self.resume!r}")
         if self.param_dtype not in ("fp32", "bf16"):
             raise ValueError(f"trainer.param_dtype must be 'fp32' or 'bf16', got {self.param_dtype!r}")
         if self.wandb_mode not in ("offline", "online", "disabled"):

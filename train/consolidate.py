@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from model import ModelConfig, Transformer
-from train.checkpoint import STATE_FILE, load_model_weights, resolve_checkpoint
+from train.checkpoint import STATE_FILE, resolve_checkpoint
+from train.engine import load_model_weights
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from model import ModelConfig, Transformer
 from tokenizer.hf import load_sentencepiece, save_hf_tokenizer
-from train.checkpoint import STATE_FILE, load_model_weights, resolve_checkpoint
+from train.checkpoint import STATE_FILE, resolve_checkpoint
+from train.engine import load_model_weights
 from train.hf_convert import to_hf_config, to_hf_state_dict
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
             continue
         (no_decay if p.ndim < 2 or "tok_embeddings" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True)
+    # The fused CUDA kernel on GPUs (one launch for all tensors, as torchtitan uses); foreach elsewhere.
+    on_gpu = all(p.device.type == "cuda" for g in groups for p in g["params"])
+    impl = {"fused": True} if on_gpu else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **impl)
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:

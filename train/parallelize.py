@@ -3,7 +3,9 @@
     activation checkpointing (none / full / selective) → torch.compile per block → data parallelism
 
 Data parallelism is FSDP2 (``fully_shard`` per block, then the root), HSDP (the same on a 2-D
-mesh: replicate across ``hsdp_replicas`` groups, shard within each), or DDP. Blocks are wrapped
+mesh: replicate across ``hsdp_replicas`` groups, shard within each), or DDP. For DeepSpeed the last
+stage is ``deepspeed.initialize``, which needs the optimizer too: ``train.deepspeed_engine`` calls it
+on the model returned here. Blocks are wrapped
 in place, so parameter names, checkpoints and HF export stay those of the plain model.
 """
 
@@ -49,6 +51,8 @@ def data_parallel_mesh(tc: TrainerConfig, info: DistInfo):
 
 
 def apply_data_parallel(model: nn.Module, tc: TrainerConfig, info: DistInfo) -> nn.Module:
+    if tc.backend == "deepspeed":
+        return model  # sharded by deepspeed.initialize (train.deepspeed_engine)
     if tc.backend == "ddp":
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)

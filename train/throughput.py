@@ -1,9 +1,10 @@
 """Throughput accounting: model FLOPs utilisation (MFU) from the model's exact FLOP count, and
-a loss-spike detector."""
+peak memory, and a loss-spike detector."""
 
 from __future__ import annotations
 
 import math
+import resource
 from collections import deque
 
 import torch
@@ -23,6 +24,13 @@ def device_peak_flops(setting: str, device: torch.device) -> tuple[str, float]:
             if marker in name:
                 return key, PEAK_FLOPS[key]
     return "cpu", PEAK_FLOPS["cpu"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def mfu(cfg: ModelConfig, seq_len: int, tokens_per_s_per_device: float, peak_flops: float) -> float:

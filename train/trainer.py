@@ -1,30 +1,29 @@
-"""The training loop: one readable pass from batch to optimizer step, with side concerns as hooks."""
+"""The training loop: one readable pass from batch to optimizer step; side concerns are hooks (``train.hooks``)."""
 
 from __future__ import annotations
 
 import logging
 import math
-import resource
 import signal
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from data_pipeline.loader import Batch, DistributedLoader, MixtureStream, TokenWindows, validation_batches
-from data_pipeline.shards import Manifest, file_sha256
-from model import Transformer
-from train.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from data_pipeline.shards import TOKEN_BYTES, Manifest, file_sha256
+from train.checkpoint import (checkpoint_root, latest_checkpoint, load_rng, publish, read_state, save_rng,
+                              staging_dir, step_dir)
 from train.config import PretrainJob
-from train.distributed import DistInfo, all_reduce_mean
+from train.distributed import DistInfo, all_reduce_mean, all_reduce_sum
+from train.engine import build_engine
+from train.hooks import default_hooks
 from train.metrics import MetricsSink
-from train.optim import build_optimizer, lr_at
-from train.parallelize import parallelize
-from train.throughput import SpikeDetector, device_peak_flops, mfu
+from train.optim import lr_at
+from train.throughput import SpikeDetector, device_peak_flops
 
 log = logging.getLogger("kfm.train")
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -52,48 +51,31 @@ def check_vocab(job: PretrainJob, manifest: Manifest, data_dir: Path) -> None:
         )
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocations on a GPU, else the peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _assign_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:
-    """Store this rank's part of ``full`` (drawn identically on every rank) in a possibly sharded parameter."""
-    if isinstance(param, DTensor):
-        full = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
-    param.copy_(full)
-
-
-def build_model(job: PretrainJob, info: DistInfo) -> nn.Module:
-    """The model, parallelised. FSDP2/HSDP: built on the meta device, sharded, then materialised shard by
-    shard, so no rank ever holds the full model; DDP (which broadcasts full weights) builds it whole.
-    Either way the weights equal ``Transformer(cfg).init_weights(seed)``'s."""
-    tc = job.trainer
-    if tc.backend == "ddp":
-        model = Transformer(job.model)
-        model.init_weights(seed=tc.seed)
-        return parallelize(model.to(info.device), tc, info)
-    with torch.device("meta"):
-        model = Transformer(job.model)
-    model = parallelize(model, tc, info)
-    model.to_empty(device=info.device)
-    model.init_weights(seed=tc.seed, assign=_assign_local_shard)
-    return model
+@dataclass
+class StepResult:
+    step: int
+    """Steps done (1-based after the step)."""
+    loss: float
+    """Training loss, mean over the global batch."""
+    grad_norm: float
+    lr: float
+    applied: bool
+    """False for a skipped step (non-finite loss or gradient, or a loss spike)."""
 
 
 class Trainer:
-    def __init__(self, job: PretrainJob, dist_info: DistInfo) -> None:
+    def __init__(self, job: PretrainJob, dist_info: DistInfo, hooks: list | None = None) -> None:
         self.job, self.dist = job, dist_info
-        run_dir = Path(job.run_dir)
-        data_dir = run_dir / "data"
+        self.run_dir = Path(job.run_dir)
+        data_dir = self.run_dir / "data"
         tc = job.trainer
         verify = job.data.verify_checksums
         self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len, verify=verify)
         manifest = self.val_windows.manifest
         check_vocab(job, manifest, data_dir)
-        check_tokenizer(run_dir, manifest, data_dir)
+        check_tokenizer(self.run_dir, manifest, data_dir)
+        token_bytes = data_dir / TOKEN_BYTES
+        self.token_bytes = torch.from_numpy(np.load(token_bytes)).long() if token_bytes.is_file() else None
         world_batch = tc.local_batch_size * dist_info.world
         self.global_batch = tc.global_batch_size or world_batch
         if self.global_batch % world_batch:
@@ -104,20 +86,23 @@ class Trainer:
         self.accum = self.global_batch // world_batch
         stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
         self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
-        self.model: nn.Module = build_model(job, dist_info)
-        self.optim = build_optimizer(self.model, job.optim)
-        self.ckpt_root = checkpoint_root(run_dir)
-        self.step = 0
-        self.skipped_steps = 0
+        self.engine = build_engine(job, dist_info, self.accum)
+        self.model = self.engine.model
+        self.ckpt_root = checkpoint_root(self.run_dir)
+        self.step = self.skipped_steps = self.consecutive_spikes = self.rollbacks = 0
+        self.saved_step = -1
         self.data_wait = 0.0
+        self.last: dict[str, float] = {}
         self.spikes = SpikeDetector(tc.spike_sigmas, tc.spike_window)
         self.peak_name, self.peak_flops = device_peak_flops(tc.device_peak, dist_info.device)
         self.stop_requested = self.preempted = False
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
-        self.sink = MetricsSink(run_dir, asdict(job), tc.wandb_mode, tc.wandb_project) if dist_info.is_main else None
+        self.sink = MetricsSink(self.run_dir, asdict(job), tc.wandb_mode, tc.wandb_project) if dist_info.is_main else None
+        self.hooks = default_hooks(job) if hooks is None else hooks
 
+    # ----- signals -----
     def _on_signal(self, signum, frame) -> None:
         self.stop_requested = True
         log.warning("received %s: checkpointing after this step, then exiting with status %d (requeue)",
@@ -130,14 +115,60 @@ class Trainer:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
 
-    def maybe_resume(self) -> None:
-        ckpt = latest_checkpoint(self.ckpt_root) if self.job.trainer.resume else None
-        if ckpt is not None:
-            state = load_checkpoint(ckpt, self.model, self.optim)
-            self.step = state["step"]
-            self.loader.load_state_dict(state["data"])
-            log.info("resumed from %s at step %d", ckpt, self.step)
+    # ----- checkpoints -----
+    def save(self) -> Path:
+        """Checkpoint the current step (collective); a no-op if this step is already saved."""
+        if self.saved_step == self.step:
+            return step_dir(self.ckpt_root, self.step)
+        tmp, final = staging_dir(self.ckpt_root, self.step)
+        tc = self.job.trainer
+        state = {"step": self.step, "backend": tc.backend, "world": self.dist.world, "config": asdict(self.job),
+                 "data": self.loader.state_dict(), "skipped_steps": self.skipped_steps,
+                 "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)}}
+        save_rng(tmp, self.dist.device)
+        self.engine.save(tmp, on_done=lambda: publish(tmp, final, state, tc.keep_checkpoints))
+        self.saved_step = self.step
+        return final
 
+    def resume_from(self) -> Path | None:
+        resume = self.job.trainer.resume
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return latest_checkpoint(self.ckpt_root)
+        path = Path(resume)
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"trainer.resume={resume}: no complete checkpoint there (no trainer_state.json); "
+                                    "use auto, never or a step_<N> directory")
+        return path
+
+    def maybe_resume(self) -> None:
+        ckpt = self.resume_from()
+        if ckpt is None:
+            return
+        self.engine.load(ckpt)
+        state = read_state(ckpt)
+        self.step = self.saved_step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.loader.load_state_dict(state["data"])
+        if not load_rng(ckpt, self.dist.device):
+            log.info("no random-generator state for rank %d in %s (written by %d ranks)", self.dist.rank, ckpt,
+                     state["world"])
+        log.info("resumed from %s at step %d", ckpt, self.step)
+
+    def rollback(self) -> None:
+        """Weights and optimizer state back to the newest checkpoint; the step and the data position go on,
+        so the batches behind the spikes are not seen again."""
+        ckpt = latest_checkpoint(self.ckpt_root)
+        if ckpt is None:
+            raise RuntimeError(f"step {self.step}: {self.job.trainer.spike_rollback_after} loss spikes in a row and "
+                               "no checkpoint to roll back to; lower trainer.checkpoint_every or the learning rate")
+        self.engine.wait()
+        self.engine.load(ckpt)
+        self.rollbacks += 1
+        log.warning("step %d: rolled back weights and optimizer to %s (rollback %d)", self.step, ckpt, self.rollbacks)
+
+    # ----- the step -----
     def loss(self, batch: Batch, z_loss: float | None = None) -> torch.Tensor:
         tc, dev = self.job.trainer, self.dist.device
         docs = (batch.position_ids.to(dev), batch.cu_seqlens) if tc.document_masking else (None, None)
@@ -150,102 +181,97 @@ class Trainer:
         self.data_wait += time.perf_counter() - t0
         return batch
 
-    def train_step(self, step: int) -> tuple[float, float, bool]:
-        """One optimizer step over ``accum`` micro batches: (mean loss over ranks, grad norm, skipped)."""
+    def judge_loss(self, loss: float) -> str:
+        """``""`` to apply the step, else why it is skipped; raises where the config says stop."""
         tc = self.job.trainer
-        lr = lr_at(step, tc.steps, self.job.optim)
-        for group in self.optim.param_groups:
-            group["lr"] = lr
-        total = 0.0
-        for micro in range(self.accum):
-            if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2: reduce gradients once, at the last
-                self.model.set_requires_gradient_sync(micro == self.accum - 1)
-            loss = self.loss(self.next_batch()) / self.accum
-            loss.backward()
-            total += loss.item()
-        loss_value = all_reduce_mean(total, self.dist.device)
-        clip = self.job.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        grad_norm = grad_norm.item()
-        nonfinite = not (math.isfinite(loss_value) and math.isfinite(grad_norm))
-        if nonfinite and not tc.skip_nonfinite:
-            raise FloatingPointError(f"step {step}: loss {loss_value}, grad norm {grad_norm} not finite "
-                                     "(trainer.skip_nonfinite=false); resume from the last checkpoint")
-        spike = not nonfinite and self.spikes.is_spike(loss_value)
-        if spike and tc.spike_action == "stop":
-            raise RuntimeError(f"step {step}: loss spike {loss_value:.4g} (trainer.spike_sigmas={tc.spike_sigmas} "
+        if not math.isfinite(loss):
+            if not tc.skip_nonfinite:
+                raise FloatingPointError(f"step {self.step}: loss {loss} not finite (trainer.skip_nonfinite=false); "
+                                         "resume from the last checkpoint")
+            return "loss not finite"
+        if not self.spikes.is_spike(loss):
+            self.consecutive_spikes = 0
+            return ""
+        if tc.spike_action == "stop":
+            raise RuntimeError(f"step {self.step}: loss spike {loss:.4g} (trainer.spike_sigmas={tc.spike_sigmas} "
                                f"over the last {tc.spike_window} steps); resume from the last checkpoint")
-        if nonfinite or spike:
-            self.optim.zero_grad(set_to_none=True)
+        self.consecutive_spikes += 1
+        return "loss spike"
+
+    def train_step(self) -> StepResult:
+        """One optimizer step over ``accum`` micro batches. The mean loss is known (all ranks agree on it)
+        before the last backward, so a step to skip is discarded by every backend the same way."""
+        tc = self.job.trainer
+        lr = lr_at(self.step, tc.steps, self.job.optim)
+        self.engine.set_lr(lr)
+        total, skip = 0.0, ""
+        for micro in range(self.accum):
+            last = micro == self.accum - 1
+            loss = self.loss(self.next_batch())
+            total += loss.item()
+            if last:
+                loss_value = all_reduce_mean(total / self.accum, self.dist.device)
+                skip = self.judge_loss(loss_value)
+            self.engine.backward(loss, last=last, discard=bool(skip))
+        grad_norm, applied = self.engine.step(discard=bool(skip))
+        if not applied:
+            skip = skip or "gradient not finite"
+            if not tc.skip_nonfinite and skip == "gradient not finite":
+                raise FloatingPointError(f"step {self.step}: grad norm {grad_norm} not finite "
+                                         "(trainer.skip_nonfinite=false); resume from the last checkpoint")
             self.skipped_steps += 1
-            log.warning("step %d skipped (%s: loss %.4g, grad norm %.4g); %d skipped so far", step,
-                        "not finite" if nonfinite else "loss spike", loss_value, grad_norm, self.skipped_steps)
-            return loss_value, grad_norm, True
-        self.optim.step()
-        self.optim.zero_grad(set_to_none=True)
-        return loss_value, grad_norm, False
+            log.warning("step %d skipped (%s: loss %.4g, grad norm %.4g); %d skipped so far", self.step, skip,
+                        loss_value, grad_norm, self.skipped_steps)
+        self.step += 1
+        if tc.spike_action == "rollback" and self.consecutive_spikes >= tc.spike_rollback_after:
+            self.rollback()
+            self.consecutive_spikes = 0
+        return StepResult(self.step, loss_value, grad_norm, lr, applied)
 
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self) -> dict[str, float]:
+        """Validation loss (nats per token) and, when the shards carry token byte lengths, bits per byte:
+        the summed loss in bits over the bytes of text the targets stand for."""
         self.model.eval()
-        tc, losses = self.job.trainer, []
+        tc = self.job.trainer
+        nats = tokens = nbytes = 0.0
         for batch in validation_batches(self.val_windows, tc.local_batch_size, self.dist.rank, self.dist.world,
                                         tc.val_batches):
-            losses.append(self.loss(batch, z_loss=0.0).item())
+            n = batch.targets.numel()
+            nats += self.loss(batch, z_loss=0.0).item() * n
+            tokens += n
+            if self.token_bytes is not None:
+                nbytes += self.token_bytes[batch.targets].sum().item()
         self.model.train()
-        return all_reduce_mean(sum(losses) / len(losses), self.dist.device)
+        nats, tokens, nbytes = all_reduce_sum([nats, tokens, nbytes], self.dist.device)
+        out = {"val_loss": nats / tokens}
+        if nbytes > 0:
+            out["val_bpb"] = nats / math.log(2) / nbytes
+        return out
 
-    def save(self) -> Path:
-        return save_checkpoint(self.ckpt_root, self.step, self.model, self.optim,
-                               {"config": asdict(self.job), "data": self.loader.state_dict()},
-                               self.job.trainer.keep_checkpoints)
+    def log_metrics(self, metrics: dict) -> None:
+        self.last.update({k: v for k, v in metrics.items() if k in ("train_loss", "val_loss", "val_bpb")})
+        if self.sink:
+            self.sink.log(self.step, metrics)
 
+    # ----- the loop -----
     def fit(self) -> dict:
-        tc = self.job.trainer
         self.maybe_resume()
-        tokens_per_step = self.global_batch * self.job.data.seq_len
-        window_loss, window_start, t_last = [], self.step, time.perf_counter()
-        last = {}
-        if self.step == 0:  # the starting point of the validation curve
-            last["val_loss"] = self.validate()
-            if self.sink:
-                self.sink.log(0, {"val_loss": last["val_loss"]})
-        while self.step < tc.steps:
-            loss, grad_norm, skipped = self.train_step(self.step)
-            if not skipped:
-                window_loss.append(loss)
-            self.step += 1
-            if self.step % tc.log_every == 0 or self.step == tc.steps:
-                elapsed = time.perf_counter() - t_last
-                tokens_per_s = (self.step - window_start) * tokens_per_step / elapsed
-                per_device = tokens_per_s / self.dist.world
-                metrics = {}
-                if window_loss:
-                    last["train_loss"] = metrics["train_loss"] = sum(window_loss) / len(window_loss)
-                metrics |= {"grad_norm": grad_norm, "lr": lr_at(self.step - 1, tc.steps, self.job.optim),
-                            "tokens_per_s": tokens_per_s, "tokens_per_s_per_device": per_device,
-                            "mfu": mfu(self.job.model, self.job.data.seq_len, per_device, self.peak_flops),
-                            "data_wait_s": self.data_wait, "skipped_steps": self.skipped_steps,
-                            "peak_memory_mb": peak_memory_mb(self.dist.device)}
-                if self.sink:
-                    self.sink.log(self.step, metrics)
-                window_loss, window_start, t_last = [], self.step, time.perf_counter()
-                self.data_wait = 0.0
-            if self.step % tc.val_every == 0 or self.step == tc.steps:
-                last["val_loss"] = self.validate()
-                if self.sink:
-                    self.sink.log(self.step, {"val_loss": last["val_loss"]})
+        for hook in self.hooks:
+            hook.on_fit_start(self)
+        while self.step < self.job.trainer.steps:
+            result = self.train_step()
+            for hook in self.hooks:
+                hook.on_step_end(self, result)
             if self.stop_agreed():
                 path = self.save()
+                self.engine.wait()
                 self.preempted = True
                 log.warning("stopped by a signal at step %d; checkpoint %s", self.step, path)
                 break
-            if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
-                path = self.save()
-                if self.sink:
-                    log.info("checkpoint %s", path)
+        for hook in self.hooks:
+            hook.on_fit_end(self)
+        self.engine.wait()
         if self.sink:
             self.sink.close()
-        return last
+        return self.last

@@ -1,0 +1,71 @@
+"""DeepSpeed ZeRO: its config comes from ours, its checkpoints resume, consolidate, and refuse what cannot work."""
+
+import json
+
+import pytest
+import torch
+
+from tests.helpers import run_distributed
+from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
+from train.deepspeed_engine import deepspeed_config
+
+
+def test_deepspeed_config_is_generated_from_the_job(tmp_path):
+    job = make_job(tmp_path, backend="deepspeed", zero_stage=2, global_batch_size=32, param_dtype="bf16")
+    job.optim.grad_clip = 0.5
+    cfg = deepspeed_config(job, world=4, accum=2)
+    assert cfg["train_micro_batch_size_per_gpu"] == 4 and cfg["gradient_accumulation_steps"] == 2
+    assert cfg["train_batch_size"] == 32 and cfg["gradient_clipping"] == 0.5
+    assert cfg["zero_optimization"]["stage"] == 2
+    assert cfg["bf16"] == {"enabled": True, "check_grad_overflow": True}
+    with pytest.raises(ValueError, match="trainer.zero_stage must be 1, 2 or 3"):
+        make_job(tmp_path, backend="deepspeed", zero_stage=4)
+
+
+def test_deepspeed_resume_is_exact_and_world_size_changes_are_refused(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=8, backend="deepspeed", zero_stage=3)
+    job.trainer.checkpoint_every = 4
+    straight = run_distributed(train_and_report, 2, job)[0][1]
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints" / "step_0000008")  # as if the run had died after step 4's checkpoint
+    state = json.loads((run_dir / "checkpoints" / "step_0000004" / "trainer_state.json").read_text())
+    assert state["backend"] == "deepspeed" and state["world"] == 2
+    resumed = run_distributed(train_and_report, 2, job)[0][1]
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    with pytest.raises(RuntimeError, match=r"DeepSpeed checkpoint .*step_0000008 was written by 2 ranks and this run "
+                                           r"has 1: .*Resume on 2 ranks, or use trainer.backend=fsdp2"):
+        run_distributed(train_and_report, 1, make_job(run_dir, steps=10, backend="deepspeed"))
+    with pytest.raises(RuntimeError, match=r"written by the deepspeed backend; DeepSpeed resumes only its own|"
+                                           r"could not be read"):
+        run_distributed(train_and_report, 1, make_job(run_dir, steps=10, backend="fsdp2"))
+
+
+def test_deepspeed_checkpoint_of_another_model_or_damaged_is_named(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=4, backend="deepspeed", zero_stage=1)
+    run_distributed(train_and_report, 1, job)
+    wider = make_job(run_dir, steps=6, backend="deepspeed", zero_stage=1)
+    wider.model.ffn_hidden_dim = 128
+    with pytest.raises(RuntimeError, match=r"(?s)written by a different model config:\s+shape "
+                                           r"layers.0.feed_forward.w1.weight: checkpoint \(96, 64\) vs model \(128, 64\)"):
+        run_distributed(train_and_report, 1, wider)
+    for f in (run_dir / "checkpoints" / "step_0000004").glob("*optim_states.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match=r"checkpoint .*step_0000004 could not be read .*damaged"):
+        run_distributed(train_and_report, 1, make_job(run_dir, steps=6, backend="deepspeed", zero_stage=1))
+
+
+def test_a_zero3_checkpoint_consolidates_to_the_trained_weights(run_dir):  # noqa: F811
+    from pathlib import Path
+
+    from model import Transformer
+    from train.engine import load_model_weights
+
+    job = make_job(run_dir, steps=4, backend="deepspeed", zero_stage=3, tie=True)
+    (_, weights), _ = run_distributed(train_and_report, 2, job)
+    model = Transformer(job.model)
+    state = load_model_weights(Path(run_dir) / "checkpoints" / "step_0000004", model)
+    assert state["step"] == 4
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
