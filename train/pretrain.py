@@ -33,6 +33,7 @@ def main(cfg) -> None:
     try:
         trainer = Trainer(job, info)
         trainer.fit()
+        dist.barrier()  # leave together: a rank tearing down its group while a peer is still in it can abort
     finally:
         dist.destroy_process_group()
     if trainer.preempted:

@@ -1,0 +1,99 @@
+"""kill -9 at random steps, then resume: every later step's loss equals the uninterrupted run's, bit for bit.
+
+The production entry point (``torchrun -m train.pretrain``) runs in 2 gloo processes; the whole
+process group (launcher and workers) is SIGKILLed (launcher and workers: a node going down) once the metrics show a randomly drawn step.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import free_port
+from tests.test_trainer import run_dir  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 40
+
+
+def command(run_dir: Path, backend: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+            "-m", "train.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=128", "model.n_layers=4",
+            "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=352", "model.max_seq_len=64",
+            "data.seq_len=64", "data.sources=[]", "optim.lr=1e-2", "optim.warmup_steps=2", f"trainer.steps={STEPS}",
+            "trainer.local_batch_size=8", "trainer.log_every=1", "trainer.val_every=1000", "trainer.val_batches=1",
+            "trainer.checkpoint_every=3", "trainer.keep_checkpoints=2", "trainer.wandb_mode=disabled",
+            "trainer.param_dtype=fp32", f"trainer.backend={backend}"]
+
+
+def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+
+
+def start(run_dir: Path, backend: str, log_name: str) -> subprocess.Popen:
+    log = (run_dir / log_name).open("w")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command(run_dir, backend), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+
+
+def kill_at(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
+    """SIGKILL the launcher and its workers once this run has logged step ``step``; returns the last step
+    it logged."""
+    before = len(logged_losses(run_dir))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        mine = logged_losses(run_dir)[before:]
+        if mine and mine[-1][0] >= step:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    tree = psutil.Process(proc.pid)
+    victims = tree.children(recursive=True) + [tree]  # torchrun starts its workers in sessions of their own
+    for victim in victims:
+        victim.send_signal(signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=60)
+    proc.wait(timeout=60)
+    last = logged_losses(run_dir)[-1][0]
+    assert step <= last < STEPS, "killed too late to test anything"
+    return last
+
+
+@pytest.mark.parametrize("backend", ["fsdp2", "deepspeed"])
+def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_dir, backend):  # noqa: F811
+    import shutil
+
+    reference_dir = tmp_path / "reference"
+    shutil.copytree(run_dir / "data", reference_dir / "data")
+    ref = start(reference_dir, backend, "train.log")
+    assert ref.wait(timeout=600) == 0, (reference_dir / "train.log").read_text()[-3000:]
+    reference = dict(logged_losses(reference_dir))
+    assert sorted(reference) == list(range(1, STEPS + 1))
+
+    rng = random.Random(f"kill-{backend}")
+    first, second = rng.randint(4, 14), rng.randint(20, 30)
+    killed_at = [kill_at(start(run_dir, backend, "run1.log"), run_dir, first)]
+    killed_at.append(kill_at(start(run_dir, backend, "run2.log"), run_dir, second))
+    last = start(run_dir, backend, "run3.log")
+    assert last.wait(timeout=600) == 0, (run_dir / "run3.log").read_text()[-3000:]
+
+    for name, killed in (("run2.log", killed_at[0]), ("run3.log", killed_at[1])):
+        text = (run_dir / name).read_text()
+        resumed = int(text.split("resumed from ")[1].split("step_")[1][:7])
+        assert killed - 3 <= resumed <= killed, (name, killed, resumed)  # the newest checkpoint (every 3 steps)
+    rows = logged_losses(run_dir)
+    assert {s for s, _ in rows} == set(reference)
+    assert len(rows) > STEPS  # steps after a checkpoint were trained twice ...
+    mismatched = [(s, loss, reference[s]) for s, loss in rows if loss != reference[s]]
+    assert not mismatched  # ... and every loss, the first time and the replay, equals the uninterrupted run's

@@ -1,0 +1,94 @@
+"""Trainer features around the step: async checkpoints, resume modes, spike rollback, profiling, compile."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.helpers import run_distributed
+from tests.test_trainer import make_job, read_metrics, run_dir, train_and_report  # noqa: F401  (fixture)
+
+
+def test_async_checkpoints_are_published_complete_and_resume_exactly(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=8, async_checkpoint=True)
+    straight = run_distributed(train_and_report, 2, job)[0][1]
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_0000004", "step_0000008"]
+    assert (ckpts / "latest").read_text() == "step_0000008\n"
+    shutil.rmtree(ckpts / "step_0000008")
+    resumed = run_distributed(train_and_report, 2, job)[0][1]
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+
+
+def test_resume_never_and_resume_from_a_named_checkpoint(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=8)
+    run_distributed(train_and_report, 1, job)
+    assert read_metrics(run_dir, "train_loss").__len__() == 4  # steps 2, 4, 6, 8
+    job.trainer.resume = str(run_dir / "checkpoints" / "step_0000004")
+    run_distributed(train_and_report, 1, job)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == [2, 4, 6, 8, 6, 8]
+    job.trainer.resume = "never"
+    run_distributed(train_and_report, 1, job)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == [2, 4, 6, 8, 6, 8, 2, 4, 6, 8]
+    job.trainer.resume = str(run_dir / "nowhere")
+    with pytest.raises(RuntimeError, match="trainer.resume=.*nowhere: no complete checkpoint there"):
+        run_distributed(train_and_report, 1, job)
+    with pytest.raises(ValueError, match="trainer.resume must be auto, never or a checkpoint directory"):
+        make_job(run_dir, resume="False")
+
+
+def train_with_spikes(job):
+    from train.distributed import init_distributed
+    from train.trainer import Trainer
+
+    class Spiky(Trainer):
+        def loss(self, batch, z_loss=None):
+            loss = super().loss(batch, z_loss)
+            return loss * 100 if self.step in (6, 7) and self.model.training else loss
+
+        def rollback(self):
+            super().rollback()
+            self.after_rollback = self.engine.full_state_dict()
+
+    trainer = Spiky(job, init_distributed())
+    trainer.fit()
+    return trainer.rollbacks, trainer.skipped_steps, trainer.after_rollback
+
+
+def test_consecutive_loss_spikes_roll_back_to_the_last_checkpoint(run_dir):  # noqa: F811
+    from model import Transformer
+    from train.engine import load_model_weights
+
+    job = make_job(run_dir, steps=10, spike_sigmas=3.0, spike_window=3, spike_action="rollback",
+                   spike_rollback_after=2)
+    (rollbacks, skipped, after), = run_distributed(train_with_spikes, 1, job)
+    assert rollbacks == 1 and skipped == 2
+    saved = Transformer(job.model)
+    load_model_weights(run_dir / "checkpoints" / "step_0000004", saved)
+    for k, v in saved.state_dict().items():
+        assert torch.equal(after[k], v), k
+
+
+def test_profiler_hook_writes_a_trace(run_dir):  # noqa: F811
+    job = make_job(run_dir, steps=5, profile_start=2, profile_steps=2)
+    run_distributed(train_and_report, 2, job)
+    for rank in (0, 1):
+        trace = json.loads((run_dir / "profile" / f"rank{rank}_steps2-4.json").read_text())
+        names = {e.get("name", "") for e in trace["traceEvents"]}
+        assert any("aten::mm" in n or "aten::addmm" in n for n in names)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_follow_the_eager_loss_curve(run_dir, tmp_path):  # noqa: F811
+    other = tmp_path / "compiled"
+    shutil.copytree(run_dir / "data", other / "data")
+    eager = make_job(run_dir, steps=4)
+    compiled = make_job(other, steps=4, compile=True)
+    for job in (eager, compiled):
+        job.trainer.log_every = 1
+        run_distributed(train_and_report, 1, job)
+    assert read_metrics(other, "train_loss") == pytest.approx(read_metrics(run_dir, "train_loss"), rel=1e-4)
