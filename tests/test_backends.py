@@ -37,7 +37,7 @@ def reference(run_dir):  # noqa: F811
 @pytest.mark.parametrize("backend, extra", [
     ("fsdp2", {}), ("hsdp", {"hsdp_replicas": 2}), ("ddp", {}),
     ("fsdp2", {"activation_checkpointing": "full"}), ("ddp", {"activation_checkpointing": "selective"}),
-    ("deepspeed", {"zero_stage": 1}), ("deepspeed", {"zero_stage": 2}),
+    ("fsdp2", {"cpu_offload": True}), ("deepspeed", {"zero_stage": 1}), ("deepspeed", {"zero_stage": 2}),
     ("deepspeed", {"zero_stage": 3, "activation_checkpointing": "full"}),
 ])
 def test_backend_matches_the_single_process_run(run_dir, reference, backend, extra):  # noqa: F811
@@ -49,6 +49,14 @@ def test_backend_matches_the_single_process_run(run_dir, reference, backend, ext
     # round-off-sized gradients of rarely seen embeddings into lr-sized steps of either sign.)
     assert set(got_weights) == set(ref_weights)
     assert all(got_weights[k].shape == ref_weights[k].shape for k in ref_weights)
+
+
+@pytest.mark.parametrize("backend, extra", [("fsdp2", {}), ("deepspeed", {"zero_stage": 2})])
+def test_bf16_follows_the_fp32_curve_loosely(run_dir, reference, backend, extra):  # noqa: F811
+    ref_losses, _ = reference
+    got_losses, _ = run(run_dir, 2, backend=backend, param_dtype="bf16", **extra)
+    assert got_losses[-1] < got_losses[0]
+    assert got_losses == pytest.approx(ref_losses, rel=2e-2)  # bf16 has 8 bits of mantissa
 
 
 def test_a_ddp_checkpoint_resumes_under_fsdp2(run_dir):  # noqa: F811

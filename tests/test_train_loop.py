@@ -77,8 +77,9 @@ def train_with_a_nan_batch(job):
     return last, trainer.skipped_steps, finite
 
 
-def test_a_nan_batch_is_skipped_and_counted(run_dir):  # noqa: F811
-    job = make_job(run_dir, steps=6)
+@pytest.mark.parametrize("backend", ["fsdp2", "deepspeed"])
+def test_a_nan_batch_is_skipped_and_counted(run_dir, backend):  # noqa: F811
+    job = make_job(run_dir, steps=6, backend=backend)
     (last, skipped, finite), _ = run_distributed(train_with_a_nan_batch, 2, job)
     assert skipped == 1 and finite and math.isfinite(last["train_loss"])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -57,7 +57,8 @@ def apply_data_parallel(model: nn.Module, tc: TrainerConfig, info: DistInfo) -> 
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[tc.param_dtype], reduce_dtype=torch.float32)
-    offload = CPUOffloadPolicy() if tc.cpu_offload else OffloadPolicy()
+    # Pinned host memory speeds up copies to and from a GPU (and needs one to exist).
+    offload = CPUOffloadPolicy(pin_memory=info.device.type == "cuda") if tc.cpu_offload else OffloadPolicy()
     mesh = data_parallel_mesh(tc, info)
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy, offload_policy=offload)
