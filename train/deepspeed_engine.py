@@ -19,6 +19,7 @@ before partitioning it; for models that do not fit one device, use FSDP2 (built 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,6 +53,9 @@ class DeepSpeedEngine:
     def __init__(self, job: PretrainJob, info: DistInfo, accum: int) -> None:
         import deepspeed
 
+        # DeepSpeed calls collectives torch has renamed; nothing a user can act on.
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                message=r"`torch.distributed.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
         self.job, self.info = job, info
         model = Transformer(job.model)
         model.init_weights(seed=job.trainer.seed)
