@@ -16,6 +16,7 @@ import hydra
 import torch.distributed as dist
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from train.config import PretrainJob
 from train.distributed import init_distributed
@@ -24,9 +25,8 @@ from train.trainer import EXIT_REQUEUE, Trainer
 ConfigStore.instance().store(name="pretrain_job_schema", node=PretrainJob)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
-def main(cfg) -> None:
-    job: PretrainJob = OmegaConf.to_object(cfg)
+@record  # under torchrun: this rank's traceback goes into the launcher's failure report (and the job log)
+def train(job: PretrainJob) -> None:
     info = init_distributed()
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -38,6 +38,11 @@ def main(cfg) -> None:
         dist.destroy_process_group()
     if trainer.preempted:
         sys.exit(EXIT_REQUEUE)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
+def main(cfg) -> None:
+    train(OmegaConf.to_object(cfg))
 
 
 if __name__ == "__main__":
