@@ -1,5 +1,5 @@
 # kfm: `make demo` runs the main job end to end, `make test` runs the test suite.
-# Both create/refresh .venv/ first. GPU clusters: see README ("On a GPU cluster").
+# Both create/refresh .venv/ first. GPU clusters: see README ("Running on a cluster").
 
 PYTHON ?= python3
 VENV := .venv

@@ -175,3 +175,55 @@ def test_local_slurm_script_is_idempotent(slurm):
     nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=slurm, capture_output=True, text=True).stdout
     assert sorted(nodes.split("\n")[:2]) == ["127.0.0.1 idle", "127.0.0.2 idle"]
 
+
+
+def sweep(run_dir: Path, sweep_dir: Path, env, *launcher: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "train.pretrain", "-m", "+experiment=lr_sweep", f"data_dir={run_dir / 'data'}",
+            f"hydra.sweep.dir={sweep_dir}", *launcher, *TINY, "trainer.steps=4", "trainer.log_every=2"]
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def check_sweep(sweep_dir: Path) -> None:
+    members = sorted(p.name for p in sweep_dir.iterdir() if p.name.startswith("lr="))
+    assert members == ["lr=0.001", "lr=0.003"]
+    groups = set()
+    for name in members:
+        state = json.loads((sweep_dir / name / "checkpoints" / "step_0000004" / "trainer_state.json").read_text())
+        assert state["config"]["optim"]["lr"] == float(name[3:]) and state["config"]["run_dir"] == str(sweep_dir / name)
+        groups.add(state["config"]["trainer"]["wandb_group"])
+        assert train_rows(sweep_dir / name) == [2, 4]
+    assert groups == {str(sweep_dir)}  # one wandb group for the sweep
+
+
+def test_a_learning_rate_sweep_runs_locally_one_member_after_another(run_dir):  # noqa: F811
+    done = sweep(run_dir, run_dir / "sweep", {**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_sweep(run_dir / "sweep")
+
+
+def test_a_learning_rate_sweep_through_the_submitit_launcher_on_slurm(slurm, run_dir):  # noqa: F811
+    done = sweep(run_dir, run_dir / "sweep", slurm, "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
+                 "hydra.launcher.cpus_per_task=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_sweep(run_dir / "sweep")
+    jobs = list((run_dir / "sweep" / ".submitit").iterdir())
+    assert len(jobs) >= 2  # an array job: one folder for the array, one per member
+
+
+def test_wandb_runs_join_the_configured_group(tmp_path, monkeypatch):
+    import wandb
+
+    from train.metrics import MetricsSink
+
+    seen = {}
+
+    class FakeRun:
+        def log(self, *a, **k):
+            pass
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.update(kwargs) or FakeRun())
+    MetricsSink(tmp_path / "lr=0.001", {}, "offline", "kfm", "lr-sweep-1").close()
+    assert seen["group"] == "lr-sweep-1" and seen["name"] == "lr=0.001" and seen["mode"] == "offline"

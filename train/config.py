@@ -129,6 +129,8 @@ class TrainerConfig:
     wandb_mode: str = "offline"
     """``offline``, ``online`` or ``disabled``."""
     wandb_project: str = "kfm"
+    wandb_group: str = ""
+    """wandb group of the run (a sweep puts its members in one group); empty: none."""
 
     def __post_init__(self) -> None:
         positive = ("steps", "local_batch_size", "log_every", "val_every", "val_batches", "checkpoint_every",
@@ -193,7 +195,9 @@ class PretrainJob:
     """``python -m train.pretrain``."""
 
     run_dir: str = "runs/demo"
-    """Reads ``<run_dir>/data``; writes checkpoints, logs and wandb files under it."""
+    """Writes checkpoints, logs and wandb files under it; reads the shards from ``data_dir``."""
+    data_dir: str = ""
+    """Token shards to train on; empty: ``<run_dir>/data`` (sweep members share one)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -34,12 +34,13 @@ def init_distributed() -> DistInfo:
     """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs), or make a 1-process one."""
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if "RANK" in os.environ:
+        if "RANK" in os.environ and "MASTER_ADDR" in os.environ:  # started by torchrun (or srun + env)
             dist.init_process_group(backend)
         else:
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-            # What torchrun would set; libraries that read the environment (DeepSpeed) expect them.
-            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
+            # What torchrun would set; DeepSpeed reads it. (Not RANK: with RANK set, a second run in this
+            # process, such as the next member of a Hydra sweep, would look launched by torchrun.)
+            for key, value in (("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
                 os.environ.setdefault(key, value)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():

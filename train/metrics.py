@@ -12,7 +12,7 @@ log = logging.getLogger("kfm.train")
 class MetricsSink:
     """Rank 0 only: writes every record to ``metrics.jsonl`` and to wandb, and logs a summary line."""
 
-    def __init__(self, run_dir: Path, config: dict, wandb_mode: str, project: str) -> None:
+    def __init__(self, run_dir: Path, config: dict, wandb_mode: str, project: str, group: str = "") -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self._file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
         self._wandb = None
@@ -20,7 +20,7 @@ class MetricsSink:
             import wandb
 
             self._wandb = wandb.init(project=project, dir=str(run_dir), mode=wandb_mode, config=config,
-                                     name=run_dir.name, resume="allow")
+                                     name=run_dir.name, group=group or None, resume="allow")
 
     def log(self, step: int, metrics: dict) -> None:
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")

@@ -67,7 +67,7 @@ class Trainer:
     def __init__(self, job: PretrainJob, dist_info: DistInfo, hooks: list | None = None) -> None:
         self.job, self.dist = job, dist_info
         self.run_dir = Path(job.run_dir)
-        data_dir = self.run_dir / "data"
+        data_dir = Path(job.data_dir) if job.data_dir else self.run_dir / "data"
         tc = job.trainer
         verify = job.data.verify_checksums
         self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len, verify=verify)
@@ -99,7 +99,8 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
-        self.sink = MetricsSink(self.run_dir, asdict(job), tc.wandb_mode, tc.wandb_project) if dist_info.is_main else None
+        self.sink = (MetricsSink(self.run_dir, asdict(job), tc.wandb_mode, tc.wandb_project, tc.wandb_group)
+                     if dist_info.is_main else None)
         self.hooks = default_hooks(job) if hooks is None else hooks
 
     # ----- signals -----
