@@ -16,9 +16,10 @@ from tests.test_trainer import run_dir  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "scripts" / "slurm" / "pretrain.sbatch"
-TINY = ["cluster=local_cpu", "model.vocab_size=768", "model.dim=64", "model.n_layers=2", "model.n_heads=4",
-        "model.n_kv_heads=2", "model.ffn_hidden_dim=96", "data.seq_len=32", "data.sources=[]",
-        "trainer.val_batches=1", "trainer.wandb_mode=disabled"]
+# The debug preset with the test tokenizer's vocabulary (DEBUG); smaller still where many steps run (TINY).
+DEBUG = ["cluster=local_cpu", "model=debug", "model.vocab_size=768", "data.seq_len=32", "data.sources=[]",
+         "trainer.val_batches=1", "trainer.wandb_mode=disabled"]
+TINY = DEBUG + ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96"]
 # The local nodes have no GPUs and a few cores: override the script's production resource requests.
 LOCAL = ["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1"]
 
@@ -35,10 +36,11 @@ def slurm():
     return {**env, "SLURM_CONF": conf, "PYTHON": sys.executable}
 
 
-def sbatch(env, run_dir: Path, overrides: list[str], *options: str, wait: bool = False) -> subprocess.CompletedProcess:
+def sbatch(env, run_dir: Path, overrides: list[str], *options: str, wait: bool = False,
+           model: list[str] = TINY) -> subprocess.CompletedProcess:
     args = ["sbatch", "--parsable", *LOCAL, f"--output={run_dir}/slurm-%j.out", *options]
     args += ["--wait"] if wait else []
-    return subprocess.run(args + [str(SBATCH), f"run_dir={run_dir}", *TINY, *overrides], cwd=ROOT, env=env,
+    return subprocess.run(args + [str(SBATCH), f"run_dir={run_dir}", *model, *overrides], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -68,7 +70,8 @@ def train_rows(run_dir: Path) -> list[int]:
 
 
 def test_sbatch_trains_on_two_nodes(slurm, run_dir):  # noqa: F811
-    done = sbatch(slurm, run_dir, ["trainer.steps=8", "trainer.log_every=1", "trainer.checkpoint_every=4"], wait=True)
+    done = sbatch(slurm, run_dir, ["trainer.steps=8", "trainer.log_every=1", "trainer.checkpoint_every=4"], wait=True,
+                  model=DEBUG)
     job = done.stdout.strip().split(";")[0]
     log = (run_dir / f"slurm-{job}.out").read_text()
     assert done.returncode == 0, log[-3000:]

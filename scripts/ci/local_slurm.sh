@@ -4,7 +4,7 @@
 # directory. Idempotent.
 #
 #   scripts/ci/local_slurm.sh up     install (Debian packages, needs root) and start; prints the
-#                                     SLURM_CONF line to export
+#                                     SLURM_CONF line to export; exit status 3: Slurm cannot be had here
 #   scripts/ci/local_slurm.sh down   stop the daemons
 #   scripts/ci/local_slurm.sh status exit 0 when the cluster answers and both nodes are idle
 #
@@ -30,10 +30,14 @@ install_packages() {
         exit 3
     fi
     log "installing slurmctld slurmd slurm-client munge"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null 2>&1 || {
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null
-    }
+    local pkgs=(slurmctld slurmd slurm-client munge)
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null 2>&1; then
+        apt-get update -q >/dev/null 2>&1 || true
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null 2>&1; then
+            log "apt-get could not install ${pkgs[*]}"
+            exit 3
+        fi
+    fi
 }
 
 write_config() {
