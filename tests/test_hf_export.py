@@ -1,3 +1,5 @@
+"""HF export: logits equal the stock classes; checkpoints of any backend export to a loadable directory."""
+
 import json
 from dataclasses import asdict
 
@@ -8,6 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from model import ModelConfig, Transformer
 from model.config import RopeConfig
+from tests.helpers import run_distributed
+from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
 from train.checkpoint import STATE_FILE
 from train.export_hf import export_checkpoint
 from train.hf_convert import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
@@ -90,3 +94,20 @@ def test_export_rejects_vocab_mismatch(tiny_tokenizer, tmp_path):
     (ckpt / STATE_FILE).write_text(json.dumps({"step": 1, "config": {"model": asdict(cfg)}}))
     with pytest.raises(ValueError, match="has 768 pieces but the checkpoint's model.vocab_size is 896"):
         export_checkpoint(ckpt, tiny_tokenizer, tmp_path / "hf")
+
+
+@pytest.mark.parametrize("backend, extra", [("fsdp2", {}), ("deepspeed", {"zero_stage": 3})])
+def test_a_two_rank_training_checkpoint_exports_to_transformers(run_dir, tiny_tokenizer, backend, extra):  # noqa: F811
+    job = make_job(run_dir, steps=4, backend=backend, tie=True, **extra)
+    (_, weights), _ = run_distributed(train_and_report, 2, job)
+    out = export_checkpoint(run_dir / "checkpoints" / "step_0000004", tiny_tokenizer, run_dir / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    model = Transformer(job.model).eval()
+    model.load_state_dict(weights)
+    x = torch.randint(0, job.model.vocab_size, (2, 21))
+    with torch.no_grad():
+        assert (hf(x).logits - model(x)).abs().max().item() < 1e-4
+    card = (out / "README.md").read_text()
+    assert "tokens seen: 1,024" in card  # 4 steps x 2 ranks x 4 sequences x 32 tokens
+    assert f"backend {backend} on 2 ranks" in card and "held-out validation at step 4: loss" in card
+    assert "bits/byte" in card and "random initialisation (seed 0)" in card

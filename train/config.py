@@ -122,6 +122,11 @@ class TrainerConfig:
     async_checkpoint: bool = False
     """FSDP2/HSDP/DDP: write checkpoints in a background thread (``dcp.async_save``) while training goes on;
     each is published once complete, before the next one starts."""
+    init_from: str = ""
+    """A local Hugging Face model directory (Llama, Qwen2, Qwen3, EXAONE 4) to start from instead of a
+    random init; the model config is taken from it (``model.kernels``/``attention_backend`` stay)."""
+    init_layers: str = ""
+    """With ``init_from``: depth up-scaling, the source layer ranges stacked in order, e.g. ``0-24,8-32``."""
     profile_start: int = 0
     """First step profiled with ``torch.profiler`` (traces in ``<run_dir>/profile/``)."""
     profile_steps: int = 0
@@ -154,6 +159,8 @@ class TrainerConfig:
             raise ValueError("trainer.activation_checkpointing must be none, full or selective; trainer.ac_every >= 1")
         if self.hsdp_replicas < 0 or (self.cpu_offload and self.backend not in ("fsdp2", "hsdp")):
             raise ValueError("trainer.hsdp_replicas must be >= 0; trainer.cpu_offload needs fsdp2 or hsdp")
+        if self.init_layers and not self.init_from:
+            raise ValueError("trainer.init_layers needs trainer.init_from (the model whose layers are stacked)")
         if self.zero_stage not in (1, 2, 3):
             raise ValueError(f"trainer.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
         if self.async_checkpoint and self.backend == "deepspeed":

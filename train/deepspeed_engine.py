@@ -50,7 +50,7 @@ def deepspeed_config(job: PretrainJob, world: int, accum: int) -> dict:
 
 
 class DeepSpeedEngine:
-    def __init__(self, job: PretrainJob, info: DistInfo, accum: int) -> None:
+    def __init__(self, job: PretrainJob, info: DistInfo, accum: int, init_state: dict | None = None) -> None:
         import deepspeed
 
         # DeepSpeed calls collectives torch has renamed; nothing a user can act on.
@@ -59,6 +59,8 @@ class DeepSpeedEngine:
         self.job, self.info = job, info
         model = Transformer(job.model)
         model.init_weights(seed=job.trainer.seed)
+        if init_state is not None:
+            model.load_state_dict(init_state)
         model = parallelize(model.to(info.device), job.trainer, info)  # checkpointing and compile only
         self.optimizer = build_optimizer(model, job.optim)
         self.model, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,

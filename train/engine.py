@@ -24,7 +24,7 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+                                                     set_model_state_dict, set_state_dict)
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from model import Transformer
@@ -73,9 +73,11 @@ def dcp_saved_shapes(path: Path) -> dict[str, tuple]:
 class TorchEngine:
     """FSDP2 / HSDP / DDP with a torch AdamW; checkpoints are DCP directories (any world size on load)."""
 
-    def __init__(self, job: PretrainJob, info: DistInfo, accum: int) -> None:
+    def __init__(self, job: PretrainJob, info: DistInfo, accum: int, init_state: dict | None = None) -> None:
         self.job, self.info, self.accum = job, info, accum
         self.model = build_model(job, info)
+        if init_state is not None:  # every rank holds the full state dict and keeps its shard
+            set_model_state_dict(self.model, init_state, options=StateDictOptions(full_state_dict=True))
         self.optimizer = build_optimizer(self.model, job.optim)
         self._async_group = None
         self._pending = None  # (future, publish callback) of an async save in flight
@@ -144,12 +146,13 @@ class TorchEngine:
         return {k: v.clone() for k, v in sd.items()}
 
 
-def build_engine(job: PretrainJob, info: DistInfo, accum: int):
+def build_engine(job: PretrainJob, info: DistInfo, accum: int, init_state: dict | None = None):
+    """The engine of ``trainer.backend``; ``init_state`` (a full state dict) replaces the random init."""
     if job.trainer.backend == "deepspeed":
         from train.deepspeed_engine import DeepSpeedEngine
 
-        return DeepSpeedEngine(job, info, accum)
-    return TorchEngine(job, info, accum)
+        return DeepSpeedEngine(job, info, accum, init_state)
+    return TorchEngine(job, info, accum, init_state)
 
 
 def load_model_weights(path: str | Path, model: nn.Module) -> dict:

@@ -22,7 +22,8 @@ from model import ModelConfig, Transformer
 from tokenizer.hf import load_sentencepiece, save_hf_tokenizer
 from train.checkpoint import STATE_FILE, resolve_checkpoint
 from train.engine import load_model_weights
-from train.hf_convert import to_hf_config, to_hf_state_dict
+from train.hf_convert import hf_architecture, to_hf_config, to_hf_state_dict
+from train.model_card import last_eval, model_card
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +50,33 @@ class ExportJob:
 
 def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str = "float32",
                       max_new_tokens: int = 64) -> Path:
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
+    """Export a training checkpoint (any backend and world size) to ``out_dir``."""
     state = json.loads((ckpt / STATE_FILE).read_text())
     cfg = ModelConfig.from_dict(state["config"]["model"])
-    sp = load_sentencepiece(tokenizer_dir / "tokenizer.model")
-    if sp.get_piece_size() != cfg.vocab_size:
-        raise ValueError(f"tokenizer in {tokenizer_dir} has {sp.get_piece_size()} pieces but the checkpoint's "
-                         f"model.vocab_size is {cfg.vocab_size}: export with the tokenizer the model was trained with")
+    check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
     model = Transformer(cfg)
     load_model_weights(ckpt, model)
-    torch_dtype = getattr(torch, dtype)
+    out = export_model(model, cfg, tokenizer_dir, out_dir, dtype, max_new_tokens)
+    evals = last_eval(ckpt.parent.parent / "metrics.jsonl", state["step"])  # <run_dir>/checkpoints/step_N
+    (out / "README.md").write_text(model_card(cfg, hf_architecture(cfg), state, tokenizer_dir, evals))
+    log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
+    return out
+
+
+def check_tokenizer_vocab(tokenizer_dir: Path, vocab_size: int) -> None:
+    sp = load_sentencepiece(tokenizer_dir / "tokenizer.model")
+    if sp.get_piece_size() != vocab_size:
+        raise ValueError(f"tokenizer in {tokenizer_dir} has {sp.get_piece_size()} pieces but the checkpoint's "
+                         f"model.vocab_size is {vocab_size}: export with the tokenizer the model was trained with")
+
+
+def export_model(model: Transformer, cfg: ModelConfig, tokenizer_dir: Path, out_dir: Path, dtype: str = "float32",
+                 max_new_tokens: int = 64) -> Path:
+    """Write ``model`` as the stock ``transformers`` class it matches, with tokenizer and generation config."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
+    sp = load_sentencepiece(tokenizer_dir / "tokenizer.model")
     hf_cfg = to_hf_config(cfg, sp.bos_id(), sp.eos_id(), sp.pad_id(), dtype)
     hf = AutoModelForCausalLM.from_config(hf_cfg)
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(model.state_dict(), cfg), strict=False)
@@ -67,12 +84,11 @@ def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str
     if missing or unexpected:
         raise RuntimeError(f"HF conversion mismatch: missing {missing}, unexpected {unexpected}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    hf.to(torch_dtype).save_pretrained(str(out_dir), safe_serialization=True)
+    hf.to(getattr(torch, dtype)).save_pretrained(str(out_dir), safe_serialization=True)
     GenerationConfig(bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id(), pad_token_id=sp.pad_id(),
                      max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
                      repetition_penalty=1.1).save_pretrained(str(out_dir))
     save_hf_tokenizer(tokenizer_dir / "tokenizer.model", out_dir, model_max_length=cfg.max_seq_len)
-    log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
     return out_dir
 
 

@@ -135,14 +135,65 @@ def to_hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2, pad_id: int
     return transformers.Exaone4Config(**common, sliding_window=cfg.sliding_window or None, layer_types=layer_types)
 
 
-def from_hf_config(hf_cfg) -> ModelConfig:
+def _rope_from_hf(hf_cfg):
     from model.config import RopeConfig
 
-    rope = getattr(hf_cfg, "rope_parameters", None) or {}
-    return ModelConfig(
-        vocab_size=hf_cfg.vocab_size, dim=hf_cfg.hidden_size, n_layers=hf_cfg.num_hidden_layers,
-        n_heads=hf_cfg.num_attention_heads, n_kv_heads=hf_cfg.num_key_value_heads,
-        ffn_hidden_dim=hf_cfg.intermediate_size, max_seq_len=hf_cfg.max_position_embeddings,
-        rope=RopeConfig(theta=float(rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 10000.0)))),
-        norm_eps=hf_cfg.rms_norm_eps, tie_embeddings=hf_cfg.tie_word_embeddings,
+    rope = dict(getattr(hf_cfg, "rope_parameters", None) or {})
+    kind = rope.get("rope_type", "default")
+    if kind not in ("default", "linear", "llama3", "yarn"):
+        raise ValueError(f"RoPE type {kind!r} of this checkpoint has no kfm counterpart (default, linear, llama3, yarn)")
+    r = RopeConfig(theta=float(rope.get("rope_theta", getattr(hf_cfg, "rope_theta", 10000.0))),
+                   scaling="none" if kind == "default" else kind)
+    if kind != "default":
+        r.factor = float(rope["factor"])
+    if kind in ("llama3", "yarn"):
+        r.original_max_seq_len = int(rope["original_max_position_embeddings"])
+    if kind == "llama3":
+        r.low_freq_factor, r.high_freq_factor = float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+    if kind == "yarn":
+        r.beta_fast, r.beta_slow = float(rope.get("beta_fast", 32.0)), float(rope.get("beta_slow", 1.0))
+    return r
+
+
+def shortest_period(kinds: list[str]) -> str:
+    """The shortest pattern of G/L letters that, repeated, gives every layer's kind."""
+    letters = "".join(kinds)
+    for n in range(1, len(letters) + 1):
+        if all(letters[i] == letters[i % n] for i in range(len(letters))):
+            return letters[:n]
+    return letters
+
+
+def from_hf_config(hf_cfg) -> ModelConfig:
+    """kfm's config for a ``transformers`` config of a supported architecture; a ValueError naming what
+    kfm cannot represent otherwise."""
+    archs = getattr(hf_cfg, "architectures", None) or []
+    arch = archs[0] if archs else ""
+    if arch not in KEY_MAPS:
+        raise ValueError(f"architecture {arch or hf_cfg.model_type!r} is not supported: kfm imports "
+                         f"{', '.join(KEY_MAPS)}")
+    unsupported = [what for bad, what in (
+        (getattr(hf_cfg, "hidden_act", "silu") != "silu", f"hidden_act={getattr(hf_cfg, 'hidden_act', None)}"),
+        (getattr(hf_cfg, "mlp_bias", False), "mlp_bias"),
+        (arch != "Qwen2ForCausalLM" and getattr(hf_cfg, "attention_bias", False), "attention_bias"),
+        (arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and getattr(hf_cfg, "use_sliding_window", False),
+         "use_sliding_window"),
+    ) if bad]
+    if unsupported:
+        raise ValueError(f"{arch} checkpoint uses {', '.join(unsupported)}, which kfm's model does not have")
+    heads = hf_cfg.num_attention_heads
+    head_dim = getattr(hf_cfg, "head_dim", None)
+    cfg = dict(
+        vocab_size=hf_cfg.vocab_size, dim=hf_cfg.hidden_size, n_layers=hf_cfg.num_hidden_layers, n_heads=heads,
+        n_kv_heads=hf_cfg.num_key_value_heads, ffn_hidden_dim=hf_cfg.intermediate_size,
+        head_dim=head_dim if head_dim and head_dim * heads != hf_cfg.hidden_size else None,
+        max_seq_len=hf_cfg.max_position_embeddings, rope=_rope_from_hf(hf_cfg), norm_eps=hf_cfg.rms_norm_eps,
+        tie_embeddings=bool(hf_cfg.tie_word_embeddings), init_std=getattr(hf_cfg, "initializer_range", 0.02),
+        qkv_bias=arch == "Qwen2ForCausalLM", qk_norm=arch in ("Qwen3ForCausalLM", "Exaone4ForCausalLM"),
     )
+    if arch == "Exaone4ForCausalLM":
+        kinds = ["L" if t == "sliding_attention" else "G" for t in (hf_cfg.layer_types or ["full_attention"])]
+        hybrid = "L" in kinds
+        cfg.update(norm_placement="post", layer_pattern=shortest_period(kinds),
+                   sliding_window=(hf_cfg.sliding_window or 0) if hybrid else 0, rope_on_global_layers=not hybrid)
+    return ModelConfig(**cfg)

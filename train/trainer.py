@@ -21,6 +21,7 @@ from train.config import PretrainJob
 from train.distributed import DistInfo, all_reduce_mean, all_reduce_sum
 from train.engine import build_engine
 from train.hooks import default_hooks
+from train.init_from import initial_weights
 from train.metrics import MetricsSink
 from train.optim import lr_at
 from train.throughput import SpikeDetector, device_peak_flops
@@ -43,6 +44,11 @@ def check_tokenizer(run_dir: Path, manifest: Manifest, data_dir: Path) -> None:
 
 
 def check_vocab(job: PretrainJob, manifest: Manifest, data_dir: Path) -> None:
+    if manifest.vocab_size != job.model.vocab_size and job.trainer.init_from:
+        raise ValueError(
+            f"the model in trainer.init_from={job.trainer.init_from} has a {job.model.vocab_size}-token vocabulary "
+            f"but the shards in {data_dir} were tokenized with {manifest.vocab_size} pieces: build the shards with "
+            "that model's tokenizer (data_pipeline.build tokenizer_model=...)")
     if manifest.vocab_size != job.model.vocab_size:
         raise ValueError(
             f"model.vocab_size={job.model.vocab_size} but the tokenizer behind {data_dir} has "
@@ -72,6 +78,12 @@ class Trainer:
         verify = job.data.verify_checksums
         self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len, verify=verify)
         manifest = self.val_windows.manifest
+        init_state = None
+        if tc.init_from:
+            job.model, init_state = initial_weights(tc.init_from, tc.init_layers, job.model)
+            if job.data.seq_len > job.model.max_seq_len:
+                raise ValueError(f"data.seq_len={job.data.seq_len} exceeds the max_seq_len {job.model.max_seq_len} "
+                                 f"of {tc.init_from}: lower data.seq_len")
         check_vocab(job, manifest, data_dir)
         check_tokenizer(self.run_dir, manifest, data_dir)
         token_bytes = data_dir / TOKEN_BYTES
@@ -86,7 +98,7 @@ class Trainer:
         self.accum = self.global_batch // world_batch
         stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
         self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
-        self.engine = build_engine(job, dist_info, self.accum)
+        self.engine = build_engine(job, dist_info, self.accum, init_state)
         self.model = self.engine.model
         self.ckpt_root = checkpoint_root(self.run_dir)
         self.step = self.skipped_steps = self.consecutive_spikes = self.rollbacks = 0
