@@ -13,6 +13,7 @@ import data_pipeline.build  # noqa: F401  (registers data_build_job_schema)
 import data_pipeline.sample_corpus  # noqa: F401
 import tokenizer.train  # noqa: F401
 import train.consolidate  # noqa: F401
+import train.evaluate_lm  # noqa: F401
 import train.export_hf  # noqa: F401
 import train.generate  # noqa: F401
 import train.pretrain  # noqa: F401
@@ -20,7 +21,8 @@ from data_pipeline.build import DataBuildJob
 from train.config import PretrainJob
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-JOBS = ["tokenizer_train", "data_build", "pretrain", "export_hf", "generate", "sample_corpus", "consolidate"]
+JOBS = ["tokenizer_train", "data_build", "pretrain", "export_hf", "generate", "sample_corpus", "consolidate",
+        "evaluate_lm"]
 GROUP_JOB = {"model": "pretrain", "data": "pretrain", "optim": "pretrain", "trainer": "pretrain",
              "cluster": "pretrain", "experiment": "pretrain", "tokenizer": "tokenizer_train"}
 
