@@ -111,3 +111,25 @@ def test_a_two_rank_training_checkpoint_exports_to_transformers(run_dir, tiny_to
     assert "tokens seen: 1,024" in card  # 4 steps x 2 ranks x 4 sequences x 32 tokens
     assert f"backend {backend} on 2 ranks" in card and "held-out validation at step 4: loss" in card
     assert "bits/byte" in card and "random initialisation (seed 0)" in card
+
+
+def test_a_consolidated_file_exports_and_a_checkpoint_without_weights_is_named(tiny_tokenizer, tmp_path):
+    from train.consolidate import consolidate
+
+    cfg = tiny_cfg(tie_embeddings=True, qk_norm=True)  # a Qwen3
+    m = random_model(cfg, seed=4)
+    ckpt = tmp_path / "step_0000007"
+    dcp.save({"model": m.state_dict()}, checkpoint_id=str(ckpt))
+    (ckpt / STATE_FILE).write_text(json.dumps({"step": 7, "config": {"model": asdict(cfg)}}))
+    flat = consolidate(ckpt, tmp_path / "model.safetensors")
+    out = export_checkpoint(flat, tiny_tokenizer, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    assert hf.config.architectures == ["Qwen3ForCausalLM"]
+    x = torch.randint(0, cfg.vocab_size, (1, 13))
+    with torch.no_grad():
+        assert (hf(x).logits - m(x)).abs().max().item() < 1e-4
+    empty = tmp_path / "step_0000009"
+    empty.mkdir()
+    (empty / STATE_FILE).write_text(json.dumps({"step": 9, "config": {"model": asdict(cfg)}}))
+    with pytest.raises(ValueError, match=r"checkpoint .*step_0000009 could not be read .*damaged"):
+        export_checkpoint(empty, tiny_tokenizer, tmp_path / "hf2")

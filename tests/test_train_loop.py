@@ -182,3 +182,6 @@ def test_validation_reports_bits_per_byte(run_dir):  # noqa: F811
     nbytes = sum(int(table[b.targets.numpy()].sum()) for b in batches)
     assert 1 < tokens and tokens < nbytes  # several bytes per token
     assert last["val_bpb"] == pytest.approx(last["val_loss"] * tokens / nbytes / math.log(2), rel=1e-9)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    per_source = {k for k in rows[-1] if "/" in k}
+    assert per_source == {"val_loss/ko", "val_bpb/ko"}  # en and code hold less than one batch of held-out text here

@@ -110,7 +110,9 @@ class TrainerConfig:
     val_every: int = 100
     """Steps between validation passes (and one at the end)."""
     val_batches: int = 8
-    """Global batches per validation pass."""
+    """Global batches per validation pass (over the whole split, and again per source)."""
+    val_per_source: bool = True
+    """Also report validation loss and bits per byte per data source (``val_loss/ko``, ``val_bpb/code``)."""
     checkpoint_every: int = 100
     """Steps between checkpoints (and one at the end)."""
     keep_checkpoints: int = 2

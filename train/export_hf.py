@@ -34,7 +34,8 @@ class ExportJob:
 
     run_dir: str = "runs/demo"
     checkpoint: str = ""
-    """Checkpoint directory; empty means the newest one under ``<run_dir>/checkpoints``."""
+    """Checkpoint directory or consolidated ``.safetensors`` file; empty means the newest checkpoint under
+    ``<run_dir>/checkpoints``."""
     tokenizer_dir: str = "${run_dir}/tokenizer"
     """Folder with ``tokenizer.model`` and its Hugging Face files."""
     out_dir: str = "${run_dir}/hf"
@@ -50,17 +51,41 @@ class ExportJob:
 
 def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str = "float32",
                       max_new_tokens: int = 64) -> Path:
-    """Export a training checkpoint (any backend and world size) to ``out_dir``."""
-    state = json.loads((ckpt / STATE_FILE).read_text())
-    cfg = ModelConfig.from_dict(state["config"]["model"])
-    check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
-    model = Transformer(cfg)
-    load_model_weights(ckpt, model)
+    """Export a training checkpoint (any backend and world size) or a consolidated ``.safetensors`` file
+    (``python -m train.consolidate``) to ``out_dir``."""
+    if ckpt.suffix == ".safetensors":
+        model, state = load_consolidated(ckpt)
+        cfg = model.cfg
+        check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
+    else:
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        cfg = ModelConfig.from_dict(state["config"]["model"])
+        check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
+        model = Transformer(cfg)
+        load_model_weights(ckpt, model)
     out = export_model(model, cfg, tokenizer_dir, out_dir, dtype, max_new_tokens)
     evals = last_eval(ckpt.parent.parent / "metrics.jsonl", state["step"])  # <run_dir>/checkpoints/step_N
     (out / "README.md").write_text(model_card(cfg, hf_architecture(cfg), state, tokenizer_dir, evals))
     log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
     return out
+
+
+def load_consolidated(path: Path) -> tuple[Transformer, dict]:
+    """A model from a consolidated safetensors file (its metadata holds the step and model config)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "model_config" not in meta:
+        raise ValueError(f"{path} has no model_config metadata: consolidate checkpoints with `python -m train.consolidate`")
+    cfg = ModelConfig.from_dict(json.loads(meta["model_config"]))
+    model = Transformer(cfg)
+    sd = load_file(str(path))
+    if cfg.tie_embeddings:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    model.load_state_dict(sd)
+    return model, {"step": int(meta.get("step", 0)), "config": {"model": cfg.to_dict()}}
 
 
 def check_tokenizer_vocab(tokenizer_dir: Path, vocab_size: int) -> None:
@@ -98,7 +123,8 @@ ConfigStore.instance().store(name="export_job_schema", node=ExportJob)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export_hf")
 def main(cfg) -> None:
     job: ExportJob = OmegaConf.to_object(cfg)
-    ckpt = resolve_checkpoint(job.checkpoint, job.run_dir)
+    consolidated = job.checkpoint.endswith(".safetensors")
+    ckpt = Path(job.checkpoint) if consolidated else resolve_checkpoint(job.checkpoint, job.run_dir)
     export_checkpoint(ckpt, Path(job.tokenizer_dir), Path(job.out_dir), job.dtype, job.max_new_tokens)
 
 

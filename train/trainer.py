@@ -78,6 +78,13 @@ class Trainer:
         verify = job.data.verify_checksums
         self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len, verify=verify)
         manifest = self.val_windows.manifest
+        self.val_sets = {"": self.val_windows}
+        if tc.val_per_source:
+            world_batch = tc.local_batch_size * dist_info.world
+            for source in sorted({s.source for s in manifest.split_shards("val")}):
+                windows = TokenWindows(data_dir, "val", job.data.seq_len, source, manifest)
+                if len(windows) >= world_batch:  # smaller held-out sets count only in the total
+                    self.val_sets[source] = windows
         init_state = None
         if tc.init_from:
             job.model, init_state = initial_weights(tc.init_from, tc.init_layers, job.model)
@@ -242,24 +249,32 @@ class Trainer:
         return StepResult(self.step, loss_value, grad_norm, lr, applied)
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Validation loss (nats per token) and, when the shards carry token byte lengths, bits per byte:
-        the summed loss in bits over the bytes of text the targets stand for."""
-        self.model.eval()
+    def _validate_on(self, windows: TokenWindows) -> tuple[float, float, float]:
+        """(summed loss in nats, tokens, bytes of text behind them) over this rank's share of the batches."""
         tc = self.job.trainer
         nats = tokens = nbytes = 0.0
-        for batch in validation_batches(self.val_windows, tc.local_batch_size, self.dist.rank, self.dist.world,
+        for batch in validation_batches(windows, tc.local_batch_size, self.dist.rank, self.dist.world,
                                         tc.val_batches):
             n = batch.targets.numel()
             nats += self.loss(batch, z_loss=0.0).item() * n
             tokens += n
             if self.token_bytes is not None:
                 nbytes += self.token_bytes[batch.targets].sum().item()
+        return nats, tokens, nbytes
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss (nats per token) and, when the shards carry token byte lengths, bits per byte (the
+        summed loss in bits over the bytes of text the targets stand for, comparable across tokenizers): on the
+        whole held-out split, and per source (``val_loss/<source>``) with ``trainer.val_per_source``."""
+        self.model.eval()
+        out = {}
+        for name, windows in self.val_sets.items():
+            nats, tokens, nbytes = all_reduce_sum(list(self._validate_on(windows)), self.dist.device)
+            suffix = f"/{name}" if name else ""
+            out[f"val_loss{suffix}"] = nats / tokens
+            if nbytes > 0:
+                out[f"val_bpb{suffix}"] = nats / math.log(2) / nbytes
         self.model.train()
-        nats, tokens, nbytes = all_reduce_sum([nats, tokens, nbytes], self.dist.device)
-        out = {"val_loss": nats / tokens}
-        if nbytes > 0:
-            out["val_bpb"] = nats / math.log(2) / nbytes
         return out
 
     def log_metrics(self, metrics: dict) -> None:
