@@ -70,7 +70,8 @@ def evaluate(job: EvalJob) -> dict:
     out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={hf_dir},dtype=float32", tasks=job.tasks,
                                   num_fewshot=job.num_fewshot, limit=job.limit, batch_size=job.batch_size,
                                   device=device, task_manager=manager)
-    results = {task: {k.split(",")[0]: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "alias"}
+    results = {task: {k.split(",")[0]: v for k, v in metrics.items()
+                      if isinstance(v, (int, float)) and k.split(",")[0] not in ("alias", "sample_len")}
                for task, metrics in out["results"].items()}
     record = {"model": str(hf_dir), "tasks": job.tasks, "num_fewshot": job.num_fewshot, "limit": job.limit,
               "results": results, "versions": {k: str(v) for k, v in out.get("versions", {}).items()}}

@@ -109,7 +109,7 @@ def export_model(model: Transformer, cfg: ModelConfig, tokenizer_dir: Path, out_
     if missing or unexpected:
         raise RuntimeError(f"HF conversion mismatch: missing {missing}, unexpected {unexpected}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    hf.to(getattr(torch, dtype)).save_pretrained(str(out_dir), safe_serialization=True)
+    hf.to(getattr(torch, dtype)).save_pretrained(str(out_dir), safe_serialization=True, max_shard_size="5GB")
     GenerationConfig(bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id(), pad_token_id=sp.pad_id(),
                      max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
                      repetition_penalty=1.1).save_pretrained(str(out_dir))
