@@ -3,6 +3,8 @@
 # 127.0.0.1 and 127.0.0.2, and munge, all started by hand (no systemd) with every path under one
 # directory. Idempotent.
 #
+# cred_expire=10: a requeued job starts again after 10 s instead of Slurm's default 120.
+#
 #   scripts/ci/local_slurm.sh up     install (Debian packages, needs root) and start; prints the
 #                                     SLURM_CONF line to export; exit status 3: Slurm cannot be had here
 #   scripts/ci/local_slurm.sh down   stop the daemons
@@ -44,12 +46,12 @@ write_config() {
     mkdir -p "$DIR"/{etc,state,log,run} "$DIR"/spool/{127.0.0.1,127.0.0.2}
     local cpus
     cpus=$(nproc)
-    cat >"$CONF" <<EOF
+    cat >"$CONF.new" <<EOF
 ClusterName=kfm-local
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge.sock
+AuthInfo=socket=$DIR/munge.sock,cred_expire=10
 CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root
@@ -78,6 +80,11 @@ NodeName=127.0.0.1 NodeAddr=127.0.0.1 Port=$((CTLD_PORT + 1)) CPUs=$cpus State=U
 NodeName=127.0.0.2 NodeAddr=127.0.0.2 Port=$((CTLD_PORT + 2)) CPUs=$cpus State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
+    if [ -f "$CONF" ] && ! cmp -s "$CONF" "$CONF.new"; then
+        log "the configuration changed: restarting the daemons"
+        down
+    fi
+    mv "$CONF.new" "$CONF"
 }
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -117,10 +124,18 @@ status() {
 }
 
 down() {
+    local pids=()
     for pidfile in "$DIR"/run/slurmd-*.pid "$DIR/run/slurmctld.pid" "$DIR/run/munged.pid"; do
         if running "$pidfile"; then
-            kill "$(cat "$pidfile")" 2>/dev/null || true
+            pids+=("$(cat "$pidfile")")
+            kill "${pids[-1]}" 2>/dev/null || true
         fi
+    done
+    for _ in $(seq 1 40); do  # until they have exited (a later `up` must not see them alive)
+        local alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.25
     done
     log "down"
 }
