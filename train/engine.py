@@ -16,6 +16,7 @@ finite is never applied either, and ``applied`` says which happened.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -98,7 +99,7 @@ class TorchEngine:
         clip = self.job.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
-        applied = torch.isfinite(torch.tensor(norm)).item()
+        applied = math.isfinite(norm)
         if applied:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
