@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from model import Transformer
+from model import ModelConfig, Transformer
 from train.checkpoint import check_compatible, damaged, model_shapes, read_state
 from train.config import PretrainJob
 from train.distributed import DistInfo
@@ -104,8 +104,6 @@ class DeepSpeedEngine:
                              f"{self.info.world}: ZeRO partitions load only on the world size that wrote them. "
                              f"Resume on {state['world']} ranks, or use trainer.backend=fsdp2, whose checkpoints "
                              "reshard to any world size")
-        from model import ModelConfig
-
         check_compatible(path, model_shapes(ModelConfig.from_dict(state["config"]["model"])),
                          model_shapes(self.job.model))
         try:

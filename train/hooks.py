@@ -35,6 +35,10 @@ class MetricsHook(Hook):
     tokens/s (global and per device), MFU, data-loader wait, skipped steps, peak memory."""
 
     def on_fit_start(self, trainer) -> None:
+        self._new_window(trainer)
+
+    def _new_window(self, trainer) -> None:
+        """Start the next logging window: its losses, step count, clock and data-loader wait."""
         self.losses, self.start, self.t0 = [], trainer.step, time.perf_counter()
         trainer.data_wait = 0.0
 
@@ -54,7 +58,7 @@ class MetricsHook(Hook):
                     "data_wait_s": trainer.data_wait, "skipped_steps": trainer.skipped_steps,
                     "peak_memory_mb": peak_memory_mb(trainer.dist.device)}
         trainer.log_metrics(metrics)
-        self.on_fit_start(trainer)
+        self._new_window(trainer)
 
 
 class ValidationHook(Hook):

@@ -78,9 +78,9 @@ class Trainer:
         verify = job.data.verify_checksums
         self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len, verify=verify)
         manifest = self.val_windows.manifest
+        world_batch = tc.local_batch_size * dist_info.world
         self.val_sets = {"": self.val_windows}
         if tc.val_per_source:
-            world_batch = tc.local_batch_size * dist_info.world
             for source in sorted({s.source for s in manifest.split_shards("val")}):
                 windows = TokenWindows(data_dir, "val", job.data.seq_len, source, manifest)
                 if len(windows) >= world_batch:  # smaller held-out sets count only in the total
@@ -95,7 +95,6 @@ class Trainer:
         check_tokenizer(self.run_dir, manifest, data_dir)
         token_bytes = data_dir / TOKEN_BYTES
         self.token_bytes = torch.from_numpy(np.load(token_bytes)).long() if token_bytes.is_file() else None
-        world_batch = tc.local_batch_size * dist_info.world
         self.global_batch = tc.global_batch_size or world_batch
         if self.global_batch % world_batch:
             raise ValueError(
