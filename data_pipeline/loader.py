@@ -145,6 +145,20 @@ class MixtureStream:
         epoch, j = divmod(k, n)
         return src, int(self._perm((1, src, epoch), n)[j])
 
+    def samples_by_source(self, start: int, end: int) -> dict[str, int]:
+        """How many of global samples ``start .. end-1`` each source supplied (whole blocks by their quotas,
+        the partial blocks from their shuffled slots)."""
+
+        def upto(c: int) -> np.ndarray:
+            full, rem = divmod(c, BLOCK)
+            counts = np.asarray(self.quotas, dtype=np.int64) * full
+            if rem:
+                slots = self._perm((0, full), BLOCK)[:rem]
+                counts += np.bincount(self._slot_source[slots], minlength=len(self.names))
+            return counts
+
+        return {n: int(c) for n, c in zip(self.names, upto(end) - upto(start))}
+
     def sample(self, i: int) -> np.ndarray:
         """Tokens of global sample ``i``."""
         return self.sample_window(i)[0]

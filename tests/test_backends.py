@@ -26,7 +26,19 @@ def run(run_dir, world: int, **trainer_kw):
     import shutil
 
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return losses(run_dir), results[0][1]
+    return losses(run_dir), results[0][1], recorded_digests(run_dir)
+
+
+def recorded_digests(run_dir) -> dict[str, str]:
+    """The weight digests this run's provenance ledger recorded (init, final checkpoint); the ledger is
+    cleared for the next run in the same directory."""
+    import shutil
+
+    from train.provenance import Ledger
+
+    records = [env["record"] for env in Ledger(run_dir).envelopes()]
+    shutil.rmtree(run_dir / "provenance")
+    return {r["kind"]: r["weights"]["sha256"] for r in records}
 
 
 @pytest.fixture()
@@ -41,20 +53,27 @@ def reference(run_dir):  # noqa: F811
     ("deepspeed", {"zero_stage": 3, "activation_checkpointing": "full"}),
 ])
 def test_backend_matches_the_single_process_run(run_dir, reference, backend, extra):  # noqa: F811
-    ref_losses, ref_weights = reference
-    got_losses, got_weights = run(run_dir, 2, backend=backend, **extra)
+    ref_losses, ref_weights, ref_digests = reference
+    got_losses, got_weights, got_digests = run(run_dir, 2, backend=backend, **extra)
     assert len(got_losses) == STEPS and got_losses[-1] < got_losses[0]
     assert got_losses == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
     # Plain parameter names whatever the wrapping. (Weights are not compared element-wise: Adam turns
     # round-off-sized gradients of rarely seen embeddings into lr-sized steps of either sign.)
     assert set(got_weights) == set(ref_weights)
     assert all(got_weights[k].shape == ref_weights[k].shape for k in ref_weights)
+    # Provenance digests, hashed shard by shard across the ranks, are those of the plain weights: the same
+    # initial weights as the 1-process run, and the final checkpoint's record matches the gathered weights.
+    from train.weights_digest import digest_tensors, state_dict_tensors
+
+    assert got_digests["init"] == ref_digests["init"]
+    assert got_digests["checkpoint"] == digest_tensors(state_dict_tensors(got_weights)).sha256
 
 
 @pytest.mark.parametrize("backend, extra", [("fsdp2", {}), ("deepspeed", {"zero_stage": 2})])
 def test_bf16_follows_the_fp32_curve_loosely(run_dir, reference, backend, extra):  # noqa: F811
-    ref_losses, _ = reference
-    got_losses, _ = run(run_dir, 2, backend=backend, param_dtype="bf16", **extra)
+    ref_losses, _, ref_digests = reference
+    got_losses, _, got_digests = run(run_dir, 2, backend=backend, param_dtype="bf16", **extra)
+    assert got_digests["init"] == ref_digests["init"]  # the fp32 master weights are hashed
     assert got_losses[-1] < got_losses[0]
     assert got_losses == pytest.approx(ref_losses, rel=2e-2)  # bf16 has 8 bits of mantissa
 

@@ -17,12 +17,14 @@ import train.evaluate_lm  # noqa: F401
 import train.export_hf  # noqa: F401
 import train.generate  # noqa: F401
 import train.pretrain  # noqa: F401
+import train.signing  # noqa: F401
+import train.verify  # noqa: F401
 from data_pipeline.build import DataBuildJob
 from train.config import PretrainJob
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 JOBS = ["tokenizer_train", "data_build", "pretrain", "export_hf", "generate", "sample_corpus", "consolidate",
-        "evaluate_lm"]
+        "evaluate_lm", "verify", "keygen"]
 GROUP_JOB = {"model": "pretrain", "data": "pretrain", "optim": "pretrain", "trainer": "pretrain",
              "cluster": "pretrain", "experiment": "pretrain", "tokenizer": "tokenizer_train"}
 

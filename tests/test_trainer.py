@@ -35,12 +35,16 @@ def train_and_report(job: PretrainJob):
     return last, trainer.engine.full_state_dict()
 
 
+def build_tiny_shards(corpus: dict, tokenizer: Path, out: Path) -> None:
+    # The tiny corpus recombines a few sentences: near-dedup would leave too little of it (tested elsewhere).
+    cfg = DataConfig(sources=[DataSource(name=k, path=str(v)) for k, v in corpus.items()], seq_len=32,
+                     val_fraction=0.1, num_workers=1, clean=CleanConfig(dedup_near=False))
+    build_shards(cfg, tokenizer / "tokenizer.model", out)
+
+
 @pytest.fixture()
 def run_dir(tiny_corpus, tiny_tokenizer, tmp_path):
-    # The tiny corpus recombines a few sentences: near-dedup would leave too little of it (tested elsewhere).
-    cfg = DataConfig(sources=[DataSource(name=k, path=str(v)) for k, v in tiny_corpus.items()], seq_len=32,
-                     val_fraction=0.1, num_workers=1, clean=CleanConfig(dedup_near=False))
-    build_shards(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "data")
+    build_tiny_shards(tiny_corpus, tiny_tokenizer, tmp_path / "data")
     return tmp_path
 
 

@@ -71,6 +71,16 @@ def test_consecutive_loss_spikes_roll_back_to_the_last_checkpoint(run_dir):  # n
     load_model_weights(run_dir / "checkpoints" / "step_0000004", saved)
     for k, v in saved.state_dict().items():
         assert torch.equal(after[k], v), k
+    # Provenance: the rollback is a record holding the step-4 checkpoint's weights, and the next checkpoint
+    # descends from it; the samples read between step 4 and the rollback are recorded as discarded.
+    from train.provenance import read_chain
+
+    chain = read_chain(run_dir / "checkpoints" / "step_0000008")
+    records = [env["record"] for env in chain]
+    assert [r["kind"] for r in records] == ["init", "checkpoint", "rollback", "checkpoint"]
+    assert records[2]["parent"] == chain[1]["id"] and records[2]["weights"] == records[1]["weights"]
+    assert records[2]["discarded_samples"] == records[2]["consumed"] - records[1]["consumed"] > 0
+    assert records[3]["data"][0]["samples"] == records[3]["consumed"] - records[2]["consumed"]
 
 
 def test_profiler_hook_writes_a_trace(run_dir):  # noqa: F811

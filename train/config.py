@@ -200,6 +200,17 @@ class ClusterConfig:
 
 
 @dataclass
+class ProvenanceConfig:
+    """The provenance ledger (``train.provenance``): where every checkpoint's weights came from."""
+
+    enabled: bool = True
+    """Record the origin (init seed and digest, or the imported model), every checkpoint's weight digest,
+    the data read and the code and config, chained by hash; exports carry the chain (``train.verify``)."""
+    signing_key: str = ""
+    """Ed25519 private key (PEM) that signs every record (``python -m train.signing``); empty: unsigned."""
+
+
+@dataclass
 class PretrainJob:
     """``python -m train.pretrain``."""
 
@@ -212,6 +223,7 @@ class PretrainJob:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
     def __post_init__(self) -> None:
         if self.data.seq_len > self.model.max_seq_len:

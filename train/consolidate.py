@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from model import ModelConfig, Transformer
 from train.checkpoint import STATE_FILE, resolve_checkpoint
 from train.engine import load_model_weights
+from train.provenance import read_chain
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,11 @@ def consolidate(ckpt: Path, out: Path) -> Path:
     if cfg.tie_embeddings:
         del sd["output.weight"]  # the same tensor as tok_embeddings.weight
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(out), metadata={"step": str(state["step"]), "model_config": json.dumps(cfg.to_dict())})
+    meta = {"step": str(state["step"]), "model_config": json.dumps(cfg.to_dict())}
+    chain = read_chain(ckpt)
+    if chain:  # the checkpoint's provenance goes along, so an export of this file can be verified
+        meta["provenance_chain"] = "\n".join(json.dumps(env, ensure_ascii=False) for env in chain)
+    save_file(sd, str(out), metadata=meta)
     log.info("consolidated %s (step %d, %d tensors) into %s", ckpt, state["step"], len(sd), out)
     return out
 

@@ -30,6 +30,7 @@ from train.config import PretrainJob
 from train.distributed import DistInfo
 from train.optim import build_optimizer
 from train.parallelize import parallelize
+from train.weights_digest import parameter_groups
 
 log = logging.getLogger("kfm.train")
 
@@ -57,6 +58,8 @@ class DeepSpeedEngine:
         warnings.filterwarnings("ignore", category=FutureWarning,
                                 message=r"`torch.distributed.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
         self.job, self.info = job, info
+        self.init_cast = "bfloat16" if job.trainer.param_dtype == "bf16" else None
+        """DeepSpeed bf16 rounds the weights to bf16 before its optimizer takes fp32 master copies of them."""
         model = Transformer(job.model)
         model.init_weights(seed=job.trainer.seed)
         if init_state is not None:
@@ -113,6 +116,18 @@ class DeepSpeedEngine:
             raise damaged(path, err) from err
         if loaded is None:
             raise damaged(path, FileNotFoundError("DeepSpeed found no model states"))
+
+    def weight_tensors(self):
+        """(names, full fp32 master weight) per parameter, one at a time (collective under ZeRO-3)."""
+        import deepspeed
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        for names, p in parameter_groups(self.model.module):
+            full = safe_get_full_fp32_param(p)  # the optimizer's fp32 copy where there is one
+            if full is None:
+                with deepspeed.zero.GatheredParameters([p], enabled=hasattr(p, "ds_id")):
+                    full = p.detach().clone()
+            yield names, full
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight, gathered, on CPU, under the plain model's names (collective)."""

@@ -34,6 +34,7 @@ from train.config import PretrainJob
 from train.distributed import DistInfo
 from train.optim import build_optimizer
 from train.parallelize import parallelize
+from train.weights_digest import module_tensors
 
 log = logging.getLogger("kfm.train")
 
@@ -73,6 +74,9 @@ def dcp_saved_shapes(path: Path) -> dict[str, tuple]:
 
 class TorchEngine:
     """FSDP2 / HSDP / DDP with a torch AdamW; checkpoints are DCP directories (any world size on load)."""
+
+    init_cast = None
+    """The dtype the initial weights are rounded to before training (none here: FSDP2 keeps fp32 shards)."""
 
     def __init__(self, job: PretrainJob, info: DistInfo, accum: int, init_state: dict | None = None) -> None:
         self.job, self.info, self.accum = job, info, accum
@@ -140,6 +144,10 @@ class TorchEngine:
         except (Exception, CheckpointException) as err:  # noqa: BLE001 - damage surfaces as many exception types
             raise damaged(path, err) from err
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+    def weight_tensors(self):
+        """(names, full tensor) per parameter, one at a time (collective): what a weight digest hashes."""
+        return module_tensors(self.model)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight, unsharded, on CPU, under the plain model's names (collective)."""

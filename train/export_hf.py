@@ -24,6 +24,11 @@ from train.checkpoint import STATE_FILE, resolve_checkpoint
 from train.engine import load_model_weights
 from train.hf_convert import hf_architecture, to_hf_config, to_hf_state_dict
 from train.model_card import last_eval, model_card
+from train.provenance import Ledger, code_version, envelope, now, read_chain, write_chain
+from train.signing import Signer
+from train.verify import verify as verify_export
+from train.verify import write_report
+from train.weights_digest import digest_tensors, parameter_groups
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,10 @@ class ExportJob:
     """Weight dtype written to the export: ``float32`` or ``bfloat16``."""
     max_new_tokens: int = 64
     """Default generation length recorded in ``generation_config.json``."""
+    signing_key: str = ""
+    """Ed25519 private key (PEM) that signs the export's provenance record (``python -m train.signing``)."""
+    verify: bool = True
+    """Verify the provenance chain after exporting (``train.verify``) and put the report in the model card."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
@@ -50,11 +59,13 @@ class ExportJob:
 
 
 def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str = "float32",
-                      max_new_tokens: int = 64) -> Path:
+                      max_new_tokens: int = 64, run_dir: Path | None = None, signing_key: str = "",
+                      verify: bool = True) -> Path:
     """Export a training checkpoint (any backend and world size) or a consolidated ``.safetensors`` file
-    (``python -m train.consolidate``) to ``out_dir``."""
+    (``python -m train.consolidate``) to ``out_dir``; its provenance chain goes along, extended by an export
+    record (also appended to the ledger of ``run_dir``, by default the checkpoint's run), and is verified."""
     if ckpt.suffix == ".safetensors":
-        model, state = load_consolidated(ckpt)
+        model, state, chain = load_consolidated(ckpt)
         cfg = model.cfg
         check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
     else:
@@ -63,15 +74,40 @@ def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str
         check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
         model = Transformer(cfg)
         load_model_weights(ckpt, model)
+        chain = read_chain(ckpt)
+    run_dir = run_dir or ckpt.parent.parent  # <run_dir>/checkpoints/step_N
     out = export_model(model, cfg, tokenizer_dir, out_dir, dtype, max_new_tokens)
-    evals = last_eval(ckpt.parent.parent / "metrics.jsonl", state["step"])  # <run_dir>/checkpoints/step_N
+    evals = last_eval(run_dir / "metrics.jsonl", state["step"])
     (out / "README.md").write_text(model_card(cfg, hf_architecture(cfg), state, tokenizer_dir, evals))
     log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
+    if chain:
+        record_export(model, cfg, chain, out, run_dir, state["step"], dtype, ckpt, signing_key)
+        if verify:
+            report = verify_export(out, run_dir)
+            write_report(report, out)
+            log.info("provenance: %s", report.verdict)
+    else:
+        log.warning("%s carries no provenance chain (trained with provenance.enabled=false?): the export cannot "
+                    "be verified", ckpt)
     return out
 
 
-def load_consolidated(path: Path) -> tuple[Transformer, dict]:
-    """A model from a consolidated safetensors file (its metadata holds the step and model config)."""
+def record_export(model: Transformer, cfg: ModelConfig, chain: list[dict], out: Path, run_dir: Path, step: int,
+                  dtype: str, source: Path, signing_key: str = "") -> dict:
+    """The export record: the digest of the weights as written (cast to ``dtype``), chained to the checkpoint."""
+    cast = getattr(torch, dtype)
+    digest = digest_tensors((names, p.detach().to(cast)) for names, p in parameter_groups(model))
+    rec = {"kind": "export", "parent": chain[-1]["id"], "time": now(), "code": code_version(), "step": step,
+           "dtype": dtype, "architecture": hf_architecture(cfg), "source": str(source), "weights": digest.summary()}
+    env = envelope(rec, Signer(signing_key) if signing_key else None)
+    write_chain(out, [*chain, env], digest.to_json())
+    Ledger(run_dir).append(env)
+    return env
+
+
+def load_consolidated(path: Path) -> tuple[Transformer, dict, list[dict] | None]:
+    """A model from a consolidated safetensors file (its metadata holds the step, model config and the
+    checkpoint's provenance chain)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -85,7 +121,8 @@ def load_consolidated(path: Path) -> tuple[Transformer, dict]:
     if cfg.tie_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
     model.load_state_dict(sd)
-    return model, {"step": int(meta.get("step", 0)), "config": {"model": cfg.to_dict()}}
+    chain = [json.loads(line) for line in meta["provenance_chain"].splitlines()] if "provenance_chain" in meta else None
+    return model, {"step": int(meta.get("step", 0)), "config": {"model": cfg.to_dict()}}, chain
 
 
 def check_tokenizer_vocab(tokenizer_dir: Path, vocab_size: int) -> None:
@@ -125,7 +162,8 @@ def main(cfg) -> None:
     job: ExportJob = OmegaConf.to_object(cfg)
     consolidated = job.checkpoint.endswith(".safetensors")
     ckpt = Path(job.checkpoint) if consolidated else resolve_checkpoint(job.checkpoint, job.run_dir)
-    export_checkpoint(ckpt, Path(job.tokenizer_dir), Path(job.out_dir), job.dtype, job.max_new_tokens)
+    export_checkpoint(ckpt, Path(job.tokenizer_dir), Path(job.out_dir), job.dtype, job.max_new_tokens,
+                      Path(job.run_dir) if consolidated else None, job.signing_key, job.verify)
 
 
 if __name__ == "__main__":

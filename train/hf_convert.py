@@ -89,6 +89,17 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
     return out
 
 
+def from_hf_names(key: str, cfg: ModelConfig) -> list[str]:
+    """kfm's names for one tensor of a Hugging Face checkpoint: none for derived buffers (and for an
+    ``lm_head`` tied to the embeddings), both names for tied embeddings."""
+    if key.endswith("rotary_emb.inv_freq"):
+        return []
+    name = _rename(key, _FROM_HF[hf_architecture(cfg)])
+    if cfg.tie_embeddings:
+        return {"output.weight": [], "tok_embeddings.weight": [name, "output.weight"]}.get(name, [name])
+    return [name]
+
+
 def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     rules = _FROM_HF[hf_architecture(cfg)]
     out = {_rename(k, rules): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from model.config import ModelConfig
-from train.hf_convert import from_hf_config, from_hf_state_dict, hf_architecture
+from train.hf_convert import from_hf_config, from_hf_names, from_hf_state_dict, hf_architecture
 
 INDEX = "model.safetensors.index.json"
 
@@ -38,8 +38,8 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_hf_checkpoint(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """kfm's config and state dict (fp32) for the Hugging Face model in ``hf_dir``."""
+def read_hf_config(hf_dir: str | Path) -> ModelConfig:
+    """kfm's config for the Hugging Face model in ``hf_dir``."""
     from transformers import AutoConfig
 
     hf_dir = Path(hf_dir)
@@ -50,5 +50,28 @@ def load_hf_checkpoint(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch
     arch = hf_architecture(cfg)
     if arch != hf_cfg.architectures[0]:
         raise ValueError(f"{hf_dir}: a {hf_cfg.architectures[0]} whose settings only {arch} has; not imported")
-    sd = {k: v.float() for k, v in from_hf_state_dict(read_hf_weights(hf_dir), cfg).items()}
+    return cfg
+
+
+def load_hf_checkpoint(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """kfm's config and state dict (fp32) for the Hugging Face model in ``hf_dir``."""
+    cfg = read_hf_config(hf_dir)
+    sd = {k: v.float() for k, v in from_hf_state_dict(read_hf_weights(Path(hf_dir)), cfg).items()}
     return cfg, sd
+
+
+def hf_weight_tensors(hf_dir: str | Path, cfg: ModelConfig):
+    """(kfm names, tensor) for each tensor of the safetensors files in ``hf_dir``, read one at a time."""
+    from safetensors import safe_open
+
+    hf_dir = Path(hf_dir)
+    if (hf_dir / INDEX).is_file():
+        files = sorted(set(json.loads((hf_dir / INDEX).read_text())["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    for name in files:
+        with safe_open(str(hf_dir / name), "pt") as f:
+            for key in f.keys():
+                names = from_hf_names(key, cfg)
+                if names:
+                    yield names, f.get_tensor(key)

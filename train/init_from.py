@@ -11,12 +11,14 @@ layer ranges, in order, that make up the new model.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+from pathlib import Path
 
 import torch
 
 from model.config import ModelConfig
-from train.hf_convert import shortest_period
+from train.hf_convert import hf_architecture, shortest_period
 from train.import_hf import load_hf_checkpoint
 
 log = logging.getLogger("kfm.train")
@@ -51,13 +53,20 @@ def depth_upscale(cfg: ModelConfig, sd: dict[str, torch.Tensor],
     return dataclasses.replace(cfg, n_layers=len(layers), layer_pattern=shortest_period(kinds)), out
 
 
-def initial_weights(init_from: str, init_layers: str,
-                    model: ModelConfig) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The model config and full state dict to start from (``model`` supplies the runtime settings)."""
+def initial_weights(init_from: str, init_layers: str, model: ModelConfig,
+                    observe=None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The model config and full state dict to start from (``model`` supplies the runtime settings).
+    ``observe(kind, cfg, sd, **details)`` sees each stage (``import``, ``upscale``) for the provenance record."""
     cfg, sd = load_hf_checkpoint(init_from)
+    if observe:
+        hf_config = Path(init_from) / "config.json"
+        observe("import", cfg, sd, source=str(init_from), architecture=hf_architecture(cfg),
+                hf_config_sha256=hashlib.sha256(hf_config.read_bytes()).hexdigest())
     if init_layers:
         source_layers = cfg.n_layers
         cfg, sd = depth_upscale(cfg, sd, parse_layer_ranges(init_layers, source_layers))
         log.info("depth up-scaling %s: %d layers → %d (%s)", init_from, source_layers, cfg.n_layers, init_layers)
+        if observe:
+            observe("upscale", cfg, sd, layers=init_layers)
     cfg = dataclasses.replace(cfg, **{f: getattr(model, f) for f in RUNTIME_FIELDS})
     return cfg, sd

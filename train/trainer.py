@@ -24,6 +24,7 @@ from train.hooks import default_hooks
 from train.init_from import initial_weights
 from train.metrics import MetricsSink
 from train.optim import lr_at
+from train.recorder import Recorder
 from train.throughput import SpikeDetector, device_peak_flops
 
 log = logging.getLogger("kfm.train")
@@ -85,9 +86,11 @@ class Trainer:
                 windows = TokenWindows(data_dir, "val", job.data.seq_len, source, manifest)
                 if len(windows) >= world_batch:  # smaller held-out sets count only in the total
                     self.val_sets[source] = windows
+        stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
+        self.recorder = Recorder(job, dist_info, data_dir, manifest, stream)
         init_state = None
         if tc.init_from:
-            job.model, init_state = initial_weights(tc.init_from, tc.init_layers, job.model)
+            job.model, init_state = initial_weights(tc.init_from, tc.init_layers, job.model, self.recorder.observe)
             if job.data.seq_len > job.model.max_seq_len:
                 raise ValueError(f"data.seq_len={job.data.seq_len} exceeds the max_seq_len {job.model.max_seq_len} "
                                  f"of {tc.init_from}: lower data.seq_len")
@@ -102,7 +105,6 @@ class Trainer:
                 f"({tc.local_batch_size}) x data-parallel ranks ({dist_info.world}) = {world_batch}: choose a "
                 "multiple of it, or change the micro batch or the number of ranks")
         self.accum = self.global_batch // world_batch
-        stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
         self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
         self.engine = build_engine(job, dist_info, self.accum, init_state)
         self.model = self.engine.model
@@ -145,7 +147,15 @@ class Trainer:
                  "data": self.loader.state_dict(), "skipped_steps": self.skipped_steps,
                  "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)}}
         save_rng(tmp, self.dist.device)
-        self.engine.save(tmp, on_done=lambda: publish(tmp, final, state, tc.keep_checkpoints))
+        record = self.recorder.checkpoint(tmp, self.engine, self.step, self.loader.consumed,
+                                 {"skipped_steps": self.skipped_steps, "backend": tc.backend, "world": self.dist.world,
+                                  "train_loss": self.last.get("train_loss")})
+
+        def on_done() -> None:
+            publish(tmp, final, state, tc.keep_checkpoints)
+            self.recorder.published(record)
+
+        self.engine.save(tmp, on_done=on_done)
         self.saved_step = self.step
         return final
 
@@ -161,10 +171,11 @@ class Trainer:
                                     "use auto, never or a step_<N> directory")
         return path
 
-    def maybe_resume(self) -> None:
+    def maybe_resume(self) -> bool:
+        """Continue from the checkpoint ``trainer.resume`` names, if any; True if resumed."""
         ckpt = self.resume_from()
         if ckpt is None:
-            return
+            return False
         self.engine.load(ckpt)
         state = read_state(ckpt)
         self.step = self.saved_step = state["step"]
@@ -173,7 +184,10 @@ class Trainer:
         if not load_rng(ckpt, self.dist.device):
             log.info("no random-generator state for rank %d in %s (written by %d ranks)", self.dist.rank, ckpt,
                      state["world"])
+        foreign = ckpt.resolve().parent != self.ckpt_root.resolve()
+        self.recorder.resumed(ckpt, foreign, self.engine, self.step, self.loader.consumed)
         log.info("resumed from %s at step %d", ckpt, self.step)
+        return True
 
     def rollback(self) -> None:
         """Weights and optimizer state back to the newest checkpoint; the step and the data position go on,
@@ -184,6 +198,7 @@ class Trainer:
                                "no checkpoint to roll back to; lower trainer.checkpoint_every or the learning rate")
         self.engine.wait()
         self.engine.load(ckpt)
+        self.recorder.rolled_back(ckpt, self.engine, self.step, self.loader.consumed)
         self.rollbacks += 1
         log.warning("step %d: rolled back weights and optimizer to %s (rollback %d)", self.step, ckpt, self.rollbacks)
 
@@ -283,7 +298,8 @@ class Trainer:
 
     # ----- the loop -----
     def fit(self) -> dict:
-        self.maybe_resume()
+        if not self.maybe_resume():
+            self.recorder.start(self.engine)
         for hook in self.hooks:
             hook.on_fit_start(self)
         while self.step < self.job.trainer.steps:
