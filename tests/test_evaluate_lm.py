@@ -103,3 +103,18 @@ def test_eval_results_go_to_wandb(tmp_path, monkeypatch):
     log_to_wandb(job, {"kobest_copa": {"acc": 0.5, "acc_stderr": 0.01}})
     assert logged == {"eval/kobest_copa/acc": 0.5, "eval/kobest_copa/acc_stderr": 0.01}
     assert inits["job_type"] == "eval" and inits["name"] == "demo-eval" and inits["mode"] == "offline"
+
+
+def test_the_eval_table_is_replaced_and_the_provenance_section_kept(tmp_path):
+    from train.evaluate_lm import add_to_model_card
+    from train.provenance_report import Report, update_model_card
+
+    card = tmp_path / "README.md"
+    card.write_text("# model\n\n## Evaluation\n\n- validation loss\n")
+    add_to_model_card(card, {"kobest_boolq": {"acc": 0.5}}, None)
+    update_model_card(card, Report(hf_dir="hf", run_dir="run", verdict="VERIFIED: trained from scratch"))
+    add_to_model_card(card, {"kobest_boolq": {"acc": 0.75}}, 8)
+    text = card.read_text()
+    assert text.count("## lm-evaluation-harness") == 1 and "| kobest_boolq | acc | 0.7500 |" in text
+    assert "0.5000" not in text and text.count("## Provenance") == 1 and "- validation loss" in text
+    assert text.index("## lm-evaluation-harness") < text.index("## Provenance")

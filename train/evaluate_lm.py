@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,8 @@ from typing import Optional
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
+
+from train.provenance_report import CARD_BEGIN
 
 log = logging.getLogger(__name__)
 KOREAN_TASKS = ["kobest", "kmmlu", "haerae", "click"]
@@ -84,12 +87,15 @@ def evaluate(job: EvalJob) -> dict:
 def add_to_model_card(card: Path, results: dict, limit: int | None) -> None:
     if not card.is_file():
         return
-    text = card.read_text().split("\n## lm-evaluation-harness")[0].rstrip("\n")
+    # Replace an earlier table (up to the next section or marked block, such as the provenance report).
+    text = re.sub(r"\n+## lm-evaluation-harness.*?(?=\n## |\n<!-- |\Z)", "", card.read_text(), flags=re.S)
     rows = [f"| {task} | {metric} | {value:.4f} |" for task, metrics in sorted(results.items())
             for metric, value in sorted(metrics.items()) if not metric.endswith("_stderr")]
     note = f" (first {limit} examples per task)" if limit else ""
-    card.write_text(text + f"\n\n## lm-evaluation-harness{note}\n\n| task | metric | value |\n|---|---|---|\n"
-                    + "\n".join(rows) + "\n")
+    section = (f"## lm-evaluation-harness{note}\n\n| task | metric | value |\n|---|---|---|\n" + "\n".join(rows)
+               + "\n")
+    head, marker, tail = text.partition(CARD_BEGIN)
+    card.write_text(head.rstrip("\n") + "\n\n" + section + ("\n" + marker + tail if marker else ""))
 
 
 def log_to_wandb(job: EvalJob, results: dict) -> None:
