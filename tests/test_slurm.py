@@ -38,15 +38,23 @@ def slurm():
 
 def sbatch(env, run_dir: Path, overrides: list[str], *options: str, wait: bool = False,
            model: list[str] = TINY) -> subprocess.CompletedProcess:
+    """Submit; with ``wait``, return once the job has ended, with returncode 0 only if it COMPLETED (as
+    ``sbatch --wait`` would, without its polling interval that grows to tens of seconds)."""
     args = ["sbatch", "--parsable", *LOCAL, f"--output={run_dir}/slurm-%j.out", *options]
-    args += ["--wait"] if wait else []
-    return subprocess.run(args + [str(SBATCH), f"run_dir={run_dir}", *model, *overrides], cwd=ROOT, env=env,
+    done = subprocess.run(args + [str(SBATCH), f"run_dir={run_dir}", *model, *overrides], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
+    if wait and done.returncode == 0:
+        state = wait_for(env, done.stdout.strip().split(";")[0], ENDED, timeout=600)["JobState"]
+        done.returncode = 0 if state == "COMPLETED" else 1
+    return done
 
 
 def job_state(env, job: str) -> dict[str, str]:
     out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
     return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
 def wait_for(env, job: str, states: set[str], timeout: float = 300) -> dict[str, str]:
