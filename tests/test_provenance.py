@@ -129,6 +129,13 @@ def change_a_manifest(run, hf):
     path.write_text(json.dumps(manifest, indent=2))
 
 
+def change_a_shard(run, hf):
+    shard = sorted((run / "data" / "train").glob("ko_*.bin"))[0]
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 1
+    shard.write_bytes(bytes(data))
+
+
 TAMPERING = {
     "weight in the export": (change_a_weight, ["exported weights changed", "layers.0.attention.wq.weight"]),
     "edited record": (lambda run, hf: edit_ledger(run, 4, lambda rec: rec["data"][0]["tokens"].update(ko=0)),
@@ -136,6 +143,7 @@ TAMPERING = {
     "missing link": (lambda run, hf: edit_ledger(run, 4, None),
                      ["missing link: checkpoint step 8 names its parent", "a record was removed"]),
     "manifest changed": (change_a_manifest, ["data manifest changed after training", "shards that differ: train/"]),
+    "shard bytes changed": (change_a_shard, ["data shard changed after training", "train/ko_00000.bin"]),
     "another seed claimed": (lambda run, hf: rewrite_chain(run, hf, lambda recs: recs[0].update(seed=1)),
                              ["initial weights: kfm's init with the recorded seed 1"]),
     "weights swapped, record rewritten": (swap_weights_and_rewrite_the_export_record,
@@ -146,10 +154,10 @@ TAMPERING = {
 @pytest.mark.parametrize("what", TAMPERING)
 def test_tampering_is_detected_and_named(scratch, tmp_path, what):
     run, hf = copy_run(scratch, tmp_path)
-    assert verify(hf, run, data_dir=str(run / "data")).verified  # the copy verifies before tampering
+    assert verify(hf, run, data_dir=str(run / "data"), check_shards=True).verified  # before tampering
     tamper, expected = TAMPERING[what]
     tamper(run, hf)
-    report = verify(hf, run, data_dir=str(run / "data"))
+    report = verify(hf, run, data_dir=str(run / "data"), check_shards=True)
     assert not report.verified and not report.from_scratch
     assert report.verdict.startswith("FAILED")
     text = "\n".join(report.failures)

@@ -32,7 +32,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from data_pipeline.shards import MANIFEST, file_sha256
+from data_pipeline.shards import MANIFEST, file_sha256, index_path
 from model import ModelConfig, Transformer
 from train.import_hf import hf_weight_tensors, read_hf_config
 from train.provenance import (CHAIN, MANIFESTS, ORIGIN_KINDS, PROVENANCE_DIR, Ledger, ProvenanceError, canonical,
@@ -250,7 +250,7 @@ def check_data(hf_dir: Path, run_dir: Path, chain: list[dict], data_dir: str, ch
         entry["checked"] = True
         if check_shards:
             for shard in json.loads(manifest.read_text())["shards"]:
-                for rel, sha in ((shard["file"], shard["sha256"]), (shard["file"][:-4] + ".idx", shard["index_sha256"])):
+                for rel, sha in ((shard["file"], shard["sha256"]), (index_path(shard["file"]), shard["index_sha256"])):
                     path = where / rel
                     if not path.is_file() or file_sha256(path) != sha:
                         report.fail(f"data shard changed after training: {path} does not match its manifest entry")
