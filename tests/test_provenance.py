@@ -144,6 +144,8 @@ TAMPERING = {
                      ["missing link: checkpoint step 8 names its parent", "a record was removed"]),
     "manifest changed": (change_a_manifest, ["data manifest changed after training", "shards that differ: train/"]),
     "shard bytes changed": (change_a_shard, ["data shard changed after training", "train/ko_00000.bin"]),
+    "export without a chain": (lambda run, hf: shutil.rmtree(hf / PROVENANCE_DIR),
+                               ["exported without a provenance chain"]),
     "another seed claimed": (lambda run, hf: rewrite_chain(run, hf, lambda recs: recs[0].update(seed=1)),
                              ["initial weights: kfm's init with the recorded seed 1"]),
     "weights swapped, record rewritten": (swap_weights_and_rewrite_the_export_record,
