@@ -86,7 +86,7 @@ def test_sbatch_trains_on_two_nodes(slurm, run_dir):  # noqa: F811
 
 
 def test_usr1_checkpoints_requeues_and_resumes_without_repeating_steps(slurm, run_dir):  # noqa: F811
-    steps = 300
+    steps = 150
     done = sbatch(slurm, run_dir, [f"trainer.steps={steps}", "trainer.log_every=1", "trainer.val_every=1000",
                                    "trainer.checkpoint_every=1000"])
     job = done.stdout.strip().split(";")[0]
