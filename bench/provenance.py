@@ -53,6 +53,12 @@ print(json.dumps({"size": size, "growth": after - before, "seconds": seconds}))
 """
 
 
+def hashing_memory() -> dict:
+    """Size of a ~250 MB model, how much the peak memory of a fresh process grew while hashing it, and the time."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def make_trainer(data_dir: str, run_dir: Path, enabled: bool, steps: int, every: int) -> Trainer:
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="pretrain", overrides=[
@@ -73,7 +79,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ap.add_argument("--out", default="bench/results/provenance.md")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only measure the peak memory of hashing a ~250 MB model; print it as JSON")
     args = ap.parse_args()
+    if args.memory_only:
+        print(json.dumps(hashing_memory()))
+        return
     if not (Path(args.data_dir) / "manifest.json").is_file():
         sys.exit(f"{args.data_dir}/manifest.json not found: run `make demo` first (or pass --data-dir)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -108,8 +119,7 @@ def main() -> None:
     pairs = [a / b for a, b in zip(steps[True][warm], steps[False][warm])]
     paired = statistics.median(pairs)
     q1, _, q3 = statistics.quantiles(pairs, n=4)
-    mem = json.loads(subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, check=True,
-                                    cwd=ROOT).stdout.strip().splitlines()[-1])
+    mem = hashing_memory()
     lines = [
         "# Provenance overhead (debug model, 1 process, CPU)",
         "",
