@@ -145,6 +145,8 @@ TAMPERING = {
                      ["missing link: checkpoint step 8 names its parent", "a record was removed"]),
     "manifest changed": (change_a_manifest, ["data manifest changed after training", "shards that differ: train/"]),
     "shard bytes changed": (change_a_shard, ["data shard changed after training", "train/ko_00000.bin"]),
+    "export record rewritten": (lambda run, hf: write_chain(hf, read_chain(hf)[:-1] + [envelope(
+        {**read_chain(hf)[-1]["record"], "dtype": "bfloat16"})]), ["the export record", "is not in the run ledger"]),
     "export without a chain": (lambda run, hf: shutil.rmtree(hf / PROVENANCE_DIR),
                                ["exported without a provenance chain"]),
     "another seed claimed": (lambda run, hf: rewrite_chain(run, hf, lambda recs: recs[0].update(seed=1)),

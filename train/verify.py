@@ -76,6 +76,10 @@ def walk_chain(hf_dir: Path, run_dir: Path, report: Report) -> list[dict]:
     ledger_ids = {env["id"]: env for env in entries}
     copy_ids = {env["id"]: env for env in exported}
     head = exported[-1]
+    if head["id"] not in ledger_ids:
+        report.fail(f"the export record {head['id'][:16]}... is not in the run ledger {ledger.path}: the model was "
+                    "exported from another run (pass its run_dir=), or the record was rewritten")
+        return []
     walked = [head]
     while walked[-1]["record"].get("parent"):
         child = walked[-1]
