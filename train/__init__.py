@@ -1,1 +1,1 @@
-"""kfm.train: the trainer (FSDP2 today, DeepSpeed ZeRO next), checkpoints and HF export."""
+"""kfm.train: the trainer (FSDP2/HSDP/DDP and DeepSpeed ZeRO), checkpoints, HF export and import, provenance."""
