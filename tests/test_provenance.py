@@ -325,3 +325,18 @@ def test_a_ledger_that_is_not_json_names_the_line(tmp_path):
         f.write("{not json\n")
     with pytest.raises(ProvenanceError, match=r"ledger.jsonl, line 2: not a JSON record"):
         Ledger(tmp_path).envelopes()
+
+
+@pytest.mark.requires_gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_weights_initialised_on_a_gpu_digest_as_recomputed_on_a_cpu():
+    """``verify`` recomputes the init on a CPU: a GPU run's init record must match it."""
+    from train.weights_digest import init_digest
+
+    for tie in (True, False):
+        cfg = ModelConfig(tie_embeddings=tie)
+        on_gpu = Transformer(cfg).cuda()
+        on_gpu.init_weights(seed=0)
+        with torch.device("meta"):
+            on_meta = Transformer(cfg)
+        assert digest_tensors(module_tensors(on_gpu)).sha256 == init_digest(on_meta, 0).sha256
