@@ -16,6 +16,7 @@ its own document (packed sequences carry ``cu_seqlens``) and, on a local layer, 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -104,8 +105,17 @@ def _sdpa(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
+@functools.cache
+def _flex_attention(device_type: str):
+    """``flex_attention``, compiled on a GPU: uncompiled it runs PyTorch's reference path (50x slower on an
+    H100, ``bench/results/kernels_h100.md``); as is on CPU, where it serves the tests."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention) if device_type == "cuda" else flex_attention
+
+
 def _flex(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     doc_ids = docs.doc_ids if docs is not None else None
 
@@ -119,7 +129,7 @@ def _flex(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
 
     bsz, seq = q.shape[0], q.shape[2]
     block = create_block_mask(mask_mod, bsz if doc_ids is not None else None, None, seq, seq, device=q.device)
-    return flex_attention(q, k, v, block_mask=block, enable_gqa=q.shape[1] != k.shape[1])
+    return _flex_attention(q.device.type)(q, k, v, block_mask=block, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def _flash_attn(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
