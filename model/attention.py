@@ -10,19 +10,25 @@ its own document (packed sequences carry ``cu_seqlens``) and, on a local layer, 
 - ``flex``: PyTorch FlexAttention with a block mask built from the same rule.
 - ``sdpa``: PyTorch scaled-dot-product attention; ``is_causal`` when there is nothing else to
   mask, else an explicit boolean mask (``attention_mask``), which is also the reference.
-- ``auto``: flash-attn when it is installed and can run the inputs (CUDA, half precision),
-  else the Triton kernel on CUDA, else SDPA.
+- ``auto``: by the features in use. One causal document per row and no window: SDPA (cuDNN/flash
+  inside PyTorch; kfm's Triton kernel measured 3.4x slower than it on an H100,
+  ``bench/results/kernels_h100.md``). Packed documents or a window: flash-attn's varlen kernel
+  when installed and it can run the inputs (CUDA, half precision), else kfm's Triton kernel on
+  CUDA, else SDPA with an explicit mask. The choice is logged once per distinct case.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("kfm.model")
 
 
 @dataclass
@@ -74,13 +80,26 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """The backend that runs ``q``: ``auto`` resolved, an explicit one checked with a clear error."""
+@functools.cache
+def _log_choice(choice: str, why: str) -> None:
+    log.info("attention_backend=auto: %s (%s)", choice, why)
+
+
+def resolve_backend(backend: str, q: torch.Tensor, docs: Documents | None = None, window: int = 0) -> str:
+    """The backend that runs ``q``: ``auto`` resolved by the features in use, an explicit one checked with a
+    clear error."""
     can_flash = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
     if backend == "auto":
-        if can_flash and flash_attn_available():
-            return "flash_attn"
-        return "triton" if q.is_cuda and triton_available() else "sdpa"
+        if docs is None and not window:
+            choice, why = "sdpa", "one causal document per row"
+        elif can_flash and flash_attn_available():
+            choice, why = "flash_attn", "packed documents or a window; flash-attn installed"
+        elif q.is_cuda and triton_available():
+            choice, why = "triton", "packed documents or a window; flash-attn not installed or not half precision"
+        else:
+            choice, why = "sdpa", f"packed documents or a window on {q.device.type}: explicit mask"
+        _log_choice(choice, why)
+        return choice
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("model.attention_backend=triton but triton is not installed: `pip install triton`")
@@ -162,4 +181,4 @@ BACKENDS = {"sdpa": _sdpa, "flex": _flex, "flash_attn": _flash_attn, "triton": _
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: Documents | None = None, window: int = 0,
               backend: str = "auto") -> torch.Tensor:
     """Attention of q (batch, heads, seq, dim) over k, v (batch, kv_heads, seq, dim); same shape as q."""
-    return BACKENDS[resolve_backend(backend, q)](q, k, v, docs, window)
+    return BACKENDS[resolve_backend(backend, q, docs, window)](q, k, v, docs, window)

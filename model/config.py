@@ -88,8 +88,9 @@ class ModelConfig:
     """RMSNorm (with the residual add), RoPE and SwiGLU: ``triton`` (kfm's kernels), ``torch`` (plain PyTorch) or
     ``auto`` (Triton on CUDA, PyTorch elsewhere; on CPU ``triton`` needs ``TRITON_INTERPRET=1``)."""
     attention_backend: str = "auto"
-    """``auto`` (flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else
-    SDPA), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa`` (PyTorch, explicit mask for
+    """``auto`` (by the features in use: SDPA for one causal document per row; with packed documents or a
+    window flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else SDPA;
+    ``model.attention`` says why), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa`` (PyTorch, explicit mask for
     documents/windows)."""
 
     def __post_init__(self) -> None:

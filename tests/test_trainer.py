@@ -21,8 +21,9 @@ def make_job(run_dir: Path, steps=8, tie=False, **trainer_kw) -> PretrainJob:
                           max_seq_len=64, tie_embeddings=tie),
         data=DataConfig(seq_len=32),
         optim=OptimConfig(lr=1e-2, warmup_steps=2),
-        trainer=TrainerConfig(steps=steps, local_batch_size=4, log_every=2, val_every=4, val_batches=2,
-                              checkpoint_every=4, keep_checkpoints=5, wandb_mode="disabled", **trainer_kw),
+        trainer=TrainerConfig(**{"steps": steps, "local_batch_size": 4, "log_every": 2, "val_every": 4,
+                                 "val_batches": 2, "checkpoint_every": 4, "keep_checkpoints": 5,
+                                 "wandb_mode": "disabled", **trainer_kw}),
     )
 
 

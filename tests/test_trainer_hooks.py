@@ -83,6 +83,49 @@ def test_consecutive_loss_spikes_roll_back_to_the_last_checkpoint(run_dir):  # n
     assert records[3]["data"][0]["samples"] == records[3]["consumed"] - records[2]["consumed"]
 
 
+def train_spiky_stopping_at(job, stop_at):
+    import os
+    import signal
+
+    from train.distributed import init_distributed
+    from train.trainer import Trainer
+
+    class SpikyStopping(Trainer):
+        def train_step(self):
+            if self.step == stop_at - 1:
+                os.kill(os.getpid(), signal.SIGUSR1)  # checkpoint after step `stop_at`, then stop
+            return super().train_step()
+
+        def loss(self, batch, z_loss=None):
+            loss = super().loss(batch, z_loss)
+            return loss * 100 if self.step in (5, 8) and self.model.training else loss
+
+    trainer = SpikyStopping(job, init_distributed())
+    trainer.fit()
+    return trainer.skipped_steps
+
+
+def test_loop_state_survives_a_resume(run_dir, tmp_path):  # noqa: F811
+    """Spike detection with a 3-step window and spikes just after the stop: the resumed run must judge and log
+    every step as the uninterrupted run does (failed before the loop state was checkpointed: the empty window
+    let the first spike through, and the step-6 row averaged two steps instead of three)."""
+    other = tmp_path / "interrupted"
+    shutil.copytree(run_dir / "data", other / "data")
+    kw = dict(steps=10, spike_sigmas=3.0, spike_window=3, log_every=3)
+    straight, interrupted = make_job(run_dir, **kw), make_job(other, **kw)
+    assert run_distributed(train_spiky_stopping_at, 1, straight, 99) == [2]
+    run_distributed(train_spiky_stopping_at, 1, interrupted, 4)
+    assert [p.name for p in (other / "checkpoints").glob("step_*")] == ["step_0000004"]
+    assert run_distributed(train_spiky_stopping_at, 1, interrupted, 99) == [2]
+
+    def rows(d):
+        return [(r["step"], r["train_loss"], r["skipped_steps"])
+                for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
+
+    assert [s for s, _, _ in rows(run_dir)] == [3, 6, 9, 10]
+    assert rows(other) == rows(run_dir)
+
+
 def test_profiler_hook_writes_a_trace(run_dir):  # noqa: F811
     job = make_job(run_dir, steps=5, profile_start=2, profile_steps=2)
     run_distributed(train_and_report, 2, job)

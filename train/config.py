@@ -11,13 +11,35 @@ from model.config import ModelConfig
 SCHEDULES = ("cosine", "wsd", "constant")
 BACKENDS = ("fsdp2", "hsdp", "ddp", "deepspeed")
 PEAK_FLOPS = {
-    # Dense bf16 tensor-core peak per device, FLOP/s, from the vendors' datasheets (without sparsity).
+    # Dense bf16 tensor-core peak per device, FLOP/s, without sparsity, from the vendors' datasheets:
+    # NVIDIA A100 datasheet 312 TFLOP/s; L4 121, L40 181 and L40S 362 (half of 242 / 362 / 733 with sparsity); H100 datasheet
+    # SXM 989, PCIe 756, NVL 835 (half of 1,979 / 1,513 / 1,671); H200 SXM 989; H20 148; HGX B200 2,250 per GPU
+    # (4.5 PFLOP/s with sparsity); GB200 NVL72 2,500 per GPU (360 PFLOP/s sparse over 72). AMD Instinct
+    # datasheets: MI300X and MI325X 1,307 TFLOP/s, MI250X 383.
+    "a100": 312e12,
+    "l4": 121e12,
+    "l40s": 362e12,
+    "l40": 181e12,
     "h100_sxm": 989e12,
+    "h100_pcie": 756e12,
+    "h100_nvl": 835e12,
     "h200": 989e12,
+    "h20": 148e12,
     "b200": 2250e12,
+    "gb200": 2500e12,
+    "mi300x": 1307e12,
+    "mi325x": 1307e12,
+    "mi250x": 383e12,
     # A nominal figure so that MFU arithmetic runs (and is tested) on CPU; not a measured peak.
     "cpu": 1e12,
 }
+
+
+def _is_positive_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -104,7 +126,8 @@ class TrainerConfig:
     spike_rollback_after: int = 3
     """``rollback``: consecutive spikes that trigger a rollback."""
     device_peak: str = "auto"
-    """Peak FLOP/s used for MFU: a key of ``PEAK_FLOPS`` or ``auto`` (from the CUDA device name; ``cpu`` without)."""
+    """Peak used for MFU: a key of ``PEAK_FLOPS``, a number in TFLOP/s (dense bf16 of your device), or ``auto``
+    (the CUDA device's name looked up in ``PEAK_FLOPS``, refused for a GPU not there; ``cpu``'s nominal without)."""
     log_every: int = 10
     """Steps between training-loss log lines."""
     val_every: int = 100
@@ -152,9 +175,10 @@ class TrainerConfig:
             raise ValueError("trainer.spike_sigmas must be >= 0, spike_window >= 2, spike_action skip, stop or rollback")
         if self.spike_rollback_after < 1 or self.profile_start < 0 or self.profile_steps < 0:
             raise ValueError("trainer.spike_rollback_after must be >= 1; profile_start and profile_steps >= 0")
-        if self.device_peak != "auto" and self.device_peak not in PEAK_FLOPS:
-            raise ValueError(f"trainer.device_peak must be auto or one of {sorted(PEAK_FLOPS)}, "
-                             f"got {self.device_peak!r}")
+        if self.device_peak != "auto" and self.device_peak not in PEAK_FLOPS and not _is_positive_number(
+                self.device_peak):
+            raise ValueError(f"trainer.device_peak must be auto, a peak in TFLOP/s (e.g. 400) or one of "
+                             f"{sorted(PEAK_FLOPS)}, got {self.device_peak!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"trainer.backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.activation_checkpointing not in ("none", "full", "selective") or self.ac_every < 1:

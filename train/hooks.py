@@ -29,6 +29,13 @@ class Hook:
     def on_fit_end(self, trainer) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """What the hook carries across a checkpoint (loaded after ``on_fit_start`` on resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class MetricsHook(Hook):
     """Every ``log_every`` steps: training loss (mean of the applied steps), grad norm, learning rate,
@@ -36,6 +43,13 @@ class MetricsHook(Hook):
 
     def on_fit_start(self, trainer) -> None:
         self._new_window(trainer)
+
+    def state_dict(self) -> dict:
+        """The losses of the open logging window, so a resumed run logs the same means."""
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = list(state["losses"])
 
     def _new_window(self, trainer) -> None:
         """Start the next logging window: its losses, step count, clock and data-loader wait."""
@@ -55,6 +69,7 @@ class MetricsHook(Hook):
         metrics |= {"grad_norm": result.grad_norm, "lr": result.lr, "tokens_per_s": tokens_per_s,
                     "tokens_per_s_per_device": per_device,
                     "mfu": mfu(trainer.job.model, trainer.job.data.seq_len, per_device, trainer.peak_flops),
+                    "mfu_peak": trainer.peak_name,
                     "data_wait_s": trainer.data_wait, "skipped_steps": trainer.skipped_steps,
                     "peak_memory_mb": peak_memory_mb(trainer.dist.device)}
         trainer.log_metrics(metrics)

@@ -14,15 +14,35 @@ from model.config import ModelConfig
 from train.config import PEAK_FLOPS
 
 
+GPU_NAMES = (
+    # (substring of torch.cuda.get_device_name(), upper case; PEAK_FLOPS key), most specific first.
+    ("GB200", "gb200"), ("B200", "b200"), ("H200", "h200"), ("H100 NVL", "h100_nvl"), ("H100 PCIE", "h100_pcie"),
+    ("H100", "h100_sxm"), ("H800", "h100_sxm"), ("H20", "h20"), ("A100", "a100"), ("A800", "a100"),
+    ("L40S", "l40s"), ("L40", "l40"), ("L4", "l4"), ("MI325X", "mi325x"), ("MI300X", "mi300x"), ("MI250X", "mi250x"),
+)
+"""H800 and A800 are the export variants of H100 SXM and A100 with the same tensor-core peak."""
+
+
+def peak_for_gpu(name: str) -> tuple[str, float]:
+    """(PEAK_FLOPS key, FLOP/s) for a CUDA device name, or a ValueError asking for ``trainer.device_peak``."""
+    upper = name.upper()
+    for marker, key in GPU_NAMES:
+        if marker in upper:
+            return key, PEAK_FLOPS[key]
+    raise ValueError(
+        f"trainer.device_peak=auto does not know the peak of {name!r} (known: {', '.join(m for m, _ in GPU_NAMES)}): "
+        "set trainer.device_peak=<dense bf16 TFLOP/s from its datasheet>, e.g. trainer.device_peak=400")
+
+
 def device_peak_flops(setting: str, device: torch.device) -> tuple[str, float]:
-    """(name, peak FLOP/s) for ``trainer.device_peak``; ``auto`` reads the CUDA device name."""
-    if setting != "auto":
+    """(name, peak FLOP/s) for ``trainer.device_peak``: a ``PEAK_FLOPS`` key, a number in TFLOP/s, or ``auto``
+    (the CUDA device's name; CPU's nominal 1 TFLOP/s without a GPU)."""
+    if setting in PEAK_FLOPS:
         return setting, PEAK_FLOPS[setting]
+    if setting != "auto":
+        return f"{float(setting):g} TFLOP/s", float(setting) * 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device).upper()
-        for key, marker in (("b200", "B200"), ("h200", "H200"), ("h100_sxm", "H100")):
-            if marker in name:
-                return key, PEAK_FLOPS[key]
+        return peak_for_gpu(torch.cuda.get_device_name(device))
     return "cpu", PEAK_FLOPS["cpu"]
 
 
@@ -55,3 +75,10 @@ class SpikeDetector:
                 return True
         self.history.append(loss)
         return False
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history.clear()
+        self.history.extend(state["history"])

@@ -113,6 +113,7 @@ class Trainer:
         self.saved_step = -1
         self.data_wait = 0.0
         self.last: dict[str, float] = {}
+        self.hook_state: dict[str, dict] = {}
         self.spikes = SpikeDetector(tc.spike_sigmas, tc.spike_window)
         self.peak_name, self.peak_flops = device_peak_flops(tc.device_peak, dist_info.device)
         self.stop_requested = self.preempted = False
@@ -145,7 +146,8 @@ class Trainer:
         tc = self.job.trainer
         state = {"step": self.step, "backend": tc.backend, "world": self.dist.world, "config": asdict(self.job),
                  "data": self.loader.state_dict(), "skipped_steps": self.skipped_steps,
-                 "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)}}
+                 "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)},
+                 "loop": self.loop_state()}
         save_rng(tmp, self.dist.device)
         record = self.recorder.checkpoint(tmp, self.engine, self.step, self.loader.consumed,
                                  {"skipped_steps": self.skipped_steps, "backend": tc.backend, "world": self.dist.world,
@@ -158,6 +160,19 @@ class Trainer:
         self.engine.save(tmp, on_done=on_done)
         self.saved_step = self.step
         return final
+
+    def loop_state(self) -> dict:
+        """Everything in the loop that a later decision or log line depends on: the spike detector's window,
+        the consecutive-spike and rollback counts, the last logged values and each hook's own state."""
+        return {"spikes": self.spikes.state_dict(), "consecutive_spikes": self.consecutive_spikes,
+                "rollbacks": self.rollbacks, "last": dict(self.last),
+                "hooks": {type(h).__name__: h.state_dict() for h in self.hooks}}
+
+    def load_loop_state(self, state: dict) -> None:
+        self.spikes.load_state_dict(state["spikes"])
+        self.consecutive_spikes, self.rollbacks = state["consecutive_spikes"], state["rollbacks"]
+        self.last = dict(state["last"])
+        self.hook_state = state["hooks"]
 
     def resume_from(self) -> Path | None:
         resume = self.job.trainer.resume
@@ -180,6 +195,8 @@ class Trainer:
         state = read_state(ckpt)
         self.step = self.saved_step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        if "loop" in state:  # checkpoints written before the loop state was saved start it afresh
+            self.load_loop_state(state["loop"])
         self.loader.load_state_dict(state["data"])
         if not load_rng(ckpt, self.dist.device):
             log.info("no random-generator state for rank %d in %s (written by %d ranks)", self.dist.rank, ckpt,
@@ -302,6 +319,8 @@ class Trainer:
             self.recorder.start(self.engine)
         for hook in self.hooks:
             hook.on_fit_start(self)
+            if type(hook).__name__ in self.hook_state:
+                hook.load_state_dict(self.hook_state[type(hook).__name__])
         while self.step < self.job.trainer.steps:
             result = self.train_step()
             for hook in self.hooks:
