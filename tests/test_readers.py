@@ -56,3 +56,12 @@ def test_both_stages_read_the_same_sources(files):
     # A folder: every supported file, sorted (a.jsonl, b.txt, c.parquet, my_dataset/...).
     folder = list(data_documents(DataSource(name="all", path=str(files), text_field="body")))
     assert folder == DOCS * 4
+
+
+@pytest.mark.parametrize("line, column", [(b'{"body": oops}\n', 10), (b'{"body": "a"\n', 13), (b'{"body": "a"}}\r\n', 14)])
+def test_a_malformed_jsonl_line_is_named_with_its_column(tmp_path, line, column):
+    """Failed before: the message had no column (the newline was decoded with the line)."""
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"body": "fine"}\n' + line)
+    with pytest.raises(CorpusError, match=rf"bad.jsonl:2: not valid JSON \(.* at column {column}\)"):
+        list(iter_texts(str(path), "body", "x"))

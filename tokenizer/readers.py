@@ -57,9 +57,10 @@ def iter_file_texts(path: Path, text_field: str, field_hint: str,
                 yield line.rstrip("\n")
                 continue
             try:
-                doc = json.loads(line)
+                doc = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                _bad(CorpusError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line"), on_bad)
+                _bad(CorpusError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}); fix or "
+                                 "remove the line"), on_bad)
                 yield None
                 continue
             text = doc.get(text_field) if isinstance(doc, dict) else None
