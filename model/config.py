@@ -90,8 +90,8 @@ class ModelConfig:
     attention_backend: str = "auto"
     """``auto`` (by the features in use: SDPA for one causal document per row; with packed documents or a
     window flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else SDPA;
-    ``model.attention`` says why), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa`` (PyTorch, explicit mask for
-    documents/windows)."""
+    ``model.attention`` says why), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa``
+    (PyTorch, explicit mask for documents/windows)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rope, dict):

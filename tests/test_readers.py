@@ -58,7 +58,8 @@ def test_both_stages_read_the_same_sources(files):
     assert folder == DOCS * 4
 
 
-@pytest.mark.parametrize("line, column", [(b'{"body": oops}\n', 10), (b'{"body": "a"\n', 13), (b'{"body": "a"}}\r\n', 14)])
+@pytest.mark.parametrize("line, column", [(b'{"body": oops}\n', 10), (b'{"body": "a"\n', 13),
+                                          (b'{"body": "a"}}\r\n', 14)])
 def test_a_malformed_jsonl_line_is_named_with_its_column(tmp_path, line, column):
     """Failed before: the message had no column (the newline was decoded with the line)."""
     path = tmp_path / "bad.jsonl"

@@ -12,9 +12,9 @@ SCHEDULES = ("cosine", "wsd", "constant")
 BACKENDS = ("fsdp2", "hsdp", "ddp", "deepspeed")
 PEAK_FLOPS = {
     # Dense bf16 tensor-core peak per device, FLOP/s, without sparsity, from the vendors' datasheets:
-    # NVIDIA A100 datasheet 312 TFLOP/s; L4 121, L40 181 and L40S 362 (half of 242 / 362 / 733 with sparsity); H100 datasheet
-    # SXM 989, PCIe 756, NVL 835 (half of 1,979 / 1,513 / 1,671); H200 SXM 989; H20 148; HGX B200 2,250 per GPU
-    # (4.5 PFLOP/s with sparsity); GB200 NVL72 2,500 per GPU (360 PFLOP/s sparse over 72). AMD Instinct
+    # NVIDIA A100 datasheet 312 TFLOP/s; L4 121, L40 181 and L40S 362 (half of 242 / 362 / 733 with sparsity);
+    # H100 datasheet SXM 989, PCIe 756, NVL 835 (half of 1,979 / 1,513 / 1,671); H200 SXM 989; H20 148;
+    # HGX B200 2,250 per GPU (4.5 PFLOP/s with sparsity); GB200 NVL72 2,500 per GPU (360 PFLOP/s sparse over 72). AMD Instinct
     # datasheets: MI300X and MI325X 1,307 TFLOP/s, MI250X 383.
     "a100": 312e12,
     "l4": 121e12,
