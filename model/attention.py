@@ -22,11 +22,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from model.kernels import require_triton, triton_available
 
 log = logging.getLogger("kfm.model")
 
@@ -76,10 +77,6 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 @functools.cache
 def _log_choice(choice: str, why: str) -> None:
     log.info("attention_backend=auto: %s (%s)", choice, why)
@@ -101,11 +98,7 @@ def resolve_backend(backend: str, q: torch.Tensor, docs: Documents | None = None
         _log_choice(choice, why)
         return choice
     if backend == "triton":
-        if not triton_available():
-            raise RuntimeError("model.attention_backend=triton but triton is not installed: `pip install triton`")
-        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(f"model.attention_backend=triton needs CUDA tensors (got {q.device}), or "
-                               "TRITON_INTERPRET=1 to run the kernel in Triton's interpreter on CPU (slow; tests)")
+        require_triton("model.attention_backend=triton", q)
     if backend == "flash_attn":
         if not flash_attn_available():
             raise RuntimeError("model.attention_backend=flash_attn but flash-attn is not installed: "

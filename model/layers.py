@@ -12,12 +12,17 @@ from torch import nn
 
 from model.attention import Documents, attention
 from model.config import ModelConfig
+from model.kernels import require_triton, triton_available
 from model.rope import Rotary
 
 
 def use_triton(setting: str, x: torch.Tensor) -> bool:
-    """Whether ``model.kernels`` = ``setting`` runs the Triton kernels on ``x``."""
-    return setting == "triton" or (setting == "auto" and x.is_cuda)
+    """Whether ``model.kernels`` = ``setting`` runs the Triton kernels on ``x``: ``auto`` on CUDA tensors when
+    Triton is installed; ``triton`` always, with a clear error when they cannot run."""
+    if setting == "triton":
+        require_triton("model.kernels=triton", x)
+        return True
+    return setting == "auto" and x.is_cuda and triton_available()
 
 
 class RMSNorm(nn.Module):

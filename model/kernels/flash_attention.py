@@ -22,11 +22,12 @@ bf16 operands wrongly.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from model.kernels import interpreting
 
 
 @triton.jit
@@ -188,10 +189,6 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DOC, DOC_START, DQ, scale, seq_len, 
     tl.store(DQ + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def document_bounds(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token: the index where its document starts, and one past where it ends (int32, (batch, seq))."""
     bsz, seq = doc_ids.shape
@@ -206,7 +203,7 @@ def document_bounds(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _blocks(head_dim: int) -> dict:
-    small = _interpreting()
+    small = interpreting()
     return dict(BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=16 if small else 64,
                 BLOCK_N=16 if small else 64)
 
@@ -223,7 +220,7 @@ def _forward(q, k, v, doc_ids, window: int):
     blocks = _blocks(dim)
     grid = (triton.cdiv(seq, blocks["BLOCK_M"]), bsz * heads)
     _fwd_kernel[grid](q, k, v, out, lse, doc_ids, start, 1.0 / math.sqrt(dim), seq, heads, k.shape[1],
-                      *_strides(q, k), HEAD_DIM=dim, WINDOW=window, UPCAST=_interpreting(), **blocks)
+                      *_strides(q, k), HEAD_DIM=dim, WINDOW=window, UPCAST=interpreting(), **blocks)
     return out, lse
 
 
@@ -234,7 +231,7 @@ def _backward(q, k, v, out, lse, dout, doc_ids, window: int):
     start, end = document_bounds(doc_ids)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     blocks = _blocks(dim)
-    common = dict(HEAD_DIM=dim, WINDOW=window, UPCAST=_interpreting(), **blocks)
+    common = dict(HEAD_DIM=dim, WINDOW=window, UPCAST=interpreting(), **blocks)
     scale = 1.0 / math.sqrt(dim)
     _bwd_dkdv_kernel[(triton.cdiv(seq, blocks["BLOCK_N"]), bsz * k.shape[1])](
         q, k, v, dout, lse, delta, doc_ids, end, dk, dv, scale, seq, heads, k.shape[1], *_strides(q, k), **common)

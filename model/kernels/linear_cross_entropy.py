@@ -20,55 +20,13 @@ per-row log-sum-exp, loss and in-place logits gradient are a Triton kernel (``_c
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
 from model.loss import cross_entropy_loss
-
-CE_BLOCK = 1024
-
 
 def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                    ignore_index: int = -100, z_loss: float = 0.0) -> torch.Tensor:
     """The plain computation: full logits, then ``model.loss.cross_entropy_loss``."""
     return cross_entropy_loss((hidden @ weight.T)[None], targets[None], ignore_index, z_loss)
-
-
-@triton.jit
-def _ce_rows_kernel(LOGITS, TARGETS, LOSS, stride, vocab, z_loss, scale, ignore_index,
-                    WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    base = LOGITS + row * stride
-    cols = tl.arange(0, BLOCK)
-    t = tl.load(TARGETS + row)
-    keep = t != ignore_index
-    t_safe = tl.where(keep, t, 0)
-    m = tl.load(base).to(tl.float32)
-    s = m * 0.0
-    for start in range(0, vocab, BLOCK):  # online log-sum-exp over the vocabulary
-        x = tl.load(base + start + cols, mask=start + cols < vocab, other=float("-inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-        m = m_new
-    lse = m + tl.log(s)
-    picked = tl.load(base + t_safe).to(tl.float32)
-    tl.store(LOSS + row, tl.where(keep, lse - picked + z_loss * lse * lse, 0.0))
-    if WRITE_GRAD:  # d loss / d logits, over the logits in place
-        coef = tl.where(keep, scale, 0.0)
-        for start in range(0, vocab, BLOCK):
-            offs = start + cols
-            ok = offs < vocab
-            x = tl.load(base + offs, mask=ok, other=0.0).to(tl.float32)
-            g = tl.exp(x - lse) * (1.0 + 2.0 * z_loss * lse)
-            g = tl.where(offs == t_safe, g - 1.0, g) * coef
-            tl.store(base + offs, g, mask=ok)
-
-
-def _ce_rows_triton(logits, t, keep, ignore_index: int, z_loss: float, scale: float, write_grad: bool):
-    loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
-    _ce_rows_kernel[(logits.shape[0],)](logits, t, loss, logits.stride(0), logits.shape[1], z_loss, scale,
-                                        ignore_index, WRITE_GRAD=write_grad, BLOCK=CE_BLOCK)
-    return loss.sum()
 
 
 def _ce_rows_torch(logits, t, keep, ignore_index: int, z_loss: float, scale: float, write_grad: bool):
@@ -95,7 +53,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if needs_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        rows = _ce_rows_triton if use_triton else _ce_rows_torch
+        if use_triton:
+            from model.kernels.ce_rows import ce_rows_triton as rows
+        else:
+            rows = _ce_rows_torch
         want_grad = grad_h is not None or grad_w is not None
         for lo in range(0, n, chunk):
             h, t, keep = hidden[lo : lo + chunk], targets[lo : lo + chunk], valid[lo : lo + chunk]
