@@ -22,7 +22,7 @@ from model import ModelConfig, Transformer
 from tokenizer.hf import load_sentencepiece, save_hf_tokenizer
 from train.checkpoint import STATE_FILE, resolve_checkpoint
 from train.engine import load_model_weights
-from train.hf_convert import hf_architecture, to_hf_config, to_hf_state_dict
+from train.hf_convert import add_transformers4_keys, hf_architecture, to_hf_config, to_hf_state_dict
 from train.model_card import last_eval, model_card
 from train.provenance import Ledger, code_version, envelope, now, read_chain, write_chain
 from train.signing import Signer
@@ -147,6 +147,7 @@ def export_model(model: Transformer, cfg: ModelConfig, tokenizer_dir: Path, out_
         raise RuntimeError(f"HF conversion mismatch: missing {missing}, unexpected {unexpected}")
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.to(getattr(torch, dtype)).save_pretrained(str(out_dir), safe_serialization=True, max_shard_size="5GB")
+    add_transformers4_keys(out_dir / "config.json", cfg, dtype)
     GenerationConfig(bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id(), pad_token_id=sp.pad_id(),
                      max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
                      repetition_penalty=1.1).save_pretrained(str(out_dir))

@@ -7,7 +7,9 @@ stock class a config matches (or names the feature none of them has).
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import torch
 
@@ -120,6 +122,24 @@ def hf_rope_parameters(cfg: ModelConfig) -> dict:
     if r.scaling == "yarn":
         params.update(beta_fast=r.beta_fast, beta_slow=r.beta_slow)
     return params
+
+
+def add_transformers4_keys(config_json: Path, cfg: ModelConfig, dtype: str) -> None:
+    """Also write the keys transformers 4.x reads (``rope_theta``, ``rope_scaling``, ``torch_dtype``) into a
+    ``config.json`` that transformers 5 wrote with ``rope_parameters`` and ``dtype`` only: without them 4.x
+    silently runs RoPE at its default theta of 10000. Both versions read the result the same way
+    (tests/test_hf_export.py loads it under ``TRANSFORMERS4_FLOOR``)."""
+    data = json.loads(config_json.read_text(encoding="utf-8"))
+    rope = hf_rope_parameters(cfg)
+    data["rope_theta"] = rope["rope_theta"]
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    data["rope_scaling"] = None if scaling["rope_type"] == "default" else scaling
+    data["torch_dtype"] = dtype
+    config_json.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+TRANSFORMERS4_FLOOR = "4.54.0"
+"""The oldest transformers an export loads in (EXAONE 4 arrived in 4.54.0); ``pyproject.toml`` states it."""
 
 
 def to_hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2, pad_id: int = 3, dtype: str = "float32"):
