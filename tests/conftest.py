@@ -8,7 +8,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if not os.path.exists("/dev/nvidia0"):  # no GPU: Triton kernels run in its interpreter, on CPU tensors
+import torch  # noqa: E402
+
+# No GPU: Triton kernels run in its interpreter, on CPU tensors. With one, the kernel tests put their tensors on
+# it (tests.helpers.KERNEL_DEVICE) and the kernels run compiled.
+if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tests.helpers import write_tiny_corpus  # noqa: E402

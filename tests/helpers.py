@@ -14,6 +14,9 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+"""Where the Triton kernel tests put their tensors: compiled on a GPU, under the interpreter on CPU (conftest)."""
+
 KO_SENTENCES = [
     "대한민국은 민주공화국이다.",
     "대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다.",

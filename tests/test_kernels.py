@@ -1,9 +1,18 @@
-"""Triton kernels against their PyTorch references (on CPU under TRITON_INTERPRET=1, set in conftest)."""
+"""Triton kernels against their PyTorch references.
+
+Where a GPU exists the kernels run compiled on CUDA tensors (``DEVICE``); elsewhere on CPU tensors under Triton's
+interpreter (``TRITON_INTERPRET=1``, set in conftest). The interpreter runs a different configuration from the
+GPU: half-precision ``tl.dot`` operands are upcast to fp32 there (the interpreter multiplies bf16 operands
+wrongly) and the attention kernel uses 16-wide blocks (``model.kernels.flash_attention._blocks``), so a pass
+here on CPU says nothing about the GPU's block sizes or its half-precision products; ``make test`` on a GPU
+node runs them.
+"""
 
 import pytest
 import torch
 
 from model.kernels.rms_norm import rms_norm, rms_norm_reference
+from tests.helpers import KERNEL_DEVICE as DEVICE
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
@@ -13,11 +22,11 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_rms_norm_matches_reference_forward_and_backward(shape, dtype, with_residual):
     g = torch.Generator().manual_seed(sum(shape))
-    x = torch.randn(shape, generator=g).to(dtype).requires_grad_()
-    w = (torch.rand(shape[-1], generator=g) + 0.5).to(dtype).requires_grad_()
-    r = torch.randn(shape, generator=g).to(dtype).requires_grad_() if with_residual else None
-    dy = torch.randn(shape, generator=g).to(dtype)
-    dsum = torch.randn(shape, generator=g).to(dtype) if with_residual else None
+    x = torch.randn(shape, generator=g).to(DEVICE, dtype).requires_grad_()
+    w = (torch.rand(shape[-1], generator=g) + 0.5).to(DEVICE, dtype).requires_grad_()
+    r = torch.randn(shape, generator=g).to(DEVICE, dtype).requires_grad_() if with_residual else None
+    dy = torch.randn(shape, generator=g).to(DEVICE, dtype)
+    dsum = torch.randn(shape, generator=g).to(DEVICE, dtype) if with_residual else None
 
     def run(fn):
         for t in (x, w, r):
@@ -56,15 +65,15 @@ def test_flash_attention_matches_reference_forward_and_backward(case, dtype):
 
     bsz, heads, kv_heads, seq, dim, window, layout = case
     g = torch.Generator().manual_seed(seq)
-    q, k, v = (torch.randn(bsz, h, seq, dim, generator=g).to(dtype).requires_grad_()
+    q, k, v = (torch.randn(bsz, h, seq, dim, generator=g).to(DEVICE, dtype).requires_grad_()
                for h in (heads, kv_heads, kv_heads))
-    dout = torch.randn(bsz, heads, seq, dim, generator=g).to(dtype)
-    docs = Documents.from_cu_seqlens([torch.tensor(c) for c in layout], seq) if layout else None
+    dout = torch.randn(bsz, heads, seq, dim, generator=g).to(DEVICE, dtype)
+    docs = Documents.from_cu_seqlens([torch.tensor(c) for c in layout], seq, DEVICE) if layout else None
     out = flash_attention(q, k, v, docs.doc_ids if docs else None, window)
     out.backward(dout)
     got = [out, q.grad, k.grad, v.grad]
     q.grad = k.grad = v.grad = None
-    ref_out = reference_attention(q.float(), k.float(), v.float(), attention_mask(seq, docs, window))
+    ref_out = reference_attention(q.float(), k.float(), v.float(), attention_mask(seq, docs, window, DEVICE))
     ref_out.backward(dout.float())
     tol = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
     for name, a, b in zip(["out", "dq", "dk", "dv"], got, [ref_out, q.grad, k.grad, v.grad]):
@@ -79,8 +88,8 @@ def test_swiglu_matches_reference_forward_and_backward(shape, dtype):
     from model.kernels.swiglu import swiglu, swiglu_reference
 
     g = torch.Generator().manual_seed(len(shape))
-    a, b = (torch.randn(shape, generator=g).mul(3).to(dtype).requires_grad_() for _ in range(2))
-    dy = torch.randn(shape, generator=g).to(dtype)
+    a, b = (torch.randn(shape, generator=g).mul(3).to(DEVICE, dtype).requires_grad_() for _ in range(2))
+    dy = torch.randn(shape, generator=g).to(DEVICE, dtype)
     got = swiglu(a, b)
     got.backward(dy)
     ga, gb = a.grad, b.grad
@@ -101,13 +110,14 @@ def test_rope_matches_reference_forward_and_backward(heads, kv_heads, dim, dtype
     from model.rope import rope_tables
 
     bsz, seq = 2, 13
-    cos, sin = rope_tables(dim, 64, RopeConfig(scaling="yarn", factor=4.0, original_max_seq_len=16))
+    cos, sin = (t.to(DEVICE) for t in rope_tables(dim, 64, RopeConfig(scaling="yarn", factor=4.0,
+                                                                       original_max_seq_len=16)))
     g = torch.Generator().manual_seed(dim)
-    q = torch.randn(bsz, seq, heads, dim, generator=g).to(dtype).requires_grad_()
-    k = torch.randn(bsz, seq, kv_heads, dim, generator=g).to(dtype).requires_grad_()
+    q = torch.randn(bsz, seq, heads, dim, generator=g).to(DEVICE, dtype).requires_grad_()
+    k = torch.randn(bsz, seq, kv_heads, dim, generator=g).to(DEVICE, dtype).requires_grad_()
     positions = (torch.tensor([list(range(5)) + list(range(8)), list(range(3, 16))]) if packed
-                 else torch.arange(seq).expand(bsz, seq))
-    dq, dk = torch.randn(q.shape, generator=g).to(dtype), torch.randn(k.shape, generator=g).to(dtype)
+                 else torch.arange(seq).expand(bsz, seq)).to(DEVICE)
+    dq, dk = torch.randn(q.shape, generator=g).to(DEVICE, dtype), torch.randn(k.shape, generator=g).to(DEVICE, dtype)
     qo, ko = apply_rope_qk(q, k, cos, sin, positions if packed else None)
     (qo.float() * dq.float()).sum().add((ko.float() * dk.float()).sum()).backward()
     got = [qo, ko, q.grad, k.grad]
@@ -125,14 +135,15 @@ def test_model_with_triton_kernels_equals_plain_pytorch(variant):
     from tests.test_model_features import BASE, VARIANTS
 
     layouts = [[5, 11, 1, 7], [24]]
-    tokens = torch.randint(0, BASE["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, BASE["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     cu = [torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()]) for lens in layouts]
-    positions = torch.stack([torch.cat([torch.arange(n) for n in lens]) for lens in layouts])
+    positions = torch.stack([torch.cat([torch.arange(n) for n in lens]) for lens in layouts]).to(DEVICE)
     results = []
     for kernels, backend in (("torch", "sdpa"), ("triton", "triton")):
         m = Transformer(ModelConfig(**{**BASE, **VARIANTS[variant], "kernels": kernels,
                                        "attention_backend": backend}))
         m.init_weights(seed=0)
+        m.to(DEVICE)
         loss = m(tokens, positions, cu, targets=torch.roll(tokens, -1, 1))
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in m.named_parameters()}))

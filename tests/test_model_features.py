@@ -14,6 +14,7 @@ from model.attention import Documents, attention, attention_mask
 from model.config import RopeConfig
 from model.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from model.loss import cross_entropy_loss
+from tests.helpers import KERNEL_DEVICE
 from train.hf_convert import hf_architecture, to_hf_config, to_hf_state_dict
 
 BASE = dict(vocab_size=211, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
@@ -101,9 +102,11 @@ def reference_attention(q, k, v, allowed):
 @pytest.mark.parametrize("window", [0, 5])
 @pytest.mark.parametrize("with_docs", [False, True])
 def test_attention_backends_agree(backend, window, with_docs):
-    q, k, v = _qkv(2, 8, 2, 37, 16, torch.float32)
-    docs = Documents.from_cu_seqlens([torch.tensor([0, 10, 11, 37]), torch.tensor([0, 37])], 37) if with_docs else None
-    allowed = attention_mask(37, docs, window)
+    device = KERNEL_DEVICE if backend == "triton" else "cpu"  # compiled on a GPU, interpreted on CPU
+    q, k, v = (t.to(device) for t in _qkv(2, 8, 2, 37, 16, torch.float32))
+    docs = (Documents.from_cu_seqlens([torch.tensor([0, 10, 11, 37]), torch.tensor([0, 37])], 37, device)
+            if with_docs else None)
+    allowed = attention_mask(37, docs, window, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FlexAttention warns that it runs uncompiled on CPU
         got = attention(q, k, v, docs, window, backend)
@@ -197,17 +200,18 @@ def test_chunked_linear_cross_entropy_equals_reference(n, vocab, dim, chunk, z, 
     """Loss within ``tol`` absolute; each gradient within ``tol`` of its own largest magnitude, a bound that a
     gradient 10% off fails (asserted below; the former absolute 2e-2 for bf16 was 22-84% of the largest
     gradient at three of these shapes)."""
+    device = KERNEL_DEVICE if use_triton else "cpu"  # the Triton kernel compiled on a GPU, interpreted on CPU
     g = torch.Generator().manual_seed(n)
-    h = torch.randn(n, dim, generator=g).to(dtype).requires_grad_()
-    w = (torch.randn(vocab, dim, generator=g) / dim**0.5).to(dtype).requires_grad_()
-    t = torch.randint(0, vocab, (n,), generator=g)
+    h = torch.randn(n, dim, generator=g).to(device, dtype).requires_grad_()
+    w = (torch.randn(vocab, dim, generator=g) / dim**0.5).to(device, dtype).requires_grad_()
+    t = torch.randint(0, vocab, (n,), generator=g).to(device)
     t[::4] = -100
     got = linear_cross_entropy(h, w, t, z_loss=z, chunk=chunk, use_triton=use_triton)
-    got.backward(torch.tensor(3.0))
+    got.backward(torch.tensor(3.0, device=device))
     gh, gw = h.grad, w.grad
     h.grad = w.grad = None
     ref = linear_cross_entropy_reference(h.float(), w.float(), t, z_loss=z)
-    ref.backward(torch.tensor(3.0))
+    ref.backward(torch.tensor(3.0, device=device))
     assert got.dtype == torch.float32 and abs(got.item() - ref.item()) < tol
     assert gh.dtype == dtype and close_relative(gh, h.grad, tol)
     assert gw.dtype == dtype and close_relative(gw, w.grad, tol)
