@@ -7,16 +7,15 @@ Gopher-style repetition for prose). Thresholds live in ``CleanConfig``.
 
 from __future__ import annotations
 
-import html
 import re
 import unicodedata
 from collections import Counter
 
 from data_pipeline.config import CleanConfig
+from data_pipeline.markup import strip_markup
 from data_pipeline.pii import scrub
 from data_pipeline.text import hangul_share
 
-_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>", re.S)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff]")
 _BLANK_RUN = re.compile(r"\n{3,}")
 BOILERPLATE = re.compile(
@@ -27,12 +26,16 @@ BOILERPLATE = re.compile(
 )
 
 
-def normalize_text(text: str, lang: str) -> str:
-    """NFC, ``\\n`` line endings, no control characters (tabs and newlines kept), no stray markup."""
+def normalize_text(text: str, lang: str, counts: Counter | None = None) -> str:
+    """NFC, ``\\n`` line endings, no control characters (tabs and newlines kept), no leftover HTML tags
+    (``data_pipeline.markup``; counted as ``markup_tags_removed`` and ``markup_chars_removed``)."""
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
-    if lang != "code" and ("<" in text or "&" in text):
-        text = html.unescape(_TAG.sub("", text))
+    if lang != "code":
+        text, tags, chars = strip_markup(text)
+        if counts is not None and tags:
+            counts["markup_tags_removed"] += tags
+            counts["markup_chars_removed"] += chars
     return _BLANK_RUN.sub("\n\n", text)
 
 
@@ -70,7 +73,7 @@ def top_bigram_fraction(words: list[str]) -> float:
 
 def clean_document(text: str, lang: str, cfg: CleanConfig, counts: Counter) -> str | None:
     """The cleaned text, or ``None`` when a filter removes the document (``counts[removed_<filter>]``)."""
-    text = normalize_text(text, lang)
+    text = normalize_text(text, lang, counts)
     if cfg.boilerplate_lines and lang != "code":
         text = drop_boilerplate(text, cfg.boilerplate_max_line_chars, counts)
     if cfg.pii:
