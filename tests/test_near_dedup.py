@@ -2,8 +2,11 @@
 
 import random
 
+import numpy as np
+import pytest
+
 from data_pipeline.config import CleanConfig
-from data_pipeline.near_dedup import NearDuplicateIndex, shingle_hashes, shingles, signature
+from data_pipeline.near_dedup import NearDuplicateIndex, estimated_jaccard, shingle_hashes, shingles, signature
 
 SYLLABLES = [chr(c) for c in range(0xAC00, 0xD7A4, 7)]
 
@@ -54,3 +57,28 @@ def test_signature_estimates_jaccard():
         est = (signature(a, 256, 5) == signature(b, 256, 5)).mean()
         assert abs(est - true) < 0.12, (est, true)
     assert (signature(a, 128, 5) == signature(a, 128, 5)).all()
+
+
+def _pair_sharing_one_band(index: NearDuplicateIndex, agreement: float, rng: np.random.Generator):
+    """Two signatures that share the first LSH band and agree on ``agreement`` of all positions."""
+    a = rng.integers(0, 1 << 32, index.num_perm, dtype=np.uint64)
+    b = rng.integers(0, 1 << 32, index.num_perm, dtype=np.uint64)  # a fresh value differs from a's (2^-32)
+    rows = index.lsh.r
+    same = set(range(rows)) | set(rng.permutation(np.arange(rows, index.num_perm))[: round(agreement * index.num_perm)
+                                                                                  - rows].tolist())
+    b[list(same)] = a[list(same)]
+    return a, b
+
+
+@pytest.mark.parametrize("agreement, dropped", [(0.25, False), (0.35, False), (0.45, False), (0.5, True),
+                                                (0.7, True)])
+def test_a_band_collision_below_the_threshold_is_kept(agreement, dropped):
+    """A shared band only makes a candidate: the document goes when the estimated Jaccard similarity reaches
+    the threshold (0.5), not before (the band collision alone dropped all of these)."""
+    cfg, rng = CleanConfig(), np.random.default_rng(int(agreement * 100))
+    index = NearDuplicateIndex(cfg.near_threshold, cfg.near_num_perm)
+    a, b = _pair_sharing_one_band(index, agreement, rng)
+    assert estimated_jaccard(a, b) == pytest.approx(agreement, abs=0.5 / cfg.near_num_perm)
+    assert not index.seen("a", a)
+    assert index.candidates(b) == ["a"]  # the bands collide
+    assert index.seen("b", b) is dropped
