@@ -238,12 +238,14 @@ class DistributedLoader:
 
 
 def validation_batches(windows: TokenWindows, local_batch: int, rank: int, world: int, max_batches: int):
-    """The first ``max_batches`` global batches of a split in order, this rank's share of each."""
-    n = min(max_batches, len(windows) // (local_batch * world))
+    """The first ``max_batches`` global batches of a split (or one source's part of it) in order, this rank's
+    share of each. Held-out text smaller than one global batch is one batch of ``len(windows) // world``
+    windows a rank (every rank runs the same number of batches, as FSDP needs)."""
+    if len(windows) < local_batch * world:
+        local_batch = len(windows) // world
+    n = min(max_batches, len(windows) // (local_batch * world)) if local_batch else 0
     if n == 0:
-        raise ValueError(
-            f"the validation split has {len(windows)} windows, fewer than one global batch of {local_batch * world}"
-        )
+        raise ValueError(f"the validation split has {len(windows)} windows, fewer than one a rank ({world} ranks)")
     for b in range(n):
         lo = (b * world + rank) * local_batch
         yield to_batch([windows.window(j) for j in range(lo, lo + local_batch)])

@@ -82,7 +82,8 @@ def test_cleaning_counts_every_decision(tiny_tokenizer, tmp_path):
     c = manifest.stats["cleaning"]["ko"]
     assert c == {"docs_in": 7, "docs_kept": 3, "removed_exact_duplicate": 1, "removed_too_short": 1,
                  "removed_low_hangul": 1, "removed_repeated_lines": 1, "pii_phone": 1, "pii_email": 1,
-                 "lines_boilerplate": 1, "bytes_in": sum(len(d.encode()) for d in docs)}
+                 "lines_boilerplate": 1, "bytes_in": sum(len(d.encode()) for d in docs),
+                 "markup_tags_removed": 4, "markup_chars_removed": len("<p><b></b></p>")}
     sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
     text = sp.decode([int(t) for s in manifest.shards for t in np.fromfile(tmp_path / "out" / s.file,
                                                                           dtype=np.uint16)])

@@ -74,7 +74,8 @@ def model_card(cfg: ModelConfig, arch: str, state: dict, tokenizer_dir: Path, ev
     ]
     if evals:
         lines.append(f"- held-out validation at step {evals['step']}: loss {evals['val_loss']:.4f} nats/token"
-                     + (f", {evals['val_bpb']:.4f} bits/byte" if "val_bpb" in evals else ""))
+                     + (f", {evals['val_bpb']:.4f} bits/byte" if "val_bpb" in evals else "")
+                     + " (each source's held-out text, weighted by its held-out tokens)")
     else:
         lines.append("- no validation numbers were logged for this checkpoint")
     return "\n".join(lines) + "\n"

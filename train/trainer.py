@@ -26,6 +26,7 @@ from train.metrics import MetricsSink
 from train.optim import lr_at
 from train.recorder import Recorder
 from train.throughput import SpikeDetector, device_peak_flops
+from train.validation import held_out_aggregate, held_out_sources
 
 log = logging.getLogger("kfm.train")
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -77,15 +78,8 @@ class Trainer:
         data_dir = Path(job.data_dir) if job.data_dir else self.run_dir / "data"
         tc = job.trainer
         verify = job.data.verify_checksums
-        self.val_windows = TokenWindows(data_dir, "val", job.data.seq_len, verify=verify)
-        manifest = self.val_windows.manifest
-        world_batch = tc.local_batch_size * dist_info.world
-        self.val_sets = {"": self.val_windows}
-        if tc.val_per_source:
-            for source in sorted({s.source for s in manifest.split_shards("val")}):
-                windows = TokenWindows(data_dir, "val", job.data.seq_len, source, manifest)
-                if len(windows) >= world_batch:  # smaller held-out sets count only in the total
-                    self.val_sets[source] = windows
+        self.val_sets, self.val_tokens, manifest = held_out_sources(data_dir, job.data.seq_len, dist_info.world,
+                                                                    verify)
         stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
         self.recorder = Recorder(job, dist_info, data_dir, manifest, stream)
         init_state = None
@@ -98,6 +92,7 @@ class Trainer:
         check_tokenizer(self.run_dir, manifest, data_dir)
         token_bytes = data_dir / TOKEN_BYTES
         self.token_bytes = torch.from_numpy(np.load(token_bytes)).long() if token_bytes.is_file() else None
+        world_batch = tc.local_batch_size * dist_info.world
         self.global_batch = tc.global_batch_size or world_batch
         if self.global_batch % world_batch:
             raise ValueError(
@@ -295,17 +290,21 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation loss (nats per token) and, when the shards carry token byte lengths, bits per byte (the
-        summed loss in bits over the bytes of text the targets stand for, comparable across tokenizers): on the
-        whole held-out split, and per source (``val_loss/<source>``) with ``trainer.val_per_source``."""
+        summed loss in bits over the bytes of text the targets stand for, comparable across tokenizers).
+
+        Each source is measured on the first ``trainer.val_batches`` global batches of its held-out text
+        (``val_loss/<source>``, logged with ``trainer.val_per_source``). The headline ``val_loss`` is their mean
+        weighted by each source's held-out tokens (``held_out_aggregate``), so every source counts by its size
+        and not only the first in the manifest."""
         self.model.eval()
-        out = {}
+        per_source = {}
         for name, windows in self.val_sets.items():
-            nats, tokens, nbytes = all_reduce_sum(list(self._validate_on(windows)), self.dist.device)
-            suffix = f"/{name}" if name else ""
-            out[f"val_loss{suffix}"] = nats / tokens
-            if nbytes > 0:
-                out[f"val_bpb{suffix}"] = nats / math.log(2) / nbytes
+            per_source[name] = all_reduce_sum(list(self._validate_on(windows)), self.dist.device)
         self.model.train()
+        out = held_out_aggregate(per_source, self.val_tokens)
+        if self.job.trainer.val_per_source:
+            for name, sums in per_source.items():
+                out.update({f"{k}/{name}": v for k, v in held_out_aggregate({name: sums}, self.val_tokens).items()})
         return out
 
     def log_metrics(self, metrics: dict) -> None:
