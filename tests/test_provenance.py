@@ -74,6 +74,26 @@ def test_a_from_scratch_run_is_exported_and_verified_end_to_end(scratch, tiny_to
     assert "VERIFIED: trained from scratch" in cli.stdout and "ko " in cli.stdout
 
 
+def test_the_data_resolves_from_the_run_directory_or_is_waived_by_name(scratch, tmp_path):
+    """``data_dir`` is recorded absolute and relative to the run: a copied run finds its data with the
+    original gone; with no data at all the verdict fails unless ``allow_missing_data`` waives it, in the report."""
+    run, hf = copy_run(scratch, tmp_path)
+    moved = scratch / "data.moved"
+    (scratch / "data").rename(moved)
+    try:
+        report = verify(hf, run)
+        assert report.verified, report.to_text()
+        assert report.data[0]["checked"] and report.data[0]["manifest_path"] == str(run / "data" / "manifest.json")
+        shutil.rmtree(run / "data")
+        failed = verify(hf, run)
+        assert not failed.verified and "not found" in "\n".join(failed.failures)
+        waived = verify(hf, run, allow_missing_data=True)
+        assert waived.verified and any(n.startswith("allow_missing_data: data manifest") for n in waived.notes)
+        assert "allow_missing_data" in waived.to_text()
+    finally:
+        moved.rename(scratch / "data")
+
+
 # ----- tampering -----
 def rewrite_chain(run, hf, edit, signer=None, keep_signatures=False) -> None:
     """Edit records of the export's chain and re-link it consistently (ids recomputed, parents updated),
@@ -137,7 +157,35 @@ def change_a_shard(run, hf):
     shard.write_bytes(bytes(data))
 
 
+def edit_config_theta(run, hf):
+    path = hf / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["rope_theta"] = cfg["rope_parameters"]["rope_theta"] = 1234.0  # changes every logit
+    path.write_text(json.dumps(cfg, indent=2))
+
+
+def edit_tokenizer_json(run, hf):
+    path = hf / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    vocab = tok["model"]["vocab"]
+    first = next(iter(vocab)) if isinstance(vocab, dict) else 0
+    if isinstance(vocab, dict):
+        vocab[first + "x"] = vocab.pop(first)
+    else:
+        vocab[0][0] += "x"
+    path.write_text(json.dumps(tok))
+
+
 TAMPERING = {
+    "config.json edited": (edit_config_theta, ["export file changed after export", "config.json"]),
+    "tokenizer.json edited": (edit_tokenizer_json, ["export file changed after export", "tokenizer.json"]),
+    "chat template added": (lambda run, hf: (hf / "chat_template.jinja").write_text("{{ messages }}"),
+                            ["export file added after export", "chat_template.jinja"]),
+    "a checkpoint skipped, chain relinked unsigned": (lambda run, hf: rewrite_chain(run, hf, lambda recs: recs.pop(1)),
+                                                      ["data accounting: checkpoint step 8 has consumed 32 samples, but "
+                                                       "its parent init (seed 0) had 0 plus the samples it read: 16"]),
+    "data manifest gone": (lambda run, hf: (run / "data" / "manifest.json").unlink(),
+                           ["data manifest", "not found", "allow_missing_data=true"]),
     "weight in the export": (change_a_weight, ["exported weights changed", "layers.0.attention.wq.weight"]),
     "edited record": (lambda run, hf: edit_ledger(run, 4, lambda rec: rec["data"][0]["tokens"].update(ko=0)),
                       ["edited record: checkpoint step 4", "ledger.jsonl"]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -24,7 +24,7 @@ from train.checkpoint import STATE_FILE, resolve_checkpoint
 from train.engine import load_model_weights
 from train.hf_convert import add_transformers4_keys, hf_architecture, to_hf_config, to_hf_state_dict
 from train.model_card import last_eval, model_card
-from train.provenance import Ledger, code_version, envelope, now, read_chain, write_chain
+from train.provenance import Ledger, code_version, envelope, export_file_hashes, now, read_chain, write_chain
 from train.signing import Signer
 from train.verify import verify as verify_export
 from train.verify import write_report
@@ -98,7 +98,8 @@ def record_export(model: Transformer, cfg: ModelConfig, chain: list[dict], out: 
     cast = getattr(torch, dtype)
     digest = digest_tensors((names, p.detach().to(cast)) for names, p in parameter_groups(model))
     rec = {"kind": "export", "parent": chain[-1]["id"], "time": now(), "code": code_version(), "step": step,
-           "dtype": dtype, "architecture": hf_architecture(cfg), "source": str(source), "weights": digest.summary()}
+           "dtype": dtype, "architecture": hf_architecture(cfg), "source": str(source), "weights": digest.summary(),
+           "files": export_file_hashes(out)}
     env = envelope(rec, Signer(signing_key) if signing_key else None)
     write_chain(out, [*chain, env], digest.to_json())
     Ledger(run_dir).append(env)

@@ -30,6 +30,8 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from data_pipeline.shards import file_sha256
+
 PROVENANCE_DIR = "provenance"
 LEDGER = "ledger.jsonl"
 CHAIN = "chain.jsonl"
@@ -183,3 +185,24 @@ def read_chain(directory: Path) -> list[dict] | None:
 def read_weights_digest(directory: Path) -> dict | None:
     path = directory / PROVENANCE_DIR / WEIGHTS_DIGEST
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def export_file_hashes(out: Path) -> dict[str, str]:
+    """SHA-256 of every file of the export a loader reads besides the weights (which the weights digest covers):
+    config, generation config, tokenizer files, special-token maps, chat template, the shard index. Not the model
+    card (``README.md``, rewritten by the verifier) or ``provenance/``."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out).as_posix()
+        if path.is_file() and not _unhashed(rel):
+            files[rel] = file_sha256(path)
+    return files
+
+
+def _unhashed(rel: str) -> bool:
+    return rel == "README.md" or rel.startswith(f"{PROVENANCE_DIR}/") or rel.endswith(".safetensors")
+
+
+def parent_of(chain: list[dict], env: dict) -> dict:
+    """The envelope of ``chain`` that ``env``'s record names as its parent."""
+    return next(e for e in chain if e["id"] == env["record"]["parent"])

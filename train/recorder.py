@@ -9,6 +9,7 @@ the loader's sample count, which the stream maps to sources exactly (``MixtureSt
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class Recorder:
         self.consumed = 0
         """Training samples read at the head."""
         self.tokenizer_sha256 = manifest.tokenizer_sha256
+        self.data_dir_from_run = os.path.relpath(data_dir.resolve(), Path(job.run_dir).resolve())
+        """Where the shards are seen from the run directory, for a verifier on another machine or cwd."""
         self.signer = self.code = self.manifest_sha256 = None
         if self.enabled and info.is_main:
             self.signer = Signer(job.provenance.signing_key) if job.provenance.signing_key else None
@@ -148,7 +151,8 @@ class Recorder:
             return None
         samples = self.stream.samples_by_source(self.consumed, consumed)
         seq_len = self.job.data.seq_len
-        segment = {"data_dir": str(self.data_dir), "manifest_sha256": self.manifest_sha256,
+        segment = {"data_dir": str(self.data_dir.resolve()), "data_dir_from_run": self.data_dir_from_run,
+                   "manifest_sha256": self.manifest_sha256,
                    "tokenizer_sha256": self.tokenizer_sha256, "seq_len": seq_len,
                    "samples": consumed - self.consumed, "tokens": {s: n * seq_len for s, n in samples.items()}}
         env = self._record("checkpoint", self.head, step=step, consumed=consumed, config=self._config(),

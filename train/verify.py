@@ -9,12 +9,18 @@ Checks, each failure named in the report:
 2. signatures, when present (and, with ``public_key``, that every record is signed by that key);
 3. the exported weights (read from the safetensors files) hash to the export record's digest, and that
    digest is the parent checkpoint's (float32 exports; a bf16 export is re-cast from the checkpoint when
-   it is still on disk); a resume or rollback holds exactly its parent's weights;
+   it is still on disk); a resume or rollback holds exactly its parent's weights; every other file a loader
+   reads (config, generation config, tokenizer files, chat template) hashes to the export record's value,
+   and no unrecorded one was added;
 4. the origin: kfm's own init is recomputed from the recorded seed and model config and its digest
    compared; an imported Hugging Face model, depth up-scaling or a checkpoint without a record make the
    model "not from scratch";
-5. the data: each manifest the run read still hashes to the recorded value (else the shards that
-   changed are named), optionally every shard file too; the exported tokenizer is the shards' tokenizer.
+5. the data: the samples add up along the chain (each checkpoint consumed its parent's count plus the
+   samples it records, so a chain relinked to skip a checkpoint fails even unsigned); each manifest the run
+   read is found (the recorded path, else relative to the run directory, else ``data_dir=``; a manifest not
+   found fails unless ``allow_missing_data=true``, which the report names) and still hashes to the recorded
+   value (else the shards that changed are named), optionally every shard file too; the exported tokenizer is
+   the shards' tokenizer.
 
 Exit status 0 when verified, 1 when a check failed. The report (text and JSON) is written to
 ``<hf_dir>/provenance/`` and into the model card.
@@ -32,13 +38,13 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from data_pipeline.shards import MANIFEST, file_sha256, index_path
 from model import ModelConfig, Transformer
 from train.import_hf import hf_weight_tensors, read_hf_config
-from train.provenance import (CHAIN, MANIFESTS, ORIGIN_KINDS, PROVENANCE_DIR, Ledger, ProvenanceError, canonical,
-                              describe, read_jsonl, read_weights_digest, record_id)
+from train.provenance import (CHAIN, ORIGIN_KINDS, PROVENANCE_DIR, Ledger, ProvenanceError, canonical, describe,
+                              export_file_hashes, parent_of, read_jsonl, read_weights_digest, record_id)
 from train.provenance_report import Report, update_model_card
 from train.signing import load_public_key, signature_valid
+from train.verify_data import check_accounting, check_data
 from train.weights_digest import WeightsDigest, digest_tensors, init_digest, parameter_groups
 
 
@@ -161,19 +167,15 @@ def check_origin(chain: list[dict], report: Report) -> None:
             report.notes.append(f"the initial weights were rounded to {rec['dtype']} before training (DeepSpeed "
                                 "bf16 keeps fp32 master copies of the rounded weights)")
         if rec["kind"] == "rollback":
-            report.notes.append(f"rolled back at step {rec['step']} to {describe(_parent(chain, env)['record'])} "
+            report.notes.append(f"rolled back at step {rec['step']} to {describe(parent_of(chain, env)['record'])} "
                                 f"({rec['discarded_samples']} samples discarded)")
-
-
-def _parent(chain: list[dict], env: dict) -> dict:
-    return next(e for e in chain if e["id"] == env["record"]["parent"])
 
 
 def check_links(chain: list[dict], report: Report) -> None:
     """Records that must hold exactly their parent's weights (resume, rollback) do."""
     for env in chain[1:]:
         rec = env["record"]
-        parent = _parent(chain, env)["record"]
+        parent = parent_of(chain, env)["record"]
         if rec["kind"] == "cast" and parent["kind"] == "init":
             with torch.device("meta"):
                 model = Transformer(ModelConfig.from_dict(parent["model"]))
@@ -221,70 +223,27 @@ def check_export_weights(hf_dir: Path, run_dir: Path, chain: list[dict], report:
         report.fail(f"the export's weights are not {describe(parent)}'s cast to {rec['dtype']}")
 
 
-def check_data(hf_dir: Path, run_dir: Path, chain: list[dict], data_dir: str, check_shards: bool,
-               report: Report) -> None:
-    """Sum the tokens each manifest supplied along the chain, and check each manifest is unchanged."""
-    fed: dict[str, dict] = {}
-    for env in chain:
-        for seg in env["record"].get("data", []):
-            entry = fed.setdefault(seg["manifest_sha256"], {
-                "manifest_sha256": seg["manifest_sha256"], "data_dir": seg["data_dir"],
-                "tokenizer_sha256": seg["tokenizer_sha256"], "tokens": {}, "samples": 0, "checked": False})
-            entry["samples"] += seg["samples"]
-            for source, n in seg["tokens"].items():
-                entry["tokens"][source] = entry["tokens"].get(source, 0) + n
-    report.data = list(fed.values())
-    tokenizer = hf_dir / "tokenizer.model"
-    for entry in report.data:
-        entry["total_tokens"] = sum(entry["tokens"].values())
-        copy = run_dir / PROVENANCE_DIR / MANIFESTS / f"{entry['manifest_sha256']}.json"
-        if copy.is_file() and file_sha256(copy) != entry["manifest_sha256"]:
-            report.fail(f"the run's copy of data manifest {entry['manifest_sha256'][:16]}... ({copy}) was edited")
-        where = Path(data_dir) if data_dir else Path(entry["data_dir"])
-        manifest = where / MANIFEST
-        if not manifest.is_file():
-            report.warn(f"data manifest {entry['manifest_sha256'][:16]}... not re-checked: {manifest} is not on this "
-                        "machine (pass data_dir=)")
-            continue
-        now_sha = file_sha256(manifest)
-        if now_sha != entry["manifest_sha256"]:
-            report.fail(f"data manifest changed after training: {manifest} hashes to {now_sha[:16]}..., the run read "
-                        f"{entry['manifest_sha256'][:16]}...{_manifest_diff(copy, manifest)}")
-            continue
-        entry["checked"] = True
-        if check_shards:
-            for shard in json.loads(manifest.read_text())["shards"]:
-                for rel, sha in ((shard["file"], shard["sha256"]), (index_path(shard["file"]), shard["index_sha256"])):
-                    path = where / rel
-                    if not path.is_file() or file_sha256(path) != sha:
-                        report.fail(f"data shard changed after training: {path} does not match its manifest entry")
-    if tokenizer.is_file() and report.data:
-        sha = file_sha256(tokenizer)
-        trained = {e["tokenizer_sha256"] for e in report.data}
-        if sha not in trained:
-            report.fail(f"{tokenizer} (sha256 {sha[:16]}...) is not the tokenizer the training data was tokenized "
-                        f"with ({', '.join(s[:16] + '...' for s in sorted(trained))})")
-
-
-def _manifest_diff(copy: Path, current: Path) -> str:
-    """What differs between the manifest the run read (its copy) and the current one, in a few words."""
-    if not copy.is_file():
-        return ""
-    old, new = json.loads(copy.read_text()), json.loads(current.read_text())
-    old_shards = {s["file"]: s for s in old.get("shards", [])}
-    new_shards = {s["file"]: s for s in new.get("shards", [])}
-    changed = sorted(f for f in set(old_shards) | set(new_shards) if old_shards.get(f) != new_shards.get(f))
-    fields = sorted(k for k in set(old) | set(new) if k != "shards" and old.get(k) != new.get(k))
-    parts = []
-    if changed:
-        parts.append("shards that differ: " + ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else ""))
-    if fields:
-        parts.append("fields that differ: " + ", ".join(fields))
-    return "; " + "; ".join(parts) if parts else ""
+def check_export_files(hf_dir: Path, chain: list[dict], report: Report) -> None:
+    """Every non-weight file of the export that a loader reads is the one the export record hashed."""
+    recorded = chain[-1]["record"].get("files")
+    if recorded is None:
+        report.fail("the export record hashes no config or tokenizer files (exported by an older kfm): export "
+                    "the checkpoint again")
+        return
+    now_files = export_file_hashes(hf_dir)
+    for name in sorted(set(recorded) | set(now_files)):
+        if name not in now_files:
+            report.fail(f"export file missing: {hf_dir / name} is in the export record but not on disk")
+        elif name not in recorded:
+            report.fail(f"export file added after export: {hf_dir / name} is not in the export record (a loader "
+                        "may read it)")
+        elif now_files[name] != recorded[name]:
+            report.fail(f"export file changed after export: {hf_dir / name} hashes to {now_files[name][:16]}..., "
+                        f"the export record says {recorded[name][:16]}...")
 
 
 def verify(hf_dir: str | Path, run_dir: str | Path, public_key: str = "", data_dir: str = "",
-           check_shards: bool = False) -> Report:
+           check_shards: bool = False, allow_missing_data: bool = False) -> Report:
     hf_dir, run_dir = Path(hf_dir), Path(run_dir)
     report = Report(hf_dir=str(hf_dir), run_dir=str(run_dir))
     try:
@@ -298,7 +257,9 @@ def verify(hf_dir: str | Path, run_dir: str | Path, public_key: str = "", data_d
         check_origin(chain, report)
         check_links(chain, report)
         check_export_weights(hf_dir, run_dir, chain, report)
-        check_data(hf_dir, run_dir, chain, data_dir, check_shards, report)
+        check_export_files(hf_dir, chain, report)
+        check_accounting(chain, report)
+        check_data(hf_dir, run_dir, chain, data_dir, check_shards, report, allow_missing_data)
     report.finish()
     return report
 
@@ -317,6 +278,8 @@ class VerifyJob:
     """Where the training shards are now, if not at the recorded path."""
     check_shards: bool = False
     """Also re-hash every shard file against the manifest (reads all training data)."""
+    allow_missing_data: bool = False
+    """Verify even when a data manifest the run read cannot be found (named in the report's notes)."""
     update_card: bool = True
     """Write the report into ``<hf_dir>/README.md`` and ``<hf_dir>/provenance/report.{txt,json}``."""
 
@@ -334,7 +297,7 @@ ConfigStore.instance().store(name="verify_job_schema", node=VerifyJob)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="verify")
 def main(cfg) -> None:
     job: VerifyJob = OmegaConf.to_object(cfg)
-    report = verify(job.hf_dir, job.run_dir, job.public_key, job.data_dir, job.check_shards)
+    report = verify(job.hf_dir, job.run_dir, job.public_key, job.data_dir, job.check_shards, job.allow_missing_data)
     print(report.to_text())
     if job.update_card and (Path(job.hf_dir) / PROVENANCE_DIR).is_dir():
         write_report(report, Path(job.hf_dir))
