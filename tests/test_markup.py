@@ -19,6 +19,15 @@ KEPT = [
     "Press <Code> then <Enter>.",
     "AT&T and R&D, x&notation; not an entity",
     "<b and c>",
+    '=HYPERLINK("<a href=""https://a.b.com"">From α to ω</a>")',  # an orphan end tag: text
+    # tags the text talks about (LibreOffice help, the sample corpus)
+    "예를 들어 표제는 표제 텍스트의 앞 부분에 있는 <h1> 태그와 끝 부분에 있는 </h1> 태그로 표시됩니다. 하지만 줄 바꿈을 "
+    "나타내는 <br>이나 그래픽 연결을 나타내는 <img ...> 등의 태그는 단독으로 사용됩니다.",
+    "부동 프레임은 <IFRAME>와 </IFRAME> 태그에 묶입니다.",
+    "목록 항목은 HTML 태그 <OPTION>에 해당합니다.\n비어 있지 않은 텍스트가 값 목록 (<OPTION VALUE=...>)의 선택한 위치에 "
+    "있으면 전송됩니다. 그렇지 않은 경우 (<OPTION>) 콘트롤에 표시된 텍스트가 전송됩니다.",
+    "For example, titles are marked by the tags <h1> at the beginning and </h1> at the end of the title. Some tags "
+    "only appear on their own such as <br> for a line break or <img ...> to link a graphic.",
 ]
 
 
