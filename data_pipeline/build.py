@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing as mp
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -186,63 +187,71 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
         if on_commit is not None:
             on_commit(journal)
 
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(cfg.num_workers, initializer=_init_worker, initargs=(str(tokenizer_model), cfg)) as pool:
-        for si in range(journal.source_index, len(cfg.sources)):
-            source = cfg.sources[si]
-            resuming = si == journal.source_index
-            skip = journal.records_done if resuming else 0
-            writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens,
-                                      journal.writers.get(s) if resuming else None) for s in ("train", "val")}
-            c = counts.setdefault(source.name, Counter())
-            on_bad = BadRecordLog(source.name) if cfg.on_bad_record == "skip" else None
-            records = islice(iter_documents(source, on_bad), skip, None)
-            bar = tqdm(desc=f"build {source.name}", unit="doc", total=count_records(source), initial=skip,
-                       disable=None, smoothing=0.05)
-            done, finished, last_commit = skip, 0, time.monotonic()
-            jobs = ((source.lang, batch) for batch in _batches(records, BATCH_DOCS))
-            for kept, batch_counts in pool.imap(_process_batch, jobs):
-                c.update(batch_counts)
-                for split, key, minhash, toks in kept:
-                    if (dup := dedup.check(key, minhash)) is not None:
-                        c[f"removed_{dup}_duplicate"] += 1
-                        continue
-                    writers[split].write(toks)
-                    c["docs_kept"] += 1
-                n = sum(v for k, v in batch_counts.items() if k in ("docs_in", "removed_empty", "removed_bad_record"))
-                done += n
-                bar.update(n)
-                bar.set_postfix_str(f"{c['bytes_in'] / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.2f} MB/s",
-                                    refresh=False)
-                now_finished = sum(len(w.shards) for w in writers.values())
-                if now_finished > finished or time.monotonic() - last_commit > cfg.commit_seconds:
-                    commit(si, done, writers)
-                    finished, last_commit = now_finished, time.monotonic()
-                    log.info("%s: %d records done, %d shards finished", source.name, done, finished)
-            bar.close()
-            for w in writers.values():
-                journal.done_shards.extend(asdict(x) for x in w.close())
-            commit(si + 1, 0, {})
-            log.info("%s: %s", source.name, dict(sorted(c.items())))
-    dedup.close()
-    manifest.shards = [ShardInfo(**s) for s in journal.done_shards]
-    totals = {s: sum(x.num_tokens for x in manifest.split_shards(s)) for s in ("train", "val")}
-    docs = {s: sum(x.num_docs for x in manifest.split_shards(s)) for s in ("train", "val")}
-    if totals["train"] == 0:
-        raise DataError("the corpus is empty: no document in data.sources has any text")
-    if totals["val"] == 0:
-        raise DataError(
-            f"no document landed in the validation split ({docs['train']} documents): "
-            "raise data.val_fraction or add more data"
-        )
-    seconds = journal.seconds
-    manifest.stats = {"tokens": totals, "docs": docs, "seconds": round(seconds, 2),
-                      "tokens_per_second": round((totals["train"] + totals["val"]) / max(seconds, 1e-9)),
-                      "cleaning": {name: dict(sorted(c.items())) for name, c in counts.items()}}
-    manifest.config = asdict(cfg)
-    manifest.save(out)
-    (out / JOURNAL).unlink()
-    shutil.rmtree(out / STATE_DIR)
+    try:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(cfg.num_workers, initializer=_init_worker, initargs=(str(tokenizer_model), cfg)) as pool:
+            for si in range(journal.source_index, len(cfg.sources)):
+                source = cfg.sources[si]
+                resuming = si == journal.source_index
+                skip = journal.records_done if resuming else 0
+                writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens,
+                                          journal.writers.get(s) if resuming else None) for s in ("train", "val")}
+                c = counts.setdefault(source.name, Counter())
+                on_bad = BadRecordLog(source.name) if cfg.on_bad_record == "skip" else None
+                records = islice(iter_documents(source, on_bad), skip, None)
+                bar = tqdm(desc=f"build {source.name}", unit="doc", total=count_records(source), initial=skip,
+                           disable=None, smoothing=0.05)
+                done, finished, last_commit = skip, 0, time.monotonic()
+                jobs = ((source.lang, batch) for batch in _batches(records, BATCH_DOCS))
+                for kept, batch_counts in pool.imap(_process_batch, jobs):
+                    c.update(batch_counts)
+                    for split, key, minhash, toks in kept:
+                        if (dup := dedup.check(key, minhash)) is not None:
+                            c[f"removed_{dup}_duplicate"] += 1
+                            continue
+                        writers[split].write(toks)
+                        c["docs_kept"] += 1
+                    n = sum(v for k, v in batch_counts.items()
+                            if k in ("docs_in", "removed_empty", "removed_bad_record"))
+                    done += n
+                    bar.update(n)
+                    bar.set_postfix_str(f"{c['bytes_in'] / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.2f} MB/s",
+                                        refresh=False)
+                    now_finished = sum(len(w.shards) for w in writers.values())
+                    if now_finished > finished or time.monotonic() - last_commit > cfg.commit_seconds:
+                        commit(si, done, writers)
+                        finished, last_commit = now_finished, time.monotonic()
+                        log.info("%s: %d records done, %d shards finished", source.name, done, finished)
+                bar.close()
+                for w in writers.values():
+                    journal.done_shards.extend(asdict(x) for x in w.close())
+                commit(si + 1, 0, {})
+                log.info("%s: %s", source.name, dict(sorted(c.items())))
+        dedup.close()
+        manifest.shards = [ShardInfo(**s) for s in journal.done_shards]
+        totals = {s: sum(x.num_tokens for x in manifest.split_shards(s)) for s in ("train", "val")}
+        docs = {s: sum(x.num_docs for x in manifest.split_shards(s)) for s in ("train", "val")}
+        if totals["train"] == 0:
+            raise DataError("the corpus is empty: no document in data.sources has any text")
+        if totals["val"] == 0:
+            raise DataError(
+                f"no document landed in the validation split ({docs['train']} documents): "
+                "raise data.val_fraction or add more data"
+            )
+        seconds = journal.seconds
+        manifest.stats = {"tokens": totals, "docs": docs, "seconds": round(seconds, 2),
+                          "tokens_per_second": round((totals["train"] + totals["val"]) / max(seconds, 1e-9)),
+                          "cleaning": {name: dict(sorted(c.items())) for name, c in counts.items()}}
+        manifest.config = asdict(cfg)
+        manifest.save(out)
+        (out / JOURNAL).unlink()
+        shutil.rmtree(out / STATE_DIR)
+    except DataError:
+        # Bad input stops the build; the fix changes the inputs' fingerprint, so nothing here could be resumed:
+        # leave no half-written folder that looks like shards.
+        shutil.rmtree(out, ignore_errors=True)
+        log.error("the build stopped on bad input; %s was removed", out)
+        raise
     log.info("wrote %s: %s", out, manifest.stats)
     return manifest
 
@@ -253,7 +262,11 @@ ConfigStore.instance().store(name="data_build_job_schema", node=DataBuildJob)
 @hydra.main(version_base="1.3", config_path="../configs", config_name="data_build")
 def main(cfg) -> None:
     job: DataBuildJob = OmegaConf.to_object(cfg)
-    build_shards(job.data, job.tokenizer_model, data_dir(job.run_dir), resume=job.resume)
+    try:
+        build_shards(job.data, job.tokenizer_model, data_dir(job.run_dir), resume=job.resume)
+    except DataError as err:  # bad input: the one message that names the fix, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

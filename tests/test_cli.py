@@ -50,3 +50,21 @@ def test_cli_errors_name_the_fix(env, tmp_path):
     assert proc.returncode != 0 and "tokenizer.train" in proc.stderr
     proc = run(["train.export_hf", f"run_dir={tmp_path}"], env, check=False)
     assert proc.returncode != 0 and "no complete checkpoint" in proc.stderr
+
+
+def test_a_build_stopped_by_a_bad_record_prints_one_error_and_leaves_no_data(env, tiny_tokenizer, tmp_path):
+    """Issue 15 item 13: the error names file, line and column, without a multiprocessing traceback, and no
+    half-written data/ is left (the fix changes the inputs' fingerprint, so nothing could be resumed)."""
+    import json
+
+    corpus = tmp_path / "ko.jsonl"
+    good = [json.dumps({"text": f"{i}번 문서. 대한민국은 민주공화국이다. 모든 국민은 법 앞에 평등하다."}, ensure_ascii=False)
+            for i in range(300)]
+    corpus.write_text("\n".join(good[:250] + ['{"text": "끝나지 않은 문자열'] + good[250:]) + "\n", encoding="utf-8")
+    rd = tmp_path / "run"
+    proc = run(["data_pipeline.build", f"run_dir={rd}", f"tokenizer_model={tiny_tokenizer / 'tokenizer.model'}",
+                f"data.sources=[{{name: ko, path: {corpus}}}]", "data.val_fraction=0.4"], env, check=False)
+    assert proc.returncode == 1
+    assert f"error: {corpus}:251: not valid JSON (Unterminated string starting at column 10)" in proc.stderr
+    assert "Traceback" not in proc.stderr and "multiprocessing" not in proc.stderr
+    assert not (rd / "data").exists()

@@ -59,8 +59,9 @@ def iter_file_texts(path: Path, text_field: str, field_hint: str,
             try:
                 doc = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                _bad(CorpusError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno}); fix or "
-                                 "remove the line"), on_bad)
+                at = "" if err.msg.endswith(" at") else " at"  # "Unterminated string starting at"
+                where = f"{err.msg}{at} column {err.colno}"
+                _bad(CorpusError(f"{path}:{lineno}: not valid JSON ({where}); fix or remove the line"), on_bad)
                 yield None
                 continue
             text = doc.get(text_field) if isinstance(doc, dict) else None
