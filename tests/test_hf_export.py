@@ -131,5 +131,17 @@ def test_a_consolidated_file_exports_and_a_checkpoint_without_weights_is_named(t
     empty = tmp_path / "step_0000009"
     empty.mkdir()
     (empty / STATE_FILE).write_text(json.dumps({"step": 9, "config": {"model": asdict(cfg)}}))
-    with pytest.raises(ValueError, match=r"checkpoint .*step_0000009 could not be read .*damaged"):
+    with pytest.raises(ValueError, match=r"checkpoint .*step_0000009 could not be read .*damaged: delete it to "
+                                         r"resume from the previous one, step_0000007"):
         export_checkpoint(empty, tiny_tokenizer, tmp_path / "hf2")
+
+
+def test_a_wrapped_per_rank_failure_is_named_by_its_real_cause(tmp_path):
+    """DCP's CheckpointException holds (exception, traceback) pairs: the message names the exception."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from train.checkpoint import damaged
+
+    err = damaged(tmp_path / "step_0000003", CheckpointException("load", {0: (EOFError(), ["frame"])}))
+    assert "(EOFError: a file ends early)" in str(err) and "tuple" not in str(err)
+    assert "no earlier checkpoint to fall back to" in str(err) and "delete it" not in str(err)

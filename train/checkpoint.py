@@ -138,10 +138,57 @@ def check_compatible(path: str | Path, saved: dict[str, tuple], mine: dict[str, 
                          "resume with the model config it was trained with, or start a new run_dir")
 
 
+def _first_failure(err: BaseException) -> BaseException:
+    """The underlying error: DCP's ``CheckpointException`` holds per-rank failures, each an exception or an
+    ``(exception, traceback)`` pair."""
+    failures = getattr(err, "failures", None)
+    if isinstance(failures, dict) and failures:
+        cause = next(iter(failures.values()))
+        if isinstance(cause, tuple) and cause and isinstance(cause[0], BaseException):
+            cause = cause[0]
+        if isinstance(cause, BaseException):
+            return cause
+    return err
+
+
+def truncated_files(path: str | Path) -> list[str]:
+    """Files of a DCP checkpoint shorter than its metadata says (each item's offset + length)."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        meta = dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception:  # noqa: BLE001 - the metadata itself is unreadable: nothing to compare against
+        return []
+    need: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    short = []
+    for rel, size in sorted(need.items()):
+        file = Path(path) / rel
+        have = file.stat().st_size if file.is_file() else -1
+        if have < size:
+            short.append(f"{rel} ({'missing' if have < 0 else f'{have} of {size} bytes'})")
+    return short
+
+
 def damaged(path: str | Path, err: BaseException) -> ValueError:
-    """The error for a checkpoint whose files cannot be read, naming the first cause."""
-    failures = getattr(err, "failures", None)  # DCP's CheckpointException wraps per-rank errors
-    cause = next(iter(failures.values()), err) if isinstance(failures, dict) and failures else err
-    first_line = (str(cause).strip().splitlines() or [""])[0]
-    return ValueError(f"checkpoint {path} could not be read ({type(cause).__name__}: {first_line}); it is "
-                      "damaged: delete it to resume from the previous one")
+    """The error for a checkpoint whose files cannot be read: the real cause (a truncated or missing shard
+    file by name, else the underlying error) and what to do, which depends on whether an earlier complete
+    checkpoint exists."""
+    path = Path(path)
+    cause = _first_failure(err)
+    short = truncated_files(path)
+    if short:
+        why = "files shorter than its metadata says: " + ", ".join(short[:4]) + (" ..." if len(short) > 4 else "")
+    else:
+        text = (str(cause).strip().splitlines() or [""])[0]
+        if not text and isinstance(cause, EOFError):
+            text = "a file ends early"
+        why = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    earlier = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+    if earlier:
+        fix = f"delete it to resume from the previous one, {earlier[-1].name}"
+    else:
+        fix = ("there is no earlier checkpoint to fall back to: restore it from a copy, or start over with "
+               "trainer.resume=never")
+    return ValueError(f"checkpoint {path} could not be read ({why}); it is damaged: {fix}")

@@ -179,6 +179,9 @@ def load_model_weights(path: str | Path, model: nn.Module) -> dict:
         return state
     sd = model.state_dict()
     check_compatible(path, dcp_saved_shapes(path), {k: tuple(v.shape) for k, v in sd.items()})
-    dcp.load({"model": sd}, checkpoint_id=str(path))
+    try:
+        dcp.load({"model": sd}, checkpoint_id=str(path))
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - damage surfaces as many exception types
+        raise damaged(path, err) from err
     model.load_state_dict(sd)
     return state
