@@ -103,8 +103,46 @@ def test_usr1_checkpoints_requeues_and_resumes_without_repeating_steps(slurm, ru
     final = wait_for(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"})
     log = (run_dir / f"slurm-{job}.out").read_text()
     assert final["JobState"] == "COMPLETED", log[-3000:]
-    assert "checkpointed; requeueing" in log and f"step_{stopped:07d} at step {stopped}" in log
+    assert "all 2 ranks checkpointed and stopped; requeueing" in log and f"step_{stopped:07d} at step {stopped}" in log
     assert train_rows(run_dir) == list(range(1, steps + 1))  # every step once: none repeated, none skipped
+    # A clean stop reads as one: no launcher traceback, no srun error (issue 15 item 7).
+    for noise in ("Traceback", "SignalException", "srun: error", "ChildFailedError"):
+        assert noise not in log, log[-3000:]
+
+
+CRASH_IN_STOP_ON_RANK_1 = """
+import os
+if os.environ.get("RANK") == "1":
+    import train.trainer
+
+    save = train.trainer.Trainer.save
+
+    def crash_in_the_stop_checkpoint(self):
+        if self.stop_requested or self.preempted:
+            raise RuntimeError("injected crash during the stop checkpoint on rank 1")
+        return save(self)
+
+    train.trainer.Trainer.save = crash_in_the_stop_checkpoint
+"""
+
+
+def test_a_rank_crashing_in_the_stop_checkpoint_fails_the_job_without_a_requeue(slurm, run_dir):  # noqa: F811
+    inject = run_dir / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(CRASH_IN_STOP_ON_RANK_1)
+    env = {**slurm, "PYTHONPATH": f"{inject}:{ROOT}"}
+    done = sbatch(env, run_dir, ["trainer.steps=150", "trainer.log_every=1", "trainer.val_every=1000",
+                                 "trainer.checkpoint_every=1000"])
+    job = done.stdout.strip().split(";")[0]
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and len(train_rows(run_dir)) >= 5):
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
+    final = wait_for(slurm, job, ENDED | {"PENDING"})
+    log = (run_dir / f"slurm-{job}.out").read_text()
+    assert final["JobState"] == "FAILED" and final["Restarts"] == "0", log[-3000:]
+    assert "injected crash during the stop checkpoint on rank 1" in log
+    assert "ranks completed their stop checkpoint" in log and "not requeued" in log
 
 
 FAIL_ON_RANK_1 = """

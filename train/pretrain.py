@@ -10,7 +10,9 @@ the next start resumes from that checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 import hydra
 import torch.distributed as dist
@@ -25,6 +27,12 @@ from train.trainer import EXIT_REQUEUE, Trainer
 ConfigStore.instance().store(name="pretrain_job_schema", node=PretrainJob)
 
 
+STOP_DIR_ENV = "KFM_STOP_DIR"
+"""Set by scripts/slurm/pretrain.sbatch: after a signal-triggered checkpoint each rank writes ``rank_<N>``
+(holding the requeue status, 75) there and exits 0, instead of exiting 75, which torchrun reports as a failure
+with a traceback."""
+
+
 @record  # under torchrun: this rank's traceback goes into the launcher's failure report (and the job log)
 def train(job: PretrainJob) -> None:
     info = init_distributed()
@@ -37,6 +45,11 @@ def train(job: PretrainJob) -> None:
     finally:
         dist.destroy_process_group()
     if trainer.preempted:
+        stop_dir = os.environ.get(STOP_DIR_ENV)
+        if stop_dir:  # kfm's sbatch script: it requeues when every rank says so here; exit 0 for a clean log
+            Path(stop_dir).mkdir(parents=True, exist_ok=True)
+            (Path(stop_dir) / f"rank_{info.rank}").write_text(f"{EXIT_REQUEUE}\n")
+            return
         sys.exit(EXIT_REQUEUE)
 
 

@@ -122,8 +122,8 @@ class Trainer:
     # ----- signals -----
     def _on_signal(self, signum, frame) -> None:
         self.stop_requested = True
-        log.warning("received %s: checkpointing after this step, then exiting with status %d (requeue)",
-                    signal.Signals(signum).name, EXIT_REQUEUE)
+        log.warning("received %s: checkpointing after this step, then stopping for a requeue",
+                    signal.Signals(signum).name)
 
     def stop_agreed(self) -> bool:
         """True on every rank when any rank received a stop signal (ranks see signals at different times)."""
