@@ -1,5 +1,5 @@
 """Throughput of the data pipeline on the sample corpus: the build (clean + dedup + tokenize +
-write, ``data.num_workers`` processes) and the loader (tokens/s from one process).
+write, ``data.num_workers`` processes) and the loader (tokens/s from one process, cold and warm page cache).
 
     python bench/data_pipeline.py [--tokenizer runs/demo/tokenizer/tokenizer.model] [--workers 2]
 
@@ -12,10 +12,11 @@ cleaning alone in this process, PII scrubbing side by side with its plain refere
 from __future__ import annotations
 
 import argparse
-from collections import Counter
+import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -60,6 +61,33 @@ def stage_times(cfg, tokenizer: Path) -> None:
     print(f"  PII scrub is {best['PII scrub, plain reference'] / best['PII scrub']:.1f}x its plain reference")
 
 
+def drop_page_cache(root: Path) -> int:
+    """Evict ``root``'s files from the page cache (flushed first, then ``POSIX_FADV_DONTNEED``): the next read
+    comes from the disk. Returns the number of files."""
+    n = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            n += 1
+    return n
+
+
+def loader_rate(data: Path, args, batches: int, warm_up: bool = False) -> float:
+    """Tokens/s of ``batches`` batches from a fresh stream and loader (the first batch timed unless ``warm_up``)."""
+    loader = DistributedLoader(MixtureStream(data, args.seq, None, seed=0), args.batch, 0, 1)
+    if warm_up:
+        loader.next_batch()
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        loader.next_batch()
+    return batches * args.batch * args.seq / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", type=Path, default=ROOT / "runs/demo/tokenizer/tokenizer.model")
@@ -82,16 +110,19 @@ def main() -> None:
               f"{raw_bytes / 1e6 / build_s:.2f} MB/s, {tokens / build_s:,.0f} tokens/s written "
               "(clean + PII + filters + exact and near dedup + tokenize + write, process start-up included)")
 
-        stream = MixtureStream(Path(tmp) / "data", args.seq, None, seed=0)
-        loader = DistributedLoader(stream, args.batch, 0, 1)
-        loader.next_batch()  # warm the page cache and permutations
-        t0 = time.perf_counter()
-        for _ in range(args.batches):
-            loader.next_batch()
-        load_s = time.perf_counter() - t0
-        n = args.batches * args.batch * args.seq
-        print(f"loader: {n:,} tokens in {load_s:.2f} s from one process: {n / load_s / 1e6:.1f}M tokens/s "
-              f"(batches of {args.batch} x {args.seq}, with position ids and cu_seqlens)")
+        data = Path(tmp) / "data"
+        shard_mb = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 2**20
+        once = max(1, manifest.stats["tokens"]["train"] // (args.batch * args.seq))  # one pass over the data
+        dropped = drop_page_cache(data)
+        cold = loader_rate(data, args, once)
+        warm = loader_rate(data, args, once)
+        many = loader_rate(data, args, args.batches, warm_up=True)
+        print(f"loader, one process, batches of {args.batch} x {args.seq} with position ids and cu_seqlens, "
+              f"{shard_mb:.1f} MB of shards:")
+        print(f"  cold page cache ({dropped} files evicted with posix_fadvise DONTNEED), first pass of {once} "
+              f"batches: {cold / 1e6:.1f}M tokens/s")
+        print(f"  warm page cache, the same pass again: {warm / 1e6:.1f}M tokens/s ({warm / cold:.2f}x cold)")
+        print(f"  warm, {args.batches} batches after a warm-up batch: {many / 1e6:.1f}M tokens/s")
     stage_times(cfg, args.tokenizer)
 
 

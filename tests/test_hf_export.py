@@ -34,6 +34,13 @@ def random_model(cfg, seed=0):
     return m.eval()
 
 
+def save_checkpoint(m, cfg, ckpt, step: int):
+    """``m`` as a weights-only kfm checkpoint at ``ckpt`` (DCP + trainer state)."""
+    dcp.save({"model": m.state_dict()}, checkpoint_id=str(ckpt))
+    (ckpt / STATE_FILE).write_text(json.dumps({"step": step, "config": {"model": asdict(cfg)}}))
+    return ckpt
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_hf_llama_gives_same_logits(tie):
     cfg = tiny_cfg(tie_embeddings=tie)
@@ -66,9 +73,7 @@ def test_unknown_key_names_the_table():
 def test_export_from_checkpoint_loads_with_auto_classes(tiny_tokenizer, tmp_path, tie):
     cfg = tiny_cfg(tie_embeddings=tie)
     m = random_model(cfg, seed=3)
-    ckpt = tmp_path / "step_0000005"
-    dcp.save({"model": m.state_dict()}, checkpoint_id=str(ckpt))
-    (ckpt / STATE_FILE).write_text(json.dumps({"step": 5, "config": {"model": asdict(cfg)}}))
+    ckpt = save_checkpoint(m, cfg, tmp_path / "step_0000005", 5)
     out = export_checkpoint(ckpt, tiny_tokenizer, tmp_path / "hf")
     for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.model",
                  "tokenizer.json", "tokenizer_config.json"):

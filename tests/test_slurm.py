@@ -67,6 +67,22 @@ def wait_for(env, job: str, states: set[str], timeout: float = 300) -> dict[str,
     raise TimeoutError(f"job {job} not in {states} after {timeout} s: {info}")
 
 
+def with_injection(env, run_dir: Path, code: str) -> dict:
+    """``env`` with a ``sitecustomize.py`` holding ``code`` first on the path of every process of the job."""
+    inject = run_dir / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(code)
+    return {**env, "PYTHONPATH": f"{inject}:{ROOT}"}
+
+
+def usr1_after(env, run_dir: Path, job: str, rows: int) -> None:
+    """Send the stop request once ``rows`` training steps are logged."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and len(train_rows(run_dir)) >= rows):
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
+
+
 def train_rows(run_dir: Path) -> list[int]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["step"] for r in rows if "train_loss" in r]
@@ -90,10 +106,7 @@ def test_usr1_checkpoints_requeues_and_resumes_without_repeating_steps(slurm, ru
     done = sbatch(slurm, run_dir, [f"trainer.steps={steps}", "trainer.log_every=1", "trainer.val_every=1000",
                                    "trainer.checkpoint_every=1000"])
     job = done.stdout.strip().split(";")[0]
-    deadline = time.time() + 300
-    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and len(train_rows(run_dir)) >= 10):
-        time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
+    usr1_after(slurm, run_dir, job, 10)
     held = wait_for(slurm, job, {"PENDING", "COMPLETED", "FAILED"})
     log = (run_dir / f"slurm-{job}.out").read_text()
     assert held["JobState"] == "PENDING" and held["Restarts"] == "1", log[-3000:]
@@ -127,17 +140,11 @@ if os.environ.get("RANK") == "1":
 
 
 def test_a_rank_crashing_in_the_stop_checkpoint_fails_the_job_without_a_requeue(slurm, run_dir):  # noqa: F811
-    inject = run_dir / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(CRASH_IN_STOP_ON_RANK_1)
-    env = {**slurm, "PYTHONPATH": f"{inject}:{ROOT}"}
+    env = with_injection(slurm, run_dir, CRASH_IN_STOP_ON_RANK_1)
     done = sbatch(env, run_dir, ["trainer.steps=150", "trainer.log_every=1", "trainer.val_every=1000",
                                  "trainer.checkpoint_every=1000"])
     job = done.stdout.strip().split(";")[0]
-    deadline = time.time() + 300
-    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and len(train_rows(run_dir)) >= 5):
-        time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm, check=True)
+    usr1_after(slurm, run_dir, job, 5)
     final = wait_for(slurm, job, ENDED | {"PENDING"})
     log = (run_dir / f"slurm-{job}.out").read_text()
     assert final["JobState"] == "FAILED" and final["Restarts"] == "0", log[-3000:]
@@ -158,10 +165,7 @@ if os.environ.get("RANK") == "1":
 
 
 def test_a_failing_rank_fails_the_job_with_its_error_in_the_log(slurm, run_dir):  # noqa: F811
-    inject = run_dir / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(FAIL_ON_RANK_1)
-    env = {**slurm, "PYTHONPATH": f"{inject}:{ROOT}"}
+    env = with_injection(slurm, run_dir, FAIL_ON_RANK_1)
     done = sbatch(env, run_dir, ["trainer.steps=50"], wait=True)
     job = done.stdout.strip().split(";")[0]
     assert done.returncode != 0

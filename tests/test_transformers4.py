@@ -1,20 +1,16 @@
 """An export loads with its RoPE theta and scaling under the oldest transformers pyproject.toml allows
 (issue 15 item 4): transformers 4.x reads ``rope_theta``/``rope_scaling``, 5.x ``rope_parameters``."""
 
-import json
 import subprocess
 import sys
 import textwrap
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 
 from model.config import RopeConfig
-from tests.test_hf_export import random_model, tiny_cfg
-from train.checkpoint import STATE_FILE
+from tests.test_hf_export import random_model, save_checkpoint, tiny_cfg
 from train.export_hf import export_checkpoint
 from train.hf_convert import TRANSFORMERS4_FLOOR
 
@@ -55,10 +51,7 @@ LOAD = textwrap.dedent("""
 def test_export_loads_theta_and_scaling_under_the_floor(transformers_floor, tiny_tokenizer, tmp_path, rope):
     cfg = tiny_cfg(rope=rope)
     m = random_model(cfg, seed=5)
-    ckpt = tmp_path / "step_0000001"
-    dcp.save({"model": m.state_dict()}, checkpoint_id=str(ckpt))
-    (ckpt / STATE_FILE).write_text(json.dumps({"step": 1, "config": {"model": asdict(cfg)}}))
-    out = export_checkpoint(ckpt, tiny_tokenizer, tmp_path / "hf")
+    out = export_checkpoint(save_checkpoint(m, cfg, tmp_path / "step_0000001", 1), tiny_tokenizer, tmp_path / "hf")
     ids = torch.randint(0, cfg.vocab_size, (1, 48), generator=torch.Generator().manual_seed(0))
     torch.save(ids, tmp_path / "ids.pt")
     env = {"PYTHONPATH": str(transformers_floor), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
