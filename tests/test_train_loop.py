@@ -51,8 +51,9 @@ def test_device_peak_is_known_by_name_or_refused():
     from train.config import TrainerConfig
 
     assert TrainerConfig(device_peak="400").device_peak == "400"
-    with pytest.raises(ValueError, match="trainer.device_peak must be auto, a peak in TFLOP/s"):
-        TrainerConfig(device_peak="a6000")
+    for bad in ("a6000", "inf", "nan", "0", "-5"):
+        with pytest.raises(ValueError, match="trainer.device_peak must be auto, a peak in TFLOP/s"):
+            TrainerConfig(device_peak=bad)
 
 
 def test_spike_detector():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from data_pipeline.config import DataConfig
@@ -36,8 +38,9 @@ PEAK_FLOPS = {
 
 
 def _is_positive_number(text: str) -> bool:
+    """A finite number above zero (``inf`` and ``nan`` are not peaks)."""
     try:
-        return float(text) > 0
+        return math.isfinite(float(text)) and float(text) > 0
     except ValueError:
         return False
 
