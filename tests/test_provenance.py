@@ -94,6 +94,15 @@ def test_the_data_resolves_from_the_run_directory_or_is_waived_by_name(scratch, 
         moved.rename(scratch / "data")
 
 
+def test_files_kfm_writes_after_the_export_do_not_break_the_verdict(scratch, tmp_path):
+    """``train.evaluate_lm`` writes eval_results.json and the model card after the export; no loader reads them."""
+    run, hf = copy_run(scratch, tmp_path)
+    (hf / "eval_results.json").write_text(json.dumps({"results": {"kobest_boolq": {"acc": 0.5}}}))
+    (hf / "README.md").write_text((hf / "README.md").read_text() + "\n## Evaluation results\n")
+    report = verify(hf, run)
+    assert report.verified, report.to_text()
+
+
 # ----- tampering -----
 def rewrite_chain(run, hf, edit, signer=None, keep_signatures=False) -> None:
     """Edit records of the export's chain and re-link it consistently (ids recomputed, parents updated),

@@ -187,10 +187,15 @@ def read_weights_digest(directory: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+AFTER_EXPORT = ("README.md", "eval_results.json")
+"""Files kfm writes into an export after it is recorded, which no loader reads: the model card (rewritten by
+``train.verify`` and ``train.evaluate_lm``) and the evaluation results."""
+
+
 def export_file_hashes(out: Path) -> dict[str, str]:
     """SHA-256 of every file of the export a loader reads besides the weights (which the weights digest covers):
-    config, generation config, tokenizer files, special-token maps, chat template, the shard index. Not the model
-    card (``README.md``, rewritten by the verifier) or ``provenance/``."""
+    config, generation config, tokenizer files, special-token maps, chat template, the shard index, any other
+    file put there. Not ``AFTER_EXPORT`` or ``provenance/``."""
     files = {}
     for path in sorted(out.rglob("*")):
         rel = path.relative_to(out).as_posix()
@@ -200,7 +205,7 @@ def export_file_hashes(out: Path) -> dict[str, str]:
 
 
 def _unhashed(rel: str) -> bool:
-    return rel == "README.md" or rel.startswith(f"{PROVENANCE_DIR}/") or rel.endswith(".safetensors")
+    return rel in AFTER_EXPORT or rel.startswith(f"{PROVENANCE_DIR}/") or rel.endswith(".safetensors")
 
 
 def parent_of(chain: list[dict], env: dict) -> dict:
