@@ -35,7 +35,11 @@ def transformers_floor():
 
 
 LOAD = textwrap.dedent("""
-    import sys, torch, transformers
+    import sys
+    # transformers 4.x imports HF's `kernels` package when installed; the one transformers 5.25+ brings into
+    # the venv needs a newer huggingface_hub than 4.54's: load the floor without it, as its own users would.
+    sys.modules["kernels"] = None
+    import torch, transformers
     from transformers import AutoModelForCausalLM
     assert transformers.__version__ == sys.argv[2], transformers.__version__
     hf = AutoModelForCausalLM.from_pretrained(sys.argv[1], local_files_only=True).eval()
