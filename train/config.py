@@ -136,9 +136,11 @@ class TrainerConfig:
     val_every: int = 100
     """Steps between validation passes (and one at the end)."""
     val_batches: int = 8
-    """Global batches per validation pass (over the whole split, and again per source)."""
+    """Global batches of each source's held-out text per validation pass (``val_loss`` weights the sources by
+    their held-out tokens, ``train/validation.py``)."""
     val_per_source: bool = True
-    """Also report validation loss and bits per byte per data source (``val_loss/ko``, ``val_bpb/code``)."""
+    """Also log validation loss and bits per byte per data source (``val_loss/ko``, ``val_bpb/code``); they are
+    measured either way, for the headline."""
     checkpoint_every: int = 100
     """Steps between checkpoints (and one at the end)."""
     keep_checkpoints: int = 2
