@@ -115,9 +115,8 @@ class NearDuplicateIndex:
     def match(self, values: np.ndarray):
         """The first kept document whose estimated Jaccard similarity to ``values`` reaches the threshold."""
         sig = values.astype(np.uint32)
-        need = self.threshold * self.num_perm
         for key in self.candidates(values):
-            if np.count_nonzero(self.signatures[key] == sig) >= need:
+            if estimated_jaccard(self.signatures[key], sig) >= self.threshold:
                 return key
         return None
 

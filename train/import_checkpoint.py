@@ -13,7 +13,6 @@ with a real training step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -28,7 +27,7 @@ from omegaconf import OmegaConf
 from model import Transformer
 from train.checkpoint import STATE_FILE, step_dir
 from train.hf_convert import hf_architecture
-from train.import_hf import load_hf_checkpoint
+from train.import_hf import import_details, load_hf_checkpoint
 from train.provenance import Ledger, code_version, envelope, now, write_chain
 from train.weights_digest import digest_tensors, module_tensors
 
@@ -52,8 +51,7 @@ def import_to_checkpoint(hf_dir: str | Path, run_dir: str | Path) -> Path:
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     common = {"time": now(), "run_dir": str(run_dir), "code": code_version()}
     origin = envelope({"kind": "import", "parent": None, **common, "model": cfg.to_dict(),
-                       "weights": digest.summary(), "source": str(hf_dir), "architecture": hf_architecture(cfg),
-                       "hf_config_sha256": hashlib.sha256((hf_dir / "config.json").read_bytes()).hexdigest()})
+                       "weights": digest.summary(), **import_details(hf_dir, cfg)})
     ckpt = envelope({"kind": "checkpoint", "parent": origin["id"], **common, "step": 0, "consumed": 0,
                      "config": {"model": cfg.to_dict()}, "weights": digest.summary(), "data": []})
     write_chain(tmp, [origin, ckpt], digest.to_json())

@@ -10,6 +10,7 @@ is downloaded: the directory must hold ``config.json`` and the weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def load_hf_checkpoint(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch
     cfg = read_hf_config(hf_dir)
     sd = {k: v.float() for k, v in from_hf_state_dict(read_hf_weights(Path(hf_dir)), cfg).items()}
     return cfg, sd
+
+
+def import_details(hf_dir: str | Path, cfg: ModelConfig) -> dict:
+    """What an ``import`` provenance record says of its source: the directory, the architecture, the config's hash."""
+    hf_dir = Path(hf_dir)
+    return {"source": str(hf_dir), "architecture": hf_architecture(cfg),
+            "hf_config_sha256": hashlib.sha256((hf_dir / "config.json").read_bytes()).hexdigest()}
 
 
 def hf_weight_tensors(hf_dir: str | Path, cfg: ModelConfig):

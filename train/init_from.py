@@ -11,15 +11,13 @@ layer ranges, in order, that make up the new model.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-from pathlib import Path
 
 import torch
 
 from model.config import ModelConfig
-from train.hf_convert import hf_architecture, shortest_period
-from train.import_hf import load_hf_checkpoint
+from train.hf_convert import shortest_period
+from train.import_hf import import_details, load_hf_checkpoint
 
 log = logging.getLogger("kfm.train")
 RUNTIME_FIELDS = ("name", "kernels", "attention_backend")
@@ -59,9 +57,7 @@ def initial_weights(init_from: str, init_layers: str, model: ModelConfig,
     ``observe(kind, cfg, sd, **details)`` sees each stage (``import``, ``upscale``) for the provenance record."""
     cfg, sd = load_hf_checkpoint(init_from)
     if observe:
-        hf_config = Path(init_from) / "config.json"
-        observe("import", cfg, sd, source=str(init_from), architecture=hf_architecture(cfg),
-                hf_config_sha256=hashlib.sha256(hf_config.read_bytes()).hexdigest())
+        observe("import", cfg, sd, **import_details(init_from, cfg))
     if init_layers:
         source_layers = cfg.n_layers
         cfg, sd = depth_upscale(cfg, sd, parse_layer_ranges(init_layers, source_layers))
