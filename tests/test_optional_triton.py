@@ -30,7 +30,6 @@ WITHOUT_TRITON = textwrap.dedent("""
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[1] < losses[0], losses
-    assert "triton" not in sys.modules or sys.modules["triton"] is None
     try:
         Transformer(ModelConfig(**cfg, kernels="triton"))(tokens)
     except RuntimeError as e:
