@@ -25,14 +25,14 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import data_pipeline.build  # noqa: E402,F401  (registers the job schema)
-from data_pipeline.build import build_shards  # noqa: E402
-from data_pipeline.loader import DistributedLoader, MixtureStream  # noqa: E402
-from data_pipeline.clean import drop_boilerplate, normalize_text  # noqa: E402
-from data_pipeline.near_dedup import signature  # noqa: E402
-from data_pipeline.pii import scrub, scrub_reference  # noqa: E402
-from data_pipeline.reader import iter_documents  # noqa: E402
-from tokenizer.fast_encode import batch_encoder  # noqa: E402
+import kfm.data_pipeline.build  # noqa: E402,F401  (registers the job schema)
+from kfm.data_pipeline.build import build_shards  # noqa: E402
+from kfm.data_pipeline.clean import drop_boilerplate, normalize_text  # noqa: E402
+from kfm.data_pipeline.loader import DistributedLoader, MixtureStream  # noqa: E402
+from kfm.data_pipeline.near_dedup import signature  # noqa: E402
+from kfm.data_pipeline.pii import scrub, scrub_reference  # noqa: E402
+from kfm.data_pipeline.reader import iter_documents  # noqa: E402
+from kfm.tokenizer.fast_encode import batch_encoder  # noqa: E402
 
 
 def stage_times(cfg, tokenizer: Path) -> None:
@@ -82,7 +82,7 @@ def synthetic_shards(root: Path, gib: float, vocab: int = 65536, doc_tokens: int
     reads that the sample corpus (a few MB) is too small to show."""
     import numpy as np
 
-    from data_pipeline.shards import Manifest, ShardWriter, token_dtype
+    from kfm.data_pipeline.shards import Manifest, ShardWriter, token_dtype
 
     dtype, rng = token_dtype(vocab), np.random.default_rng(0)
     n_docs = int(gib * 2**30 / dtype.itemsize / doc_tokens)

@@ -60,7 +60,7 @@ def attention_rows(seq: int, dims, dtype, device, smoke: bool):
     import torch
     import torch.nn.functional as F
 
-    from model.kernels.flash_attention import flash_attention
+    from kfm.model.kernels.flash_attention import flash_attention
 
     _, heads, kv, hd, _ = dims
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -103,12 +103,13 @@ def attention_rows(seq: int, dims, dtype, device, smoke: bool):
 def elementwise_rows(tokens: int, dims, dtype, device, smoke: bool):
     import torch
 
-    from model.config import RopeConfig
-    from model.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-    from model.kernels.rms_norm import rms_norm, rms_norm_reference
-    from model.kernels.rope import apply_rope_qk, rope_reference
-    from model.kernels.swiglu import swiglu, swiglu_reference
-    from model.rope import rope_tables
+    from kfm.model.config import RopeConfig
+    from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+    from kfm.model.kernels.rms_norm import rms_norm
+    from kfm.model.kernels.rope import apply_rope_qk
+    from kfm.model.kernels.swiglu import swiglu
+    from kfm.model.layers import rms_norm_torch, swiglu_torch
+    from kfm.model.rope import Rotary, rope_tables
 
     dim, heads, kv, hd, ffn = dims
     vocab = 128256 if device == "cuda" else 1000
@@ -119,16 +120,16 @@ def elementwise_rows(tokens: int, dims, dtype, device, smoke: bool):
     size = torch.finfo(dtype).bits // 8
     cases = {
         "rmsnorm+residual": ((x, w, r), lambda x, w, r: rms_norm(x, w, 1e-5, r),
-                             lambda x, w, r: rms_norm_reference(x, w, 1e-5, r), 8 * tokens * dim * size,
+                             lambda x, w, r: rms_norm_torch(x, w, 1e-5, r), 8 * tokens * dim * size,
                              torch.randn(tokens, dim, generator=g).to(device, dtype)),
-        "swiglu": ((a, b), swiglu, swiglu_reference, 6 * tokens * ffn * size,
+        "swiglu": ((a, b), swiglu, swiglu_torch, 6 * tokens * ffn * size,
                    torch.randn(tokens, ffn, generator=g).to(device, dtype)),
     }
     cos, sin = (t.to(device) for t in rope_tables(hd, tokens, RopeConfig(theta=5e5)))
     rq, rk = (torch.randn(1, tokens, h, hd, generator=g).to(device, dtype).requires_grad_() for h in (heads, kv))
-    positions = torch.arange(tokens, device=device)[None]
+    rotary = Rotary(cos, sin, torch.arange(tokens, device=device)[None], tokens)
     cases["rope q+k"] = ((rq, rk), lambda q, k: torch.cat([x.flatten() for x in apply_rope_qk(q, k, cos, sin)]),
-                         lambda q, k: torch.cat([rope_reference(x, cos, sin, positions).flatten() for x in (q, k)]),
+                         lambda q, k: torch.cat([rotary.apply(x.transpose(1, 2)).transpose(1, 2).flatten() for x in (q, k)]),
                          4 * tokens * (heads + kv) * hd * size,
                          torch.randn(tokens * (heads + kv) * hd, generator=g).to(device, dtype))
     h = torch.randn(tokens, dim, generator=g).to(device, dtype).requires_grad_()

@@ -49,8 +49,8 @@ def rss_mb() -> float:
 def worker(which: str, args) -> dict:
     import torch
 
-    from model import ModelConfig, Transformer
-    from train.hf_convert import to_hf_config
+    from kfm.model import ModelConfig, Transformer
+    from kfm.train.hf.convert import to_hf_config
 
     torch.manual_seed(0)
     shape, batch, seq, steps = SHAPES[args.shape]

@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_pipeline.config import CleanConfig  # noqa: E402
-from data_pipeline.near_dedup import NearDuplicateIndex, shingles, signature  # noqa: E402
-from tokenizer.config import TextSource  # noqa: E402
-from tokenizer.sampling import iter_documents  # noqa: E402
+from kfm.data_pipeline.config import CleanConfig  # noqa: E402
+from kfm.data_pipeline.near_dedup import NearDuplicateIndex, shingles, signature  # noqa: E402
+from kfm.tokenizer.config import TextSource  # noqa: E402
+from kfm.tokenizer.sampling import iter_documents  # noqa: E402
 
 BINS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 

@@ -32,14 +32,14 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-import train.pretrain  # noqa: E402,F401  (registers the job schema)
-from train.distributed import init_distributed  # noqa: E402
-from train.trainer import Trainer  # noqa: E402
+import kfm.train.cli.pretrain  # noqa: E402,F401  (registers the job schema)
+from kfm.train.loop.trainer import Trainer  # noqa: E402
+from kfm.train.parallel.distributed import init_distributed  # noqa: E402
 
 MEMORY_SCRIPT = """
 import json, resource, time
-from model import ModelConfig, Transformer
-from train.weights_digest import digest_tensors, module_tensors
+from kfm.model import ModelConfig, Transformer
+from kfm.train.provenance.digests import digest_tensors, module_tensors
 cfg = ModelConfig(vocab_size=32768, dim=512, n_layers=8, n_heads=8, n_kv_heads=8, ffn_hidden_dim=1536, max_seq_len=64)
 model = Transformer(cfg)
 model.init_weights(seed=0)

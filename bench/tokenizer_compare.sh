@@ -8,6 +8,6 @@ RUN_DIR=${1:-runs/demo}
 PY=${PY:-.venv/bin/python}
 REF=${KFM_CACHE:-$HOME/.cache/kfm}/reference_tokenizers
 bench/fetch_reference_tokenizers.sh "$REF"
-"$PY" -m tokenizer.evaluate run_dir="$RUN_DIR" \
+"$PY" -m kfm.tokenizer.evaluate run_dir="$RUN_DIR" \
   "references=[$REF/o200k_base.tiktoken,$REF/cl100k_base.tiktoken,$REF/llama3/tokenizer.json,$REF/qwen3/tokenizer.json,$REF/gemma3/tokenizer.json]"
 echo "table: $RUN_DIR/tokenizer/eval/eval.md   chart: $RUN_DIR/tokenizer/eval/eval.png"

@@ -33,10 +33,10 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tokenizer.config import TextSource  # noqa: E402
-from tokenizer.encoders import load_encoder  # noqa: E402
-from tokenizer.fast_encode import batch_encoder  # noqa: E402
-from tokenizer.sampling import is_heldout, iter_documents  # noqa: E402
+from kfm.tokenizer.config import TextSource  # noqa: E402
+from kfm.tokenizer.encoders import load_encoder  # noqa: E402
+from kfm.tokenizer.fast_encode import batch_encoder  # noqa: E402
+from kfm.tokenizer.sampling import is_heldout, iter_documents  # noqa: E402
 
 KFM, SP, HF = "kfm encoder (tiktoken engine, SentencePiece ids)", "SentencePiece", "HF tokenizers twin"
 

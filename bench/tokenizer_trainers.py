@@ -26,12 +26,12 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import tokenizer.train  # noqa: E402,F401  (registers the job schema)
-from tokenizer.config import SPECIAL_TOKENS, control_tokens  # noqa: E402
-from tokenizer.encoders import Encoder, load_encoder  # noqa: E402
-from tokenizer.evaluate import EvalSet, load_set, measure  # noqa: E402
-from tokenizer.sampling import sample_mixture  # noqa: E402
-from tokenizer.train import VocabTooLarge, train_sentencepiece  # noqa: E402
+import kfm.tokenizer.train  # noqa: E402,F401  (registers the job schema)
+from kfm.tokenizer.config import SPECIAL_TOKENS, control_tokens  # noqa: E402
+from kfm.tokenizer.encoders import Encoder, load_encoder  # noqa: E402
+from kfm.tokenizer.evaluate import EvalSet, load_set, measure  # noqa: E402
+from kfm.tokenizer.sampling import sample_mixture  # noqa: E402
+from kfm.tokenizer.train import VocabTooLarge, train_sentencepiece  # noqa: E402
 
 DELIM = "\u241f"  # SYMBOL FOR UNIT SEPARATOR: never in the corpus, removed by the trainer
 

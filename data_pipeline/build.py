@@ -1,6 +1,6 @@
 """Clean, deduplicate and tokenize the corpus into sharded token files with a manifest.
 
-    python -m data_pipeline.build [run_dir=runs/demo] [data.seq_len=256] [data.clean.pii=false] ...
+    python -m kfm.data_pipeline.build [run_dir=runs/demo] [data.seq_len=256] [data.clean.pii=false] ...
 
 Reads ``data.sources``; in ``data.num_workers`` processes cleans each document (NFC, control
 characters, markup, boilerplate lines, PII, quality filters: ``data_pipeline.clean``) and
@@ -30,18 +30,18 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from data_pipeline.clean import clean_document
-from data_pipeline.config import DataConfig
-from data_pipeline.dedup import Deduplicator, dedup_key
-from data_pipeline.journal import JOURNAL, STATE_DIR, Journal, fingerprint
-from data_pipeline.near_dedup import signature
-from data_pipeline.reader import BadRecordLog, DataError, count_records, iter_documents
-from data_pipeline.shards import MANIFEST, TOKEN_BYTES, Manifest, ShardInfo, ShardWriter, file_sha256, token_dtype
-from data_pipeline.text import normalize
-from tokenizer.fast_encode import batch_encoder
-from tokenizer.hf import load_sentencepiece
-from tokenizer.pieces import piece_byte_lengths
-from tokenizer.sampling import is_heldout
+from kfm.data_pipeline.clean import clean_document
+from kfm.data_pipeline.config import DataConfig
+from kfm.data_pipeline.dedup import Deduplicator, dedup_key
+from kfm.data_pipeline.journal import JOURNAL, STATE_DIR, Journal, fingerprint
+from kfm.data_pipeline.near_dedup import signature
+from kfm.data_pipeline.reader import BadRecordLog, DataError, count_records, iter_documents
+from kfm.data_pipeline.shards import MANIFEST, TOKEN_BYTES, Manifest, ShardInfo, ShardWriter, file_sha256, token_dtype
+from kfm.data_pipeline.text import normalize
+from kfm.tokenizer.fast_encode import batch_encoder
+from kfm.tokenizer.hf import load_sentencepiece
+from kfm.tokenizer.pieces import piece_byte_lengths
+from kfm.tokenizer.sampling import is_heldout
 
 __all__ = ["DataBuildJob", "build_shards", "data_dir", "dedup_key"]
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ BATCH_DOCS = 64
 
 @dataclass
 class DataBuildJob:
-    """``python -m data_pipeline.build``."""
+    """``python -m kfm.data_pipeline.build``."""
 
     run_dir: str = "runs/demo"
     """Shards go to ``<run_dir>/data``."""

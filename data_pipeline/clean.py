@@ -11,10 +11,10 @@ import re
 import unicodedata
 from collections import Counter
 
-from data_pipeline.config import CleanConfig
-from data_pipeline.markup import strip_markup
-from data_pipeline.pii import scrub
-from data_pipeline.text import hangul_share
+from kfm.data_pipeline.config import CleanConfig
+from kfm.data_pipeline.markup import strip_markup
+from kfm.data_pipeline.pii import scrub
+from kfm.data_pipeline.text import hangul_share
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufeff]")
 _BLANK_RUN = re.compile(r"\n{3,}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.near_dedup import NearDuplicateIndex
+from kfm.data_pipeline.near_dedup import NearDuplicateIndex
 
 KEY_BYTES = 16
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from data_pipeline.text import collapse_spaces
+from kfm.data_pipeline.text import collapse_spaces
 
 BLOCK_TAGS = frozenset(
     "p h1 h2 h3 h4 h5 h6 li dt dd td th caption blockquote div br tr title figcaption".split()

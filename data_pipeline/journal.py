@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from data_pipeline.config import DataConfig
-from data_pipeline.reader import source_specs
-from data_pipeline.shards import FORMAT_VERSION
+from kfm.data_pipeline.config import DataConfig
+from kfm.data_pipeline.reader import source_specs
+from kfm.data_pipeline.shards import FORMAT_VERSION
+from kfm.files import write_atomically
 
 JOURNAL = "build_journal.json"
 STATE_DIR = ".build"
@@ -58,12 +58,7 @@ class Journal:
     """Build time spent so far."""
 
     def save(self, out: Path) -> None:
-        tmp = out / (JOURNAL + ".tmp")
-        with tmp.open("w") as f:
-            json.dump(asdict(self), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / JOURNAL)
+        write_atomically(out / JOURNAL, json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, out: Path) -> Journal | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_pipeline.shards import OFFSET_DTYPE, Manifest, file_sha256
+from kfm.data_pipeline.shards import OFFSET_DTYPE, Manifest, file_sha256
 
 BLOCK = 1000
 
@@ -40,7 +40,7 @@ class TokenWindows:
         shards = [s for s in self.manifest.split_shards(split) if source is None or s.source == source]
         what = f"'{split}'" + (f" / source '{source}'" if source else "")
         if not shards:
-            raise ValueError(f"{data_dir}: no {what} shards in the manifest; rebuild with `python -m data_pipeline.build`")
+            raise ValueError(f"{data_dir}: no {what} shards in the manifest; rebuild with `python -m kfm.data_pipeline.build`")
         self.seq_len = seq_len
         dtype = np.dtype(self.manifest.dtype)
         self._arrays, self._offsets = [], []
@@ -52,10 +52,10 @@ class TokenWindows:
                 if size != count * itemsize:
                     raise ValueError(f"{path}: {max(size, 0)} bytes on disk, the manifest says {count * itemsize} "
                                      f"({s.num_tokens} tokens, {s.num_docs} documents): the shard is missing or "
-                                     "truncated; rebuild with `python -m data_pipeline.build`")
+                                     "truncated; rebuild with `python -m kfm.data_pipeline.build`")
                 if verify and file_sha256(path) != sha:
                     raise ValueError(f"{path}: SHA-256 differs from the manifest's: the shard is corrupt; rebuild "
-                                     "with `python -m data_pipeline.build`")
+                                     "with `python -m kfm.data_pipeline.build`")
             self._arrays.append(np.memmap(Path(data_dir) / s.file, dtype=dtype, mode="r"))
             self._offsets.append(np.memmap(Path(data_dir) / s.index_file, dtype=OFFSET_DTYPE, mode="r"))
         self._starts = np.cumsum([0] + [len(a) for a in self._arrays])
@@ -189,15 +189,20 @@ class Batch:
     """Position of each input token within its document (restarts at every ``<s>``)."""
     cu_seqlens: list[torch.Tensor]
     """Per sequence: document boundaries as cumulative lengths (flash-attn varlen style)."""
+    cu_seqlens_flat: torch.Tensor
+    """The same boundaries with the rows laid end to end (int32, ``[0, ..., batch * seq]``): what the model
+    turns into its per-batch document tables in one step."""
 
 
 def to_batch(windows: list[tuple[np.ndarray, np.ndarray]]) -> Batch:
     """A batch from (tokens, document starts) windows of ``seq_len + 1`` tokens."""
     x = torch.from_numpy(np.stack([w for w, _ in windows]))
     inputs = x[:, :-1].contiguous()
-    docs = [document_positions(starts, len(w) - 1) for w, starts in windows]
+    seq = len(windows[0][0]) - 1
+    docs = [document_positions(starts, seq) for _, starts in windows]
+    flat = np.concatenate([[0]] + [cu[1:] + r * seq for r, (_, cu) in enumerate(docs)]).astype(np.int32)
     return Batch(inputs, x[:, 1:].contiguous(), torch.from_numpy(np.stack([p for p, _ in docs])),
-                 [torch.from_numpy(c) for _, c in docs])
+                 [torch.from_numpy(c) for _, c in docs], torch.from_numpy(flat))
 
 
 class DistributedLoader:

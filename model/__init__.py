@@ -4,7 +4,7 @@ Nothing here knows about distributed training, the trainer or the data pipeline;
 ``train/`` applies parallelism from outside.
 """
 
-from model.config import ModelConfig
-from model.transformer import Transformer
+from kfm.model.config import ModelConfig
+from kfm.model.transformer import Transformer
 
 __all__ = ["ModelConfig", "Transformer"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.config import ModelConfig
+from kfm.model.config import ModelConfig
 
 
 def _block_params(cfg: ModelConfig) -> tuple[int, int]:

@@ -22,42 +22,95 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from model.kernels import require_triton, triton_available
+from kfm.model.kernels import require_triton, triton_available
 
 log = logging.getLogger("kfm.model")
 
 
-@dataclass
 class Documents:
-    """Where documents start in a (batch, seq) block of packed tokens."""
+    """Where documents start in a (batch, seq) block of packed tokens, computed once per batch and shared by
+    every layer: the document ids, the bounds the Triton kernel reads, and the masks of each window
+    (dense for SDPA, a block mask for FlexAttention) are built on first use and cached here."""
 
-    doc_ids: torch.Tensor
-    """(batch, seq) document index of each token within its row."""
-    cu_seqlens: torch.Tensor
-    """int32 cumulative lengths of every document, the rows laid end to end (flash-attn varlen)."""
-    max_seqlen: int
-    """Longest document."""
+    def __init__(self, cu_seqlens: torch.Tensor, batch: int, seq_len: int, device=None) -> None:
+        """``cu_seqlens``: int cumulative lengths of every document, the rows laid end to end (``[0, ...,
+        batch * seq_len]``, each row's end among them), as the data loader gives them and flash-attn reads them.
+        Checked here when it is on the CPU (as the loader gives it), which costs no device synchronisation."""
+        if cu_seqlens.device.type == "cpu":
+            _check_flat(cu_seqlens, batch, seq_len)
+        self.batch, self.seq_len = batch, seq_len
+        self.cu_seqlens = cu_seqlens.to(device, torch.int32)
+        lengths = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
+        doc = torch.repeat_interleave(torch.arange(len(lengths), device=self.cu_seqlens.device), lengths,
+                                      output_size=batch * seq_len)
+        self.doc_ids = doc.view(batch, seq_len)
+        """(batch, seq) document index of each token (unique over the batch, so equal only within a row)."""
+        self._lengths = lengths
+        self._cache: dict = {}
 
     @classmethod
     def from_cu_seqlens(cls, cu_seqlens: list[torch.Tensor], seq_len: int, device=None) -> Documents:
-        """From one ``cu_seqlens`` per row (``[0, ..., seq_len]``, as the data loader gives them)."""
-        rows, flat = [], [torch.zeros(1, dtype=torch.int64)]
-        longest = 0
+        """From one ``cu_seqlens`` per row (``[0, ..., seq_len]``)."""
         for r, cu in enumerate(cu_seqlens):
             cu = cu.to("cpu", torch.int64)
             if cu[0] != 0 or cu[-1] != seq_len or bool((cu[1:] <= cu[:-1]).any()):
                 raise ValueError(f"cu_seqlens of row {r} must rise strictly from 0 to the sequence length {seq_len}, "
                                  f"got {cu.tolist()}")
-            lengths = cu[1:] - cu[:-1]
-            rows.append(torch.repeat_interleave(torch.arange(len(lengths)), lengths))
-            flat.append(cu[1:] + r * seq_len)
-            longest = max(longest, int(lengths.max()))
-        return cls(torch.stack(rows).to(device), torch.cat(flat).to(device, torch.int32), longest)
+        return cls(flat_cu_seqlens(cu_seqlens, seq_len), len(cu_seqlens), seq_len, device)
+
+    @property
+    def max_seqlen(self) -> int:
+        """Longest document (a host synchronisation the first time: only flash-attn asks)."""
+        if "max_seqlen" not in self._cache:
+            self._cache["max_seqlen"] = int(self._lengths.max())
+        return self._cache["max_seqlen"]
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """int32 (batch, seq) first position of each token's document and one past its last (row offsets)."""
+        if "bounds" not in self._cache:
+            row_start = (torch.arange(self.batch, device=self.doc_ids.device) * self.seq_len)[:, None]
+            start = self.cu_seqlens[:-1].long()[self.doc_ids] - row_start
+            end = self.cu_seqlens[1:].long()[self.doc_ids] - row_start
+            self._cache["bounds"] = (start.to(torch.int32).contiguous(), end.to(torch.int32).contiguous())
+        return self._cache["bounds"]
+
+    def cached(self, key, build):
+        """``build()`` once per batch for ``key`` (a mask of one window, say), then the same object."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+
+def flat_cu_seqlens(cu_seqlens: list[torch.Tensor], seq_len: int) -> torch.Tensor:
+    """Per-row ``cu_seqlens`` laid end to end: ``[0, ..., batch * seq_len]`` (int32)."""
+    parts = [torch.zeros(1, dtype=torch.int64)]
+    parts += [cu.to("cpu", torch.int64)[1:] + r * seq_len for r, cu in enumerate(cu_seqlens)]
+    return torch.cat(parts).to(torch.int32)
+
+
+def _check_flat(cu: torch.Tensor, batch: int, seq_len: int) -> None:
+    cu = cu.long()
+    rows_end = torch.arange(1, batch + 1) * seq_len
+    if (cu.ndim != 1 or len(cu) < 2 or cu[0] != 0 or cu[-1] != batch * seq_len or bool((cu[1:] <= cu[:-1]).any())
+            or not bool(torch.isin(rows_end, cu).all())):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to batch x sequence length ({batch} x {seq_len}) and "
+                         f"hold every row's end, got {cu.tolist()[:16]}{' ...' if len(cu) > 16 else ''}")
+
+
+def as_documents(cu_seqlens, batch: int, seq_len: int, device=None) -> Documents | None:
+    """``Documents`` from what a caller passes the model: per-row ``cu_seqlens`` (a list), the flat ones (a 1-D
+    tensor, as the loader gives them), a ``Documents`` already built, or ``None`` (one document per row)."""
+    if cu_seqlens is None or isinstance(cu_seqlens, Documents):
+        return cu_seqlens
+    if isinstance(cu_seqlens, torch.Tensor):
+        return Documents(cu_seqlens, batch, seq_len, device)
+    if len(cu_seqlens) != batch:
+        raise ValueError(f"cu_seqlens has {len(cu_seqlens)} rows for a batch of {batch}")
+    return Documents.from_cu_seqlens(cu_seqlens, seq_len, device)
 
 
 def attention_mask(seq_len: int, docs: Documents | None, window: int, device=None) -> torch.Tensor:
@@ -113,8 +166,17 @@ def _sdpa(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
     gqa = q.shape[1] != k.shape[1]
     if docs is None and not window:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    mask = attention_mask(q.shape[2], docs, window, q.device)
+    seq = q.shape[2]
+    if docs is None:
+        mask = _causal_window_mask(seq, window, q.device)
+    else:
+        mask = docs.cached(("dense", window), lambda: attention_mask(seq, docs, window, q.device))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_window_mask(seq: int, window: int, device) -> torch.Tensor:
+    return attention_mask(seq, None, window, device)
 
 
 @functools.cache
@@ -126,10 +188,8 @@ def _flex_attention(device_type: str):
     return torch.compile(flex_attention) if device_type == "cuda" else flex_attention
 
 
-def _flex(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
+def _block_mask(doc_ids: torch.Tensor | None, bsz: int, seq: int, window: int, device):
     from torch.nn.attention.flex_attention import create_block_mask
-
-    doc_ids = docs.doc_ids if docs is not None else None
 
     def mask_mod(b, h, qi, kj):
         allowed = kj <= qi
@@ -139,8 +199,22 @@ def _flex(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
             allowed = allowed & (doc_ids[b, qi] == doc_ids[b, kj])
         return allowed
 
+    return create_block_mask(mask_mod, bsz if doc_ids is not None else None, None, seq, seq, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _causal_block_mask(seq: int, window: int, device):
+    return _block_mask(None, 1, seq, window, device)
+
+
+def _flex(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
+    """The block mask is built once per batch and window (once per shape and window without documents), not
+    once per layer."""
     bsz, seq = q.shape[0], q.shape[2]
-    block = create_block_mask(mask_mod, bsz if doc_ids is not None else None, None, seq, seq, device=q.device)
+    if docs is None:
+        block = _causal_block_mask(seq, window, q.device)
+    else:
+        block = docs.cached(("block", window), lambda: _block_mask(docs.doc_ids, bsz, seq, window, q.device))
     return _flex_attention(q.device.type)(q, k, v, block_mask=block, enable_gqa=q.shape[1] != k.shape[1])
 
 
@@ -163,9 +237,11 @@ def _flash_attn(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
 
 
 def _triton(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
-    from model.kernels.flash_attention import flash_attention
+    from kfm.model.kernels.flash_attention import flash_attention
 
-    return flash_attention(q, k, v, docs.doc_ids if docs is not None else None, window)
+    if docs is None:
+        return flash_attention(q, k, v, None, window)
+    return flash_attention(q, k, v, docs.doc_ids, window, bounds=docs.bounds())
 
 
 BACKENDS = {"sdpa": _sdpa, "flex": _flex, "flash_attn": _flash_attn, "triton": _triton}

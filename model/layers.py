@@ -1,7 +1,8 @@
 """Building blocks: RMSNorm, grouped-query attention with options, SwiGLU, the transformer block.
 
-Each takes ``kernels``: True runs the Triton kernels of ``model.kernels`` (same numbers as the
-PyTorch code beside them, tests/test_kernels.py), False plain PyTorch.
+Each takes ``kernels`` (``model.kernels``): the Triton kernels of ``kfm.model.kernels`` or the plain PyTorch
+here. The plain code is the kernels' one reference (``rms_norm_torch``, ``swiglu_torch``; RoPE's is
+``kfm.model.rope.Rotary.apply``): ``tests/test_kernels.py`` compares each kernel with it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import Documents, attention
-from model.config import ModelConfig
-from model.kernels import require_triton, triton_available
-from model.rope import Rotary
+from kfm.model.attention import Documents, attention
+from kfm.model.config import ModelConfig
+from kfm.model.kernels import require_triton, triton_available
+from kfm.model.rope import Rotary
 
 
 def use_triton(setting: str, x: torch.Tensor) -> bool:
@@ -25,8 +26,26 @@ def use_triton(setting: str, x: torch.Tensor) -> bool:
     return setting == "auto" and x.is_cuda and triton_available()
 
 
+def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(x + residual), x + residual) in plain PyTorch; without a residual the second is ``x``.
+
+    Normalised in fp32 and rounded to the input's dtype, then scaled by the weight (as Hugging Face's Llama
+    does) and returned in the input's dtype. The Triton kernel rounds at the same two points."""
+    if residual is not None:
+        x = x + residual
+    x32 = x.float()
+    y = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (weight * y).to(x.dtype), x
+
+
+def swiglu_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """silu(a) * b in fp32, rounded once to ``a``'s dtype (as the Triton kernel does)."""
+    return (F.silu(a.float()) * b.float()).to(a.dtype)
+
+
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back."""
+    """y = x / sqrt(mean(x^2) + eps) * weight (``rms_norm_torch``, or the Triton kernel)."""
 
     def __init__(self, dim: int, eps: float, kernels: str = "torch") -> None:
         super().__init__()
@@ -35,21 +54,18 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_triton(self.kernels, x):
-            from model.kernels.rms_norm import rms_norm
+            from kfm.model.kernels.rms_norm import rms_norm
 
             return rms_norm(x, self.weight, self.eps)[0]
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * y.to(x.dtype)
+        return rms_norm_torch(x, self.weight, self.eps)[0]
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual), in one kernel with Triton."""
         if use_triton(self.kernels, x):
-            from model.kernels.rms_norm import rms_norm
+            from kfm.model.kernels.rms_norm import rms_norm
 
             return rms_norm(x, self.weight, self.eps, residual)
-        total = x + residual
-        return self(total), total
+        return rms_norm_torch(x, self.weight, self.eps, residual)
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
@@ -81,7 +97,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         triton_rope = self.use_rope and use_triton(self.kernels, x)
         if triton_rope:
-            from model.kernels.rope import apply_rope_qk
+            from kfm.model.kernels.rope import apply_rope_qk
 
             q, k = apply_rope_qk(q, k, rotary.cos, rotary.sin, rotary.positions)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -103,10 +119,10 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_triton(self.kernels, x):
-            from model.kernels.swiglu import swiglu
+            from kfm.model.kernels.swiglu import swiglu
 
             return self.w2(swiglu(self.w1(x), self.w3(x)))
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(swiglu_torch(self.w1(x), self.w3(x)))
 
 
 class TransformerBlock(nn.Module):

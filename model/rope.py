@@ -15,7 +15,7 @@ from functools import cached_property
 
 import torch
 
-from model.config import RopeConfig
+from kfm.model.config import RopeConfig
 
 
 def inv_frequencies(head_dim: int, rope: RopeConfig, device=None) -> tuple[torch.Tensor, float]:

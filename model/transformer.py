@@ -7,11 +7,11 @@ import math
 import torch
 from torch import nn
 
-from model.attention import Documents
-from model.config import ModelConfig
-from model.kernels.linear_cross_entropy import linear_cross_entropy
-from model.layers import RMSNorm, TransformerBlock, use_triton
-from model.rope import Rotary, rope_tables
+from kfm.model.attention import Documents, as_documents
+from kfm.model.config import ModelConfig
+from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy
+from kfm.model.layers import RMSNorm, TransformerBlock, use_triton
+from kfm.model.rope import Rotary, rope_tables
 
 
 class Transformer(nn.Module):
@@ -71,25 +71,27 @@ class Transformer(nn.Module):
         self.rope_sin.copy_(sin)
 
     def hidden_states(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
-                      cu_seqlens: list[torch.Tensor] | None = None) -> torch.Tensor:
+                      cu_seqlens: list[torch.Tensor] | torch.Tensor | Documents | None = None) -> torch.Tensor:
         """Final normed hidden states (batch, seq, dim).
 
         ``position_ids`` (batch, seq): RoPE positions, e.g. restarting at every packed document
-        (default ``0..seq-1``); ``cu_seqlens``: one tensor of document boundaries per row, so that
-        attention stays within documents (default: one document per row).
+        (default ``0..seq-1``); ``cu_seqlens``: the document boundaries, so that attention stays within
+        documents (default: one document per row): the flat cumulative lengths of the rows laid end to end
+        (a 1-D tensor, as the loader's ``Batch.cu_seqlens_flat``), one tensor per row (a list), or a
+        ``Documents``. They become a ``Documents`` once here, which every layer shares.
         """
         seq = tokens.shape[1]
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds model.max_seq_len={self.cfg.max_seq_len}")
         h = self.tok_embeddings(tokens)
         rotary = Rotary(self.rope_cos, self.rope_sin, position_ids, seq)
-        docs = Documents.from_cu_seqlens(cu_seqlens, seq, tokens.device) if cu_seqlens is not None else None
+        docs = as_documents(cu_seqlens, tokens.shape[0], seq, tokens.device)
         for layer in self.layers:
             h = layer(h, rotary, docs)
         return self.norm(h)
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
-                cu_seqlens: list[torch.Tensor] | None = None, targets: torch.Tensor | None = None,
+                cu_seqlens: list[torch.Tensor] | torch.Tensor | Documents | None = None, targets: torch.Tensor | None = None,
                 z_loss: float = 0.0, loss_chunk: int | None = None) -> torch.Tensor:
         """Logits (batch, seq, vocab) for ``tokens`` (batch, seq); see ``hidden_states`` for the rest.
 

@@ -15,17 +15,17 @@ run() { "$@" 2>&1 | tee -a "$LOG"; }
 start=$(date +%s)
 
 stage "1/7 sample corpus (cached after the first run)"
-run "$PY" -m data_pipeline.sample_corpus
+run "$PY" -m kfm.data_pipeline.sample_corpus
 stage "2/7 tokenizer → $RUN_DIR/tokenizer"
-run "$PY" -m tokenizer.train run_dir="$RUN_DIR"
+run "$PY" -m kfm.tokenizer.train run_dir="$RUN_DIR"
 stage "3/7 token shards → $RUN_DIR/data"
-run "$PY" -m data_pipeline.build run_dir="$RUN_DIR"
+run "$PY" -m kfm.data_pipeline.build run_dir="$RUN_DIR"
 stage "4/7 pretraining, $NPROC processes (FSDP2) → $RUN_DIR/checkpoints"
-run "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m train.pretrain run_dir="$RUN_DIR" "$@"
+run "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m kfm.train.cli.pretrain run_dir="$RUN_DIR" "$@"
 stage "5/7 Hugging Face export → $RUN_DIR/hf"
-run "$PY" -m train.export_hf run_dir="$RUN_DIR"
+run "$PY" -m kfm.train.cli.export_hf run_dir="$RUN_DIR"
 stage "6/7 provenance: is $RUN_DIR/hf the end of an unbroken chain from kfm's own initialisation?"
-run "$PY" -m train.verify run_dir="$RUN_DIR"
+run "$PY" -m kfm.train.cli.verify run_dir="$RUN_DIR"
 stage "7/7 generation with transformers from $RUN_DIR/hf"
-run "$PY" -m train.generate run_dir="$RUN_DIR"
+run "$PY" -m kfm.train.cli.generate run_dir="$RUN_DIR"
 stage "done in $(( $(date +%s) - start )) s; log: $LOG"

@@ -15,9 +15,9 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tests.helpers import write_tiny_corpus  # noqa: E402
-from tokenizer.config import TextSource, TokenizerConfig  # noqa: E402
-from tokenizer.train import train_tokenizer  # noqa: E402
+from kfm.tokenizer.config import TextSource, TokenizerConfig  # noqa: E402
+from kfm.tokenizer.train import train_tokenizer  # noqa: E402
+from tests.helpers import build_tiny_shards, write_tiny_corpus  # noqa: E402
 
 TINY_VOCAB = 768
 
@@ -47,3 +47,10 @@ def tiny_tokenizer(tiny_corpus, tmp_path_factory):
 def tiny_tokenizer_any(request, tiny_corpus, tmp_path_factory):
     """The tiny tokenizer for each supported SentencePiece algorithm."""
     return _train_tiny(tiny_corpus, tmp_path_factory.mktemp(f"tokenizer-{request.param}"), request.param)
+
+
+@pytest.fixture()
+def run_dir(tiny_corpus, tiny_tokenizer, tmp_path):
+    """A fresh run directory with the tiny corpus built into shards under ``data/``."""
+    build_tiny_shards(tiny_corpus, tiny_tokenizer, tmp_path / "data")
+    return tmp_path

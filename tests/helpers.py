@@ -1,4 +1,6 @@
-"""Test helpers: a tiny real-text corpus, and running a function in N gloo processes."""
+"""Test helpers shared by the test modules (no test module imports another): a tiny real-text corpus and its
+shards, jobs and tiny models, random Hugging Face models, reference attention, strings for round trips, and
+running a function in N processes."""
 
 from __future__ import annotations
 
@@ -6,13 +8,23 @@ import io
 import json
 import os
 import random
-import socket
 import sysconfig
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
+
+from kfm.data_pipeline.build import build_shards
+from kfm.data_pipeline.config import CleanConfig, DataConfig, DataSource
+from kfm.model import ModelConfig, Transformer
+from kfm.model.config import RopeConfig
+from kfm.tokenizer.hf import SPACE
+from kfm.train.checkpoint.layout import STATE_FILE
+from kfm.train.config import OptimConfig, PretrainJob, TrainerConfig
+from kfm.train.parallel.distributed import free_port
 
 KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 """Where the Triton kernel tests put their tensors: compiled on a GPU, under the interpreter on CPU (conftest)."""
@@ -58,20 +70,14 @@ def write_tiny_corpus(root: Path, n_docs: int = 300, seed: int = 0) -> dict[str,
     return paths
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
+def _worker(rank: int, world: int, port: int, backend: str, fn, args, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     import torch
     import torch.distributed as dist
 
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group(backend, rank=rank, world_size=world)
         # Send bytes, not tensors: shared-memory handles die with this process.
         buf = io.BytesIO()
         torch.save(fn(*args), buf)
@@ -83,12 +89,13 @@ def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
             dist.destroy_process_group()
 
 
-def run_distributed(fn, world: int, *args, timeout: float = 600) -> list:
-    """Run ``fn(*args)`` in ``world`` spawned gloo processes; returns each rank's result, raises on failure."""
+def run_distributed(fn, world: int, *args, timeout: float = 600, backend: str = "gloo") -> list:
+    """Run ``fn(*args)`` in ``world`` spawned processes joined in a ``backend`` group (gloo on CPU; nccl needs a
+    GPU each); returns each rank's result, raises on failure."""
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, fn, args, queue)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, backend, fn, args, queue)) for r in range(world)]
     for p in procs:
         p.start()
     results, errors = [None] * world, []
@@ -102,3 +109,168 @@ def run_distributed(fn, world: int, *args, timeout: float = 600) -> list:
     if errors:
         raise RuntimeError("\n".join(errors))
     return results
+
+
+def make_job(run_dir: Path, steps=8, tie=False, **trainer_kw) -> PretrainJob:
+    return PretrainJob(
+        run_dir=str(run_dir),
+        model=ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96,
+                          max_seq_len=64, tie_embeddings=tie),
+        data=DataConfig(seq_len=32),
+        optim=OptimConfig(lr=1e-2, warmup_steps=2),
+        trainer=TrainerConfig(**{"steps": steps, "local_batch_size": 4, "log_every": 2, "val_every": 4,
+                                 "val_batches": 2, "checkpoint_every": 4, "keep_checkpoints": 5,
+                                 "wandb_mode": "disabled", **trainer_kw}),
+    )
+
+
+def train_and_report(job: PretrainJob):
+    from kfm.train.loop.trainer import Trainer
+    from kfm.train.parallel.distributed import init_distributed
+
+    trainer = Trainer(job, init_distributed())
+    last = trainer.fit()
+    return last, trainer.engine.full_state_dict()
+
+
+def build_tiny_shards(corpus: dict, tokenizer: Path, out: Path) -> None:
+    # The tiny corpus recombines a few sentences: near-dedup would leave too little of it (tested elsewhere).
+    cfg = DataConfig(sources=[DataSource(name=k, path=str(v)) for k, v in corpus.items()], seq_len=32,
+                     val_fraction=0.1, num_workers=1, clean=CleanConfig(dedup_near=False))
+    build_shards(cfg, tokenizer / "tokenizer.model", out)
+
+
+def read_metrics(run_dir: Path, key: str) -> list[float]:
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in rows if key in r]
+
+
+SMALL = dict(vocab_size=768, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=64, rms_norm_eps=1e-6)
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+
+def hf_config(name: str):
+    """Tiny configs written the way `transformers` users write them (not derived from kfm's)."""
+    import transformers
+
+    if name == "llama":
+        return transformers.LlamaConfig(**SMALL, num_hidden_layers=2, rope_parameters=LLAMA3_ROPE,
+                                        architectures=["LlamaForCausalLM"])
+    if name == "qwen2":
+        return transformers.Qwen2Config(**SMALL, num_hidden_layers=2, tie_word_embeddings=True,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                                        architectures=["Qwen2ForCausalLM"])
+    if name == "qwen3":
+        return transformers.Qwen3Config(**SMALL, num_hidden_layers=2, head_dim=32, tie_word_embeddings=True,
+                                        architectures=["Qwen3ForCausalLM"])
+    return transformers.Exaone4Config(**SMALL, num_hidden_layers=4, sliding_window=6,
+                                      layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                                      architectures=["Exaone4ForCausalLM"])
+
+
+def random_hf_model(name: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(name)).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "bias" in pname:  # off their 1.0 / 0.0 init, so a mix-up shows
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def tiny_cfg(**kw):
+    base = dict(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
+                rope=RopeConfig(theta=500000.0), norm_eps=1e-6)
+    return ModelConfig(**{**base, **kw})
+
+
+def random_model(cfg, seed=0):
+    torch.manual_seed(seed)
+    m = Transformer(cfg)
+    m.init_weights(seed=seed)
+    with torch.no_grad():  # move norms off 1.0 so the test sees them
+        for name, p in m.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+def save_checkpoint(m, cfg, ckpt, step: int):
+    """``m`` as a weights-only kfm checkpoint at ``ckpt`` (DCP + trainer state)."""
+    dcp.save({"model": m.state_dict()}, checkpoint_id=str(ckpt))
+    (ckpt / STATE_FILE).write_text(json.dumps({"step": step, "config": {"model": asdict(cfg)}}))
+    return ckpt
+
+
+def reference_attention(q, k, v, allowed):
+    """Plain softmax attention with the key/value heads repeated, in fp32."""
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1).float(), v.repeat_interleave(rep, 1).float()
+    scores = q.float() @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v).to(q.dtype)
+
+
+FIXED_CASES = [
+    "",
+    "안녕하세요, 세계!",
+    "ㄱㄴㄷ ㅏㅑㅓ 각",  # compatibility jamo and conjoining jamo
+    "뷁뙇쌰똠 햏",  # syllables outside KS X 1001
+    "😀 👩‍👩‍👧 🇰🇷",
+    "Mixed 한국어 text with 日本語, 中文, Ελληνικά and עברית.",
+    "a  b   c    d",
+    "  leading and trailing  ",
+    "\ttabs\t\tand\nnew\n\nlines\r\n",
+    "def f(x):\n    return x  # indentation\n",
+    "\x00\x01\x7f\ufffd\ufeff\u200b",  # control, replacement, BOM, zero-width space
+    "e\u0301 vs é",  # decomposed and composed
+    "<s></s><unk><pad> <0x41>",  # special-token look-alikes are plain text
+    "1234567890 3.14159 010-1234-5678",
+    "\U0010ffff\U0001f600",
+    "\u2581 is not a space, ▁▁ neither",
+]
+
+
+def random_strings(n: int, seed: int = 0) -> list[str]:
+    """Strings drawn from many scripts, whitespace, U+2581 and control characters."""
+    rng = random.Random(seed)
+    ranges = [(0x20, 0x7E), (0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F), (0x4E00, 0x9FFF),
+              (0x0400, 0x04FF), (0x1F300, 0x1F6FF), (0x0, 0x1F), (0xE000, 0xF8FF), (0x10000, 0x10FFFF)]
+    out = []
+    for _ in range(n):
+        chars = []
+        for _ in range(rng.randint(1, 40)):
+            if rng.random() < 0.2:
+                chars.append(rng.choice(" \t\n  "))
+                continue
+            lo, hi = rng.choice(ranges)
+            c = chr(rng.randint(lo, hi))
+            if not 0xD800 <= ord(c) <= 0xDFFF:
+                chars.append(c)
+            if rng.random() < 0.05:
+                chars.append(SPACE)
+        out.append("".join(chars))
+    return out
+
+
+BASE = dict(vocab_size=211, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
+            norm_eps=1e-6)
+
+VARIANTS = {
+    "llama": dict(),
+    "llama_untied_gqa8": dict(n_heads=8, n_kv_heads=1, tie_embeddings=True),
+    "llama_rope_linear": dict(rope=RopeConfig(theta=50000.0, scaling="linear", factor=4.0)),
+    "llama_rope_llama3": dict(rope=RopeConfig(theta=500000.0, scaling="llama3", factor=8.0, original_max_seq_len=16)),
+    "llama_rope_yarn": dict(rope=RopeConfig(theta=1e6, scaling="yarn", factor=4.0, original_max_seq_len=16)),
+    "qwen2_bias": dict(qkv_bias=True, rope=RopeConfig(theta=1e6)),
+    "qwen3_qknorm_headdim": dict(qk_norm=True, head_dim=32, tie_embeddings=True),
+    "exaone4_hybrid": dict(qk_norm=True, norm_placement="post", sliding_window=6, layer_pattern="LLLG",
+                           rope_on_global_layers=False),
+}

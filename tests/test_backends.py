@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.helpers import run_distributed
-from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
+from tests.helpers import make_job, run_distributed, train_and_report
 
 STEPS = 5
 
@@ -34,7 +33,7 @@ def recorded_digests(run_dir) -> dict[str, str]:
     cleared for the next run in the same directory."""
     import shutil
 
-    from train.provenance import Ledger
+    from kfm.train.provenance.ledger import Ledger
 
     records = [env["record"] for env in Ledger(run_dir).envelopes()]
     shutil.rmtree(run_dir / "provenance")
@@ -63,7 +62,7 @@ def test_backend_matches_the_single_process_run(run_dir, reference, backend, ext
     assert all(got_weights[k].shape == ref_weights[k].shape for k in ref_weights)
     # Provenance digests, hashed shard by shard across the ranks, are those of the plain weights: the same
     # initial weights as the 1-process run, and the final checkpoint's record matches the gathered weights.
-    from train.weights_digest import digest_tensors, state_dict_tensors
+    from kfm.train.provenance.digests import digest_tensors, state_dict_tensors
 
     assert got_digests["init"] == ref_digests["init"]
     assert got_digests["checkpoint"] == digest_tensors(state_dict_tensors(got_weights)).sha256
@@ -79,7 +78,7 @@ def test_bf16_follows_the_fp32_curve_loosely(run_dir, reference, backend, extra)
 
 
 def test_a_ddp_checkpoint_resumes_under_fsdp2(run_dir):  # noqa: F811
-    from train.checkpoint import list_checkpoints
+    from kfm.train.checkpoint.layout import list_checkpoints
 
     job = make_job(run_dir, steps=4, backend="ddp")
     run_distributed(train_and_report, 2, job)
@@ -94,8 +93,8 @@ def test_a_ddp_checkpoint_resumes_under_fsdp2(run_dir):  # noqa: F811
 def build_and_gather(job):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from train.distributed import init_distributed
-    from train.engine import build_model
+    from kfm.train.parallel.distributed import init_distributed
+    from kfm.train.parallel.engine import build_model
 
     model = build_model(job, init_distributed())
     meta_left = [n for n, p in model.named_parameters() if p.is_meta]
@@ -107,7 +106,7 @@ def build_and_gather(job):
 def test_sharded_model_is_initialised_from_meta_like_the_plain_model(run_dir, backend):  # noqa: F811
     import torch
 
-    from model import Transformer
+    from kfm.model import Transformer
 
     job = make_job(run_dir, backend=backend, tie=True)
     (meta_left, weights), _ = run_distributed(build_and_gather, 2, job)
@@ -128,7 +127,7 @@ def test_consolidate_an_fsdp2_checkpoint_to_one_safetensors_file(run_dir):  # no
     job = make_job(run_dir, steps=4, tie=True)
     (_, weights), _ = run_distributed(train_and_report, 2, job)
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "train.consolidate", f"run_dir={run_dir}"], cwd=root, check=True,
+    subprocess.run([sys.executable, "-m", "kfm.train.cli.consolidate", f"run_dir={run_dir}"], cwd=root, check=True,
                    capture_output=True, timeout=300)
     sd = load_file(str(run_dir / "checkpoints" / "step_0000004" / "model.safetensors"))
     assert set(sd) == set(weights) - {"output.weight"}  # tied: stored once
@@ -166,8 +165,8 @@ def test_fsdp2_resumes_on_three_ranks(run_dir):  # noqa: F811
 
 KILLED_DURING_SAVE = """
 import os, pickle, signal, sys
-import train.trainer as trainer
-from train.distributed import init_distributed
+import kfm.train.loop.trainer as trainer
+from kfm.train.parallel.distributed import init_distributed
 
 job = pickle.load(open(sys.argv[1], "rb"))
 real_publish = trainer.publish
@@ -189,7 +188,7 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir, b
     import sys
     from pathlib import Path
 
-    from train.checkpoint import latest_checkpoint, list_checkpoints
+    from kfm.train.checkpoint.layout import latest_checkpoint, list_checkpoints
 
     job = make_job(run_dir, steps=8, backend=backend)
     (run_dir / "job.pkl").write_bytes(pickle.dumps(job))

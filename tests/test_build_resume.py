@@ -10,20 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline.build import build_shards
-from data_pipeline.config import CleanConfig, DataConfig, DataSource
-from data_pipeline.journal import JOURNAL, Journal
-from data_pipeline.loader import TokenWindows
-from data_pipeline.reader import DataError
-from data_pipeline.shards import Manifest
+from kfm.data_pipeline.build import build_shards
+from kfm.data_pipeline.config import CleanConfig, DataConfig, DataSource
+from kfm.data_pipeline.journal import JOURNAL, Journal
+from kfm.data_pipeline.loader import TokenWindows
+from kfm.data_pipeline.reader import DataError
+from kfm.data_pipeline.shards import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 KILLED_BUILD = """
 import json, os, signal, sys
 from omegaconf import OmegaConf
-from data_pipeline.build import build_shards
-from data_pipeline.config import DataConfig
+from kfm.data_pipeline.build import build_shards
+from kfm.data_pipeline.config import DataConfig
 
 cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), json.loads(sys.argv[1])))
 

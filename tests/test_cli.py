@@ -28,27 +28,27 @@ def env(tiny_corpus, tmp_path_factory):
 
 def test_entry_points_chain_to_a_loadable_hf_model(env, tmp_path):
     rd = f"run_dir={tmp_path}"
-    run(["tokenizer.train", rd, "tokenizer.vocab_size=768", "tokenizer.ksx1001_hangul=false",
+    run(["kfm.tokenizer.train", rd, "tokenizer.vocab_size=768", "tokenizer.ksx1001_hangul=false",
          "tokenizer.heldout_fraction=0.1"], env)
-    run(["data_pipeline.build", rd, "data.seq_len=32", "data.val_fraction=0.1", "data.clean.dedup_near=false"], env)
+    run(["kfm.data_pipeline.build", rd, "data.seq_len=32", "data.val_fraction=0.1", "data.clean.dedup_near=false"], env)
     small = ["model.vocab_size=768", "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
              "model.ffn_hidden_dim=96", "data.seq_len=32", "trainer.steps=6", "trainer.log_every=2",
              "trainer.val_every=3", "trainer.checkpoint_every=3", "trainer.val_batches=2"]
-    run(["train.pretrain", rd, *small], env)
+    run(["kfm.train.cli.pretrain", rd, *small], env)
     metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "val_loss" in m] == [0, 3, 6]
     assert any((tmp_path / "wandb").glob("offline-run-*"))
-    run(["train.export_hf", rd], env)
-    out = run(["train.generate", rd, "max_new_tokens=8", "prompt='대한민국'"], env).stdout
+    run(["kfm.train.cli.export_hf", rd], env)
+    out = run(["kfm.train.cli.generate", rd, "max_new_tokens=8", "prompt='대한민국'"], env).stdout
     assert out.strip().startswith("대한민국")
 
 
 def test_cli_errors_name_the_fix(env, tmp_path):
-    proc = run(["train.pretrain", f"run_dir={tmp_path}", "trainer.stepz=3"], env, check=False)
+    proc = run(["kfm.train.cli.pretrain", f"run_dir={tmp_path}", "trainer.stepz=3"], env, check=False)
     assert proc.returncode != 0 and "stepz" in proc.stderr
-    proc = run(["data_pipeline.build", f"run_dir={tmp_path}"], env, check=False)
+    proc = run(["kfm.data_pipeline.build", f"run_dir={tmp_path}"], env, check=False)
     assert proc.returncode != 0 and "tokenizer.train" in proc.stderr
-    proc = run(["train.export_hf", f"run_dir={tmp_path}"], env, check=False)
+    proc = run(["kfm.train.cli.export_hf", f"run_dir={tmp_path}"], env, check=False)
     assert proc.returncode != 0 and "no complete checkpoint" in proc.stderr
 
 
@@ -62,7 +62,7 @@ def test_a_build_stopped_by_a_bad_record_prints_one_error_and_leaves_no_data(env
             for i in range(300)]
     corpus.write_text("\n".join(good[:250] + ['{"text": "끝나지 않은 문자열'] + good[250:]) + "\n", encoding="utf-8")
     rd = tmp_path / "run"
-    proc = run(["data_pipeline.build", f"run_dir={rd}", f"tokenizer_model={tiny_tokenizer / 'tokenizer.model'}",
+    proc = run(["kfm.data_pipeline.build", f"run_dir={rd}", f"tokenizer_model={tiny_tokenizer / 'tokenizer.model'}",
                 f"data.sources=[{{name: ko, path: {corpus}}}]", "data.val_fraction=0.4"], env, check=False)
     assert proc.returncode == 1
     assert f"error: {corpus}:251: not valid JSON (Unterminated string starting at column 10)" in proc.stderr

@@ -9,18 +9,18 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-import data_pipeline.build  # noqa: F401  (registers data_build_job_schema)
-import data_pipeline.sample_corpus  # noqa: F401
-import tokenizer.train  # noqa: F401
-import train.consolidate  # noqa: F401
-import train.evaluate_lm  # noqa: F401
-import train.export_hf  # noqa: F401
-import train.generate  # noqa: F401
-import train.pretrain  # noqa: F401
-import train.signing  # noqa: F401
-import train.verify  # noqa: F401
-from data_pipeline.build import DataBuildJob
-from train.config import PretrainJob
+import kfm.data_pipeline.build  # noqa: F401  (registers data_build_job_schema)
+import kfm.data_pipeline.sample_corpus  # noqa: F401
+import kfm.tokenizer.train  # noqa: F401
+import kfm.train.cli.consolidate  # noqa: F401
+import kfm.train.cli.evaluate_lm  # noqa: F401
+import kfm.train.cli.export_hf  # noqa: F401
+import kfm.train.cli.generate  # noqa: F401
+import kfm.train.cli.keygen  # noqa: F401
+import kfm.train.cli.pretrain  # noqa: F401
+import kfm.train.cli.verify  # noqa: F401
+from kfm.data_pipeline.build import DataBuildJob
+from kfm.train.config import PretrainJob
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 JOBS = ["tokenizer_train", "data_build", "pretrain", "export_hf", "generate", "sample_corpus", "consolidate",

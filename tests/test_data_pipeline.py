@@ -1,26 +1,25 @@
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 
-from collections import Counter
-
-from data_pipeline.build import build_shards, dedup_key
-from data_pipeline.clean import clean_document
-from tokenizer.sampling import is_heldout
-from data_pipeline.config import CleanConfig, DataConfig, DataSource
-from data_pipeline.html_text import html_paragraphs
-from data_pipeline.loader import (
+from kfm.data_pipeline.build import build_shards, dedup_key
+from kfm.data_pipeline.clean import clean_document
+from kfm.data_pipeline.config import CleanConfig, DataConfig, DataSource
+from kfm.data_pipeline.html_text import html_paragraphs
+from kfm.data_pipeline.loader import (
     DistributedLoader,
     MixtureStream,
     TokenWindows,
     document_positions,
     validation_batches,
 )
-from data_pipeline.reader import DataError
-from data_pipeline.shards import Manifest, file_sha256
-from data_pipeline.text import hangul_share, normalize
+from kfm.data_pipeline.reader import DataError
+from kfm.data_pipeline.shards import Manifest, file_sha256
+from kfm.data_pipeline.text import hangul_share, normalize
+from kfm.tokenizer.sampling import is_heldout
 
 SEQ = 32
 

@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-from tests.helpers import run_distributed
-from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
-from train.deepspeed_engine import deepspeed_config
+from kfm.train.parallel.deepspeed_engine import deepspeed_config
+from tests.helpers import make_job, run_distributed, train_and_report
 
 
 def test_deepspeed_config_is_generated_from_the_job(tmp_path):
@@ -61,7 +60,7 @@ def test_a_zero3_checkpoint_consolidates_to_the_trained_weights(run_dir):  # noq
 
     from safetensors.torch import load_file
 
-    from train.consolidate import consolidate
+    from kfm.train.cli.consolidate import consolidate
 
     job = make_job(run_dir, steps=4, backend="deepspeed", zero_stage=3, tie=True)
     (_, weights), _ = run_distributed(train_and_report, 2, job)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from model import Transformer
-from tests.test_hf_export import random_model, tiny_cfg
-from train.evaluate_lm import EvalJob, evaluate
-from train.export_hf import export_model
+from kfm.model import Transformer
+from kfm.train.cli.evaluate_lm import EvalJob, evaluate
+from kfm.train.hf.export import export_model
+from tests.helpers import random_model, tiny_cfg
 
 QUESTIONS = [
     ("대한민국의 수도는?", ["서울", "부산", "대구"], 0),
@@ -80,14 +80,14 @@ def test_lm_eval_runs_a_local_korean_task_on_the_export(tiny_tokenizer, tmp_path
 
     with pytest.raises(ValueError, match=r"unknown lm-eval tasks \['no_such_task'\]"):
         evaluate(EvalJob(run_dir=str(tmp_path), hf_dir=str(out), tasks=["no_such_task"], wandb_mode="disabled"))
-    with pytest.raises(FileNotFoundError, match="holds no exported model: run `python -m train.export_hf` first"):
+    with pytest.raises(FileNotFoundError, match="holds no exported model: run `python -m kfm.train.cli.export_hf` first"):
         evaluate(EvalJob(run_dir=str(tmp_path), hf_dir=str(tmp_path / "nothing"), tasks=["ko_tiny_choice"]))
 
 
 def test_eval_results_go_to_wandb(tmp_path, monkeypatch):
     import wandb
 
-    from train.evaluate_lm import log_to_wandb
+    from kfm.train.cli.evaluate_lm import log_to_wandb
 
     logged, inits = {}, {}
 
@@ -106,8 +106,8 @@ def test_eval_results_go_to_wandb(tmp_path, monkeypatch):
 
 
 def test_the_eval_table_is_replaced_and_the_provenance_section_kept(tmp_path):
-    from train.evaluate_lm import add_to_model_card
-    from train.provenance_report import Report, update_model_card
+    from kfm.train.cli.evaluate_lm import add_to_model_card
+    from kfm.train.provenance.report import Report, update_model_card
 
     card = tmp_path / "README.md"
     card.write_text("# model\n\n## Evaluation\n\n- validation loss\n")

@@ -6,8 +6,8 @@ import sentencepiece as spm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_tokenizer import FIXED_CASES, random_strings
-from tokenizer.fast_encode import SentencePieceBatchEncoder, TiktokenBPE, batch_encoder
+from kfm.tokenizer.fast_encode import SentencePieceBatchEncoder, TiktokenBPE, batch_encoder
+from tests.helpers import FIXED_CASES, random_strings
 
 
 @pytest.fixture(scope="module")

@@ -8,37 +8,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from model import ModelConfig, Transformer
-from model.config import RopeConfig
-from tests.helpers import run_distributed
-from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
-from train.checkpoint import STATE_FILE
-from train.export_hf import export_checkpoint
-from train.hf_convert import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
-
-
-def tiny_cfg(**kw):
-    base = dict(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
-                rope=RopeConfig(theta=500000.0), norm_eps=1e-6)
-    return ModelConfig(**{**base, **kw})
-
-
-def random_model(cfg, seed=0):
-    torch.manual_seed(seed)
-    m = Transformer(cfg)
-    m.init_weights(seed=seed)
-    with torch.no_grad():  # move norms off 1.0 so the test sees them
-        for name, p in m.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.5, 1.5)
-    return m.eval()
-
-
-def save_checkpoint(m, cfg, ckpt, step: int):
-    """``m`` as a weights-only kfm checkpoint at ``ckpt`` (DCP + trainer state)."""
-    dcp.save({"model": m.state_dict()}, checkpoint_id=str(ckpt))
-    (ckpt / STATE_FILE).write_text(json.dumps({"step": step, "config": {"model": asdict(cfg)}}))
-    return ckpt
+from kfm.model import Transformer
+from kfm.train.checkpoint.layout import STATE_FILE
+from kfm.train.cli.export_hf import export_checkpoint
+from kfm.train.hf.convert import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
+from tests.helpers import make_job, random_model, run_distributed, save_checkpoint, tiny_cfg, train_and_report
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -119,7 +93,7 @@ def test_a_two_rank_training_checkpoint_exports_to_transformers(run_dir, tiny_to
 
 
 def test_a_consolidated_file_exports_and_a_checkpoint_without_weights_is_named(tiny_tokenizer, tmp_path):
-    from train.consolidate import consolidate
+    from kfm.train.cli.consolidate import consolidate
 
     cfg = tiny_cfg(tie_embeddings=True, qk_norm=True)  # a Qwen3
     m = random_model(cfg, seed=4)
@@ -145,7 +119,7 @@ def test_a_wrapped_per_rank_failure_is_named_by_its_real_cause(tmp_path):
     """DCP's CheckpointException holds (exception, traceback) pairs: the message names the exception."""
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from train.checkpoint import damaged
+    from kfm.train.checkpoint.layout import damaged
 
     err = damaged(tmp_path / "step_0000003", CheckpointException("load", {0: (EOFError(), ["frame"])}))
     assert "(EOFError: a file ends early)" in str(err) and "tuple" not in str(err)

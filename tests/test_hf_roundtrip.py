@@ -8,45 +8,13 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from model import Transformer
-from train.export_hf import export_model
-from train.hf_convert import from_hf_config, to_hf_config
-from train.import_hf import load_hf_checkpoint
-
-SMALL = dict(vocab_size=768, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-             max_position_embeddings=64, rms_norm_eps=1e-6)
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-
-
-def hf_config(name: str):
-    """Tiny configs written the way `transformers` users write them (not derived from kfm's)."""
-    if name == "llama":
-        return transformers.LlamaConfig(**SMALL, num_hidden_layers=2, rope_parameters=LLAMA3_ROPE,
-                                        architectures=["LlamaForCausalLM"])
-    if name == "qwen2":
-        return transformers.Qwen2Config(**SMALL, num_hidden_layers=2, tie_word_embeddings=True,
-                                        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-                                        architectures=["Qwen2ForCausalLM"])
-    if name == "qwen3":
-        return transformers.Qwen3Config(**SMALL, num_hidden_layers=2, head_dim=32, tie_word_embeddings=True,
-                                        architectures=["Qwen3ForCausalLM"])
-    return transformers.Exaone4Config(**SMALL, num_hidden_layers=4, sliding_window=6,
-                                      layer_types=["sliding_attention"] * 3 + ["full_attention"],
-                                      architectures=["Exaone4ForCausalLM"])
-
+from kfm.model import Transformer
+from kfm.train.hf.convert import from_hf_config, to_hf_config
+from kfm.train.hf.export import export_model
+from kfm.train.hf.load import load_hf_checkpoint
+from tests.helpers import SMALL, hf_config, random_hf_model
 
 ARCHS = ["llama", "qwen2", "qwen3", "exaone4"]
-
-
-def random_hf_model(name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(name)).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "norm" in pname or "bias" in pname:  # off their 1.0 / 0.0 init, so a mix-up shows
-                p.uniform_(0.5, 1.5)
-    return model
 
 
 def greedy(model: Transformer, ids: torch.Tensor, n: int) -> torch.Tensor:

@@ -8,13 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from model import Transformer
-from model.config import ModelConfig
-from tests.test_hf_roundtrip import random_hf_model
-from train.checkpoint import read_state
-from train.engine import load_model_weights
-from train.export_hf import export_checkpoint
-from train.verify import verify
+from kfm.model import Transformer
+from kfm.model.config import ModelConfig
+from kfm.train.checkpoint.layout import read_state
+from kfm.train.checkpoint.reader import load_model_weights
+from kfm.train.cli.export_hf import export_checkpoint
+from kfm.train.provenance.verify import verify
+from tests.helpers import random_hf_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def test_an_imported_hf_model_exports_back_with_the_same_logits(arch, tiny_token
     hf = random_hf_model(arch, seed=4)
     hf.save_pretrained(str(tmp_path / "source"), safe_serialization=True)
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "train.import_checkpoint", f"hf_dir={tmp_path / 'source'}",
+    done = subprocess.run([sys.executable, "-m", "kfm.train.cli.import_checkpoint", f"hf_dir={tmp_path / 'source'}",
                            f"run_dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     ckpt = run / "imported" / "step_0000000"

@@ -3,13 +3,11 @@
 import pytest
 import torch
 
-from model import Transformer
-from model.accounting import num_params
-from tests.helpers import run_distributed
-from tests.test_hf_roundtrip import random_hf_model
-from tests.test_trainer import make_job, read_metrics, run_dir  # noqa: F401  (fixture)
-from train.import_hf import load_hf_checkpoint
-from train.init_from import depth_upscale, parse_layer_ranges
+from kfm.model import Transformer
+from kfm.model.accounting import num_params
+from kfm.train.hf.load import load_hf_checkpoint
+from kfm.train.loop.init_from import depth_upscale, parse_layer_ranges
+from tests.helpers import make_job, random_hf_model, read_metrics, run_distributed
 
 
 @pytest.fixture()
@@ -40,8 +38,8 @@ def test_depth_upscaling_stacks_the_named_layer_ranges(hf_dir):
 
 
 def build_and_train(job):
-    from train.distributed import init_distributed
-    from train.trainer import Trainer
+    from kfm.train.loop.trainer import Trainer
+    from kfm.train.parallel.distributed import init_distributed
 
     trainer = Trainer(job, init_distributed())
     start = trainer.engine.full_state_dict()

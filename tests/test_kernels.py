@@ -11,7 +11,9 @@ node runs them.
 import pytest
 import torch
 
-from model.kernels.rms_norm import rms_norm, rms_norm_reference
+from kfm.model.kernels.rms_norm import rms_norm
+from kfm.model.layers import rms_norm_torch, swiglu_torch
+from kfm.model.rope import Rotary
 from tests.helpers import KERNEL_DEVICE as DEVICE
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -37,7 +39,7 @@ def test_rms_norm_matches_reference_forward_and_backward(shape, dtype, with_resi
         loss.backward()
         return [y, s, x.grad, w.grad] + ([r.grad] if with_residual else [])
 
-    got, ref = run(rms_norm), run(rms_norm_reference)
+    got, ref = run(rms_norm), run(rms_norm_torch)
     tol = TOL[dtype]
     for name, a, b in zip(["y", "x+residual", "dx", "dw", "dresidual"], got, ref):
         assert a.dtype == b.dtype, name
@@ -59,9 +61,9 @@ ATTENTION_CASES = [
                          f"{'docs' if c[6] else ''}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_flash_attention_matches_reference_forward_and_backward(case, dtype):
-    from model.attention import Documents, attention_mask
-    from model.kernels.flash_attention import flash_attention
-    from tests.test_model_features import reference_attention
+    from kfm.model.attention import Documents, attention_mask
+    from kfm.model.kernels.flash_attention import flash_attention
+    from tests.helpers import reference_attention
 
     bsz, heads, kv_heads, seq, dim, window, layout = case
     g = torch.Generator().manual_seed(seq)
@@ -85,7 +87,7 @@ def test_flash_attention_matches_reference_forward_and_backward(case, dtype):
 @pytest.mark.parametrize("shape", [(5, 123, 123), (3, 1000), (1, 7)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_swiglu_matches_reference_forward_and_backward(shape, dtype):
-    from model.kernels.swiglu import swiglu, swiglu_reference
+    from kfm.model.kernels.swiglu import swiglu
 
     g = torch.Generator().manual_seed(len(shape))
     a, b = (torch.randn(shape, generator=g).mul(3).to(DEVICE, dtype).requires_grad_() for _ in range(2))
@@ -94,7 +96,7 @@ def test_swiglu_matches_reference_forward_and_backward(shape, dtype):
     got.backward(dy)
     ga, gb = a.grad, b.grad
     a.grad = b.grad = None
-    ref = swiglu_reference(a, b)
+    ref = swiglu_torch(a, b)
     ref.backward(dy)
     for name, x, y in [("y", got, ref), ("da", ga, a.grad), ("db", gb, b.grad)]:
         assert x.dtype == dtype
@@ -105,9 +107,9 @@ def test_swiglu_matches_reference_forward_and_backward(shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("packed", [False, True])
 def test_rope_matches_reference_forward_and_backward(heads, kv_heads, dim, dtype, packed):
-    from model.config import RopeConfig
-    from model.kernels.rope import apply_rope_qk, rope_reference
-    from model.rope import rope_tables
+    from kfm.model.config import RopeConfig
+    from kfm.model.kernels.rope import apply_rope_qk
+    from kfm.model.rope import rope_tables
 
     bsz, seq = 2, 13
     cos, sin = (t.to(DEVICE) for t in rope_tables(dim, 64, RopeConfig(scaling="yarn", factor=4.0,
@@ -122,7 +124,8 @@ def test_rope_matches_reference_forward_and_backward(heads, kv_heads, dim, dtype
     (qo.float() * dq.float()).sum().add((ko.float() * dk.float()).sum()).backward()
     got = [qo, ko, q.grad, k.grad]
     q.grad = k.grad = None
-    rq, rk = rope_reference(q, cos, sin, positions), rope_reference(k, cos, sin, positions)
+    rotary = Rotary(cos, sin, positions, seq)  # the model's eager RoPE, on its (batch, heads, seq, dim) layout
+    rq, rk = (rotary.apply(x.transpose(1, 2)).transpose(1, 2) for x in (q, k))
     (rq.float() * dq.float()).sum().add((rk.float() * dk.float()).sum()).backward()
     for name, x, y in zip(["q", "k", "dq", "dk"], got, [rq, rk, q.grad, k.grad]):
         assert x.dtype == dtype
@@ -131,8 +134,8 @@ def test_rope_matches_reference_forward_and_backward(heads, kv_heads, dim, dtype
 
 @pytest.mark.parametrize("variant", ["llama", "exaone4_hybrid", "qwen3_qknorm_headdim"])
 def test_model_with_triton_kernels_equals_plain_pytorch(variant):
-    from model import ModelConfig, Transformer
-    from tests.test_model_features import BASE, VARIANTS
+    from kfm.model import ModelConfig, Transformer
+    from tests.helpers import BASE, VARIANTS
 
     layouts = [[5, 11, 1, 7], [24]]
     tokens = torch.randint(0, BASE["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(0)).to(DEVICE)

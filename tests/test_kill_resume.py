@@ -1,6 +1,6 @@
 """kill -9 at random steps, then resume: every later step's loss equals the uninterrupted run's, bit for bit.
 
-The production entry point (``torchrun -m train.pretrain``) runs in 2 gloo processes; the whole
+The production entry point (``torchrun -m kfm.train.cli.pretrain``) runs in 2 gloo processes; the whole
 process group (launcher and workers) is SIGKILLed (launcher and workers: a node going down) once the metrics show a randomly drawn step.
 """
 
@@ -16,8 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import free_port
-from tests.test_trainer import run_dir  # noqa: F401  (fixture)
+from kfm.train.parallel.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 30
@@ -25,7 +24,7 @@ STEPS = 30
 
 def command(run_dir: Path, backend: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-            "-m", "train.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=128", "model.n_layers=4",
+            "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=128", "model.n_layers=4",
             "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=352", "model.max_seq_len=64",
             "data.seq_len=64", "data.sources=[]", "optim.lr=1e-2", "optim.warmup_steps=2", f"trainer.steps={STEPS}",
             "trainer.local_batch_size=8", "trainer.log_every=1", "trainer.val_every=1000", "trainer.val_batches=1",

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from data_pipeline.clean import clean_document, normalize_text
-from data_pipeline.config import CleanConfig
-from data_pipeline.markup import strip_markup
+from kfm.data_pipeline.clean import clean_document, normalize_text
+from kfm.data_pipeline.config import CleanConfig
+from kfm.data_pipeline.markup import strip_markup
 
 KEPT = [
     "if a<b and c>d then swap",

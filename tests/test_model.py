@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import ModelConfig, Transformer
-from model.accounting import num_params
-from model.config import RopeConfig
-from model.layers import RMSNorm
-from model.rope import Rotary, apply_rope, rope_tables
+from kfm.model import ModelConfig, Transformer
+from kfm.model.accounting import num_params
+from kfm.model.config import RopeConfig
+from kfm.model.layers import RMSNorm
+from kfm.model.rope import Rotary, apply_rope, rope_tables
 
 CFG = ModelConfig(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64)
 
@@ -72,11 +72,14 @@ def test_rope_is_a_rotation_with_relative_positions():
 
 
 def test_rmsnorm_reference():
+    """Normalised in fp32, rounded to bf16, scaled by the (fp32) weight, returned in the input's dtype."""
     n = RMSNorm(8, 1e-5)
     n.weight.data.uniform_()
     x = torch.randn(4, 8, dtype=torch.bfloat16)
     ref = (x.float() / (x.float().pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()).to(torch.bfloat16) * n.weight
-    assert torch.allclose(n(x), ref)
+    got = n(x)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, ref.to(torch.bfloat16))
 
 
 def test_loss_falls_when_overfitting_one_batch():

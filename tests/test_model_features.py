@@ -8,29 +8,14 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from model import ModelConfig, Transformer
-from model.accounting import flops_per_token, num_params
-from model.attention import Documents, attention, attention_mask
-from model.config import RopeConfig
-from model.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-from model.loss import cross_entropy_loss
-from tests.helpers import KERNEL_DEVICE
-from train.hf_convert import hf_architecture, to_hf_config, to_hf_state_dict
+from kfm.model import ModelConfig, Transformer
+from kfm.model.accounting import flops_per_token, num_params
+from kfm.model.attention import Documents, attention, attention_mask
+from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+from kfm.model.loss import cross_entropy_loss
+from kfm.train.hf.convert import hf_architecture, to_hf_config, to_hf_state_dict
+from tests.helpers import BASE, KERNEL_DEVICE, VARIANTS, reference_attention
 
-BASE = dict(vocab_size=211, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=64,
-            norm_eps=1e-6)
-
-VARIANTS = {
-    "llama": dict(),
-    "llama_untied_gqa8": dict(n_heads=8, n_kv_heads=1, tie_embeddings=True),
-    "llama_rope_linear": dict(rope=RopeConfig(theta=50000.0, scaling="linear", factor=4.0)),
-    "llama_rope_llama3": dict(rope=RopeConfig(theta=500000.0, scaling="llama3", factor=8.0, original_max_seq_len=16)),
-    "llama_rope_yarn": dict(rope=RopeConfig(theta=1e6, scaling="yarn", factor=4.0, original_max_seq_len=16)),
-    "qwen2_bias": dict(qkv_bias=True, rope=RopeConfig(theta=1e6)),
-    "qwen3_qknorm_headdim": dict(qk_norm=True, head_dim=32, tie_embeddings=True),
-    "exaone4_hybrid": dict(qk_norm=True, norm_placement="post", sliding_window=6, layer_pattern="LLLG",
-                           rope_on_global_layers=False),
-}
 ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
         "exaone4": "Exaone4ForCausalLM"}
 
@@ -88,14 +73,6 @@ def test_packed_documents_equal_separate_runs(name):
 def _qkv(batch, heads, kv_heads, seq, dim, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, h, seq, dim, generator=g).to(dtype) for h in (heads, kv_heads, kv_heads)]
-
-
-def reference_attention(q, k, v, allowed):
-    """Plain softmax attention with the key/value heads repeated, in fp32."""
-    rep = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(rep, 1).float(), v.repeat_interleave(rep, 1).float()
-    scores = q.float() @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-    return (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v).to(q.dtype)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex", "triton", "auto"])
@@ -253,7 +230,7 @@ def test_flash_attn_backend_passes_documents_and_window_as_flash_attn_expects(mo
     import sys
     import types
 
-    from model.attention import BACKENDS
+    from kfm.model.attention import BACKENDS
 
     monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(
         flash_attn_varlen_func=fake_flash_attn_varlen_func))
@@ -264,7 +241,7 @@ def test_flash_attn_backend_passes_documents_and_window_as_flash_attn_expects(mo
 
 
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
-    from model.attention import resolve_backend
+    from kfm.model.attention import resolve_backend
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="attention_backend=triton needs CUDA tensors .* TRITON_INTERPRET=1"):
@@ -282,7 +259,7 @@ def test_auto_attention_backend_chooses_by_the_features_in_use(monkeypatch, capl
     import logging
     from types import SimpleNamespace
 
-    import model.attention as attn
+    import kfm.model.attention as attn
 
     monkeypatch.setattr(attn, "flash_attn_available", lambda: flash_installed)
     monkeypatch.setattr(attn, "triton_available", lambda: True)

@@ -5,8 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from data_pipeline.config import CleanConfig
-from data_pipeline.near_dedup import NearDuplicateIndex, estimated_jaccard, shingle_hashes, shingles, signature
+from kfm.data_pipeline.config import CleanConfig
+from kfm.data_pipeline.near_dedup import NearDuplicateIndex, estimated_jaccard, shingle_hashes, shingles, signature
 
 SYLLABLES = [chr(c) for c in range(0xAC00, 0xD7A4, 7)]
 
@@ -49,7 +49,7 @@ def test_shingles_ignore_case_and_spacing():
 
 
 def test_signature_estimates_jaccard():
-    rng, cfg = random.Random(1), CleanConfig()
+    rng = random.Random(1)
     for _ in range(20):
         a = random_paragraph(rng, 60)
         b = edited(a, rng, rng.choice([0.05, 0.2, 0.5]))

@@ -8,14 +8,14 @@ import textwrap
 import pytest
 import torch
 
-from model.config import ModelConfig
-from model.layers import FeedForward, RMSNorm
+from kfm.model.config import ModelConfig
+from kfm.model.layers import FeedForward, RMSNorm
 
 WITHOUT_TRITON = textwrap.dedent("""
     import sys
     sys.modules["triton"] = None  # `import triton` now raises ImportError, as where it is not installed
     import torch
-    from model import ModelConfig, Transformer
+    from kfm.model import ModelConfig, Transformer
 
     cfg = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=32)
     model = Transformer(ModelConfig(**cfg, kernels="auto", attention_backend="auto"))
@@ -59,6 +59,6 @@ def test_triton_kernels_on_cpu_without_the_interpreter_are_a_clear_error(layer, 
         elif layer == "swiglu":
             FeedForward(CFG)(x)
         else:
-            from model import Transformer
+            from kfm.model import Transformer
 
             Transformer(CFG)(torch.randint(0, 97, (2, 8)))

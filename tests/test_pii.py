@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from data_pipeline.pii import scrub, scrub_reference
+from kfm.data_pipeline.pii import scrub, scrub_reference
 
 
 @pytest.mark.parametrize("text, expected, kind", [

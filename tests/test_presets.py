@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from model import ModelConfig, Transformer
-from model.accounting import num_params
-from train.hf_convert import hf_architecture, to_hf_config
+from kfm.model import ModelConfig, Transformer
+from kfm.model.accounting import num_params
+from kfm.train.hf.convert import hf_architecture, to_hf_config
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
 EXPECTED_ARCH = {"exaone4_32b_like": "Exaone4ForCausalLM", "qwen25_7b_like": "Qwen2ForCausalLM"}

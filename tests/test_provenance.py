@@ -11,18 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_pipeline.loader import MixtureStream
-from model import ModelConfig, Transformer
-from tests.helpers import run_distributed
-from tests.test_hf_roundtrip import random_hf_model
-from tests.test_trainer import build_tiny_shards, make_job, run_dir, train_and_report  # noqa: F401  (fixture)
-from train.engine import load_model_weights
-from train.export_hf import export_checkpoint
-from train.import_hf import hf_weight_tensors, load_hf_checkpoint, read_hf_config
-from train.provenance import PROVENANCE_DIR, Ledger, ProvenanceError, envelope, read_chain, write_chain
-from train.signing import Signer, generate_keypair
-from train.verify import verify
-from train.weights_digest import digest_tensors, module_tensors, state_dict_tensors
+from kfm.data_pipeline.loader import MixtureStream
+from kfm.model import ModelConfig, Transformer
+from kfm.train.checkpoint.reader import load_model_weights
+from kfm.train.cli.export_hf import export_checkpoint
+from kfm.train.hf.load import hf_weight_tensors, load_hf_checkpoint, read_hf_config
+from kfm.train.provenance.digests import digest_tensors, module_tensors, state_dict_tensors
+from kfm.train.provenance.ledger import PROVENANCE_DIR, Ledger, ProvenanceError, envelope, read_chain, write_chain
+from kfm.train.provenance.signing import Signer, generate_keypair
+from kfm.train.provenance.verify import verify
+from tests.helpers import build_tiny_shards, make_job, random_hf_model, run_distributed, train_and_report
 
 STEP4, STEP8 = "step_0000004", "step_0000008"
 
@@ -68,7 +66,7 @@ def test_a_from_scratch_run_is_exported_and_verified_end_to_end(scratch, tiny_to
     card = (hf / "README.md").read_text()
     assert "## Provenance" in card and "VERIFIED: trained from scratch" in card
     assert json.loads((hf / PROVENANCE_DIR / "report.json").read_text())["from_scratch"] is True
-    cli = subprocess.run([sys.executable, "-m", "train.verify", f"hf_dir={hf}", f"run_dir={scratch}"],
+    cli = subprocess.run([sys.executable, "-m", "kfm.train.cli.verify", f"hf_dir={hf}", f"run_dir={scratch}"],
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "VERIFIED: trained from scratch" in cli.stdout and "ko " in cli.stdout
@@ -95,7 +93,7 @@ def test_the_data_resolves_from_the_run_directory_or_is_waived_by_name(scratch, 
 
 
 def test_files_kfm_writes_after_the_export_do_not_break_the_verdict(scratch, tmp_path):
-    """``train.evaluate_lm`` writes eval_results.json and the model card after the export; no loader reads them."""
+    """``kfm.train.cli.evaluate_lm`` writes eval_results.json and the model card after the export; no loader reads them."""
     run, hf = copy_run(scratch, tmp_path)
     (hf / "eval_results.json").write_text(json.dumps({"results": {"kobest_boolq": {"acc": 0.5}}}))
     (hf / "README.md").write_text((hf / "README.md").read_text() + "\n## Evaluation results\n")
@@ -320,7 +318,7 @@ class Wrapped(torch.nn.Module):
 def test_digest_is_independent_of_wrappers_and_recomputes_the_init_without_materialising():
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    from train.weights_digest import init_digest
+    from kfm.train.provenance.digests import init_digest
 
     cfg = ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96,
                       max_seq_len=64, tie_embeddings=True)
@@ -388,7 +386,7 @@ def test_a_ledger_that_is_not_json_names_the_line(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_weights_initialised_on_a_gpu_digest_as_recomputed_on_a_cpu():
     """``verify`` recomputes the init on a CPU: a GPU run's init record must match it."""
-    from train.weights_digest import init_digest
+    from kfm.train.provenance.digests import init_digest
 
     for tie in (True, False):
         cfg = ModelConfig(tie_embeddings=tie)

@@ -6,11 +6,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.config import DataSource
-from data_pipeline.reader import iter_documents as data_documents
-from tokenizer.config import TextSource
-from tokenizer.readers import CorpusError, iter_texts
-from tokenizer.sampling import iter_documents as tokenizer_documents
+from kfm.data_pipeline.config import DataSource
+from kfm.data_pipeline.reader import iter_documents as data_documents
+from kfm.tokenizer.config import TextSource
+from kfm.tokenizer.readers import CorpusError, iter_texts
+from kfm.tokenizer.sampling import iter_documents as tokenizer_documents
 
 DOCS = ["대한민국은 민주공화국이다.", "모든 국민은 법 앞에 평등하다.", "Seoul is the capital."]
 

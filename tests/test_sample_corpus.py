@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from data_pipeline import sample_corpus as sc
+from kfm.data_pipeline import sample_corpus as sc
 
 
 def fake_debs(tmp_path):

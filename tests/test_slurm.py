@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_trainer import run_dir  # noqa: F401  (fixture)
-
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "scripts" / "slurm" / "pretrain.sbatch"
 # The debug preset with the test tokenizer's vocabulary (DEBUG); smaller still where many steps run (TINY).
@@ -126,16 +124,16 @@ def test_usr1_checkpoints_requeues_and_resumes_without_repeating_steps(slurm, ru
 CRASH_IN_STOP_ON_RANK_1 = """
 import os
 if os.environ.get("RANK") == "1":
-    import train.trainer
+    import kfm.train.loop.trainer
 
-    save = train.trainer.Trainer.save
+    save = kfm.train.loop.trainer.Trainer.save
 
     def crash_in_the_stop_checkpoint(self):
         if self.stop_requested or self.preempted:
             raise RuntimeError("injected crash during the stop checkpoint on rank 1")
         return save(self)
 
-    train.trainer.Trainer.save = crash_in_the_stop_checkpoint
+    kfm.train.loop.trainer.Trainer.save = crash_in_the_stop_checkpoint
 """
 
 
@@ -155,12 +153,12 @@ def test_a_rank_crashing_in_the_stop_checkpoint_fails_the_job_without_a_requeue(
 FAIL_ON_RANK_1 = """
 import os
 if os.environ.get("RANK") == "1":
-    import train.trainer
+    import kfm.train.loop.trainer
 
     def fit(self):
         raise RuntimeError("injected failure on rank 1")
 
-    train.trainer.Trainer.fit = fit
+    kfm.train.loop.trainer.Trainer.fit = fit
 """
 
 
@@ -177,14 +175,14 @@ def test_a_failing_rank_fails_the_job_with_its_error_in_the_log(slurm, run_dir):
 
 def test_launch_refuses_too_many_gpus_and_a_missing_allocation(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    outside = subprocess.run([sys.executable, "-m", "train.launch", "cluster=local_cpu"], cwd=ROOT, env=env,
+    outside = subprocess.run([sys.executable, "-m", "kfm.train.cli.launch", "cluster=local_cpu"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
     assert outside.returncode == 2
     assert "SLURM_JOB_ID, SLURM_JOB_NODELIST, SLURM_NNODES not set: this script runs inside a Slurm allocation" \
         in outside.stderr
     fake = {**env, "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "gpu-node-1", "SLURM_NNODES": "1",
             "SLURM_GPUS_ON_NODE": "4", "SLURMD_NODENAME": "gpu-node-1"}
-    greedy = subprocess.run([sys.executable, "-m", "train.launch", "cluster=h100_node"], cwd=ROOT, env=fake,
+    greedy = subprocess.run([sys.executable, "-m", "kfm.train.cli.launch", "cluster=h100_node"], cwd=ROOT, env=fake,
                             capture_output=True, text=True, timeout=120)
     assert greedy.returncode == 2
     assert ("cluster=h100_node uses cluster.gpus_per_node=8 but this node (gpu-node-1) has 4: request them with "
@@ -195,10 +193,10 @@ def test_launch_refuses_too_many_gpus_and_a_missing_allocation(tmp_path):
 
 
 def test_launch_plan_exports_the_profile_without_overriding_the_site(monkeypatch):
-    from train.config import ClusterConfig
-    from train.launch import launch_plan, shell_lines
+    from kfm.train.cli.launch import launch_plan, shell_lines
+    from kfm.train.config import ClusterConfig
 
-    monkeypatch.setattr("train.launch.first_host", lambda nodelist: "node-a")
+    monkeypatch.setattr("kfm.train.cli.launch.first_host", lambda nodelist: "node-a")
     cluster = ClusterConfig(name="h100_node", gpus_per_node=8, env={"NCCL_IB_HCA": "mlx5", "NCCL_DEBUG": "WARN"})
     environ = {"SLURM_JOB_ID": "12", "SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_NNODES": "2",
                "SLURM_RESTART_COUNT": "3", "MASTER_PORT": "29555", "NCCL_IB_HCA": "mlx5_0,mlx5_3"}
@@ -221,7 +219,7 @@ def test_local_slurm_script_is_idempotent(slurm):
 
 
 def sweep(run_dir: Path, sweep_dir: Path, env, *launcher: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "train.pretrain", "-m", "+experiment=lr_sweep", f"data_dir={run_dir / 'data'}",
+    args = [sys.executable, "-m", "kfm.train.cli.pretrain", "-m", "+experiment=lr_sweep", f"data_dir={run_dir / 'data'}",
             f"hydra.sweep.dir={sweep_dir}", *launcher, *TINY, "trainer.steps=4", "trainer.log_every=2"]
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -256,7 +254,7 @@ def test_a_learning_rate_sweep_through_the_submitit_launcher_on_slurm(slurm, run
 def test_wandb_runs_join_the_configured_group(tmp_path, monkeypatch):
     import wandb
 
-    from train.metrics import MetricsSink
+    from kfm.train.loop.metrics import MetricsSink
 
     seen = {}
 

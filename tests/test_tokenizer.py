@@ -2,57 +2,17 @@ import json
 import random
 
 import pytest
+import sentencepiece as spm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import sentencepiece as spm
 from transformers import AutoTokenizer
 
-from tokenizer.config import TextSource, TokenizerConfig, control_tokens
-from tokenizer.hangul import ksx1001_syllables
-from tokenizer.hf import SPACE, load_proto_bytes
-from tokenizer.sampling import CorpusError, reservoir_sample, sample_mixture
-from tokenizer.train import VocabTooLarge, train_tokenizer
-
-FIXED_CASES = [
-    "",
-    "안녕하세요, 세계!",
-    "ㄱㄴㄷ ㅏㅑㅓ 각",  # compatibility jamo and conjoining jamo
-    "뷁뙇쌰똠 햏",  # syllables outside KS X 1001
-    "😀 👩‍👩‍👧 🇰🇷",
-    "Mixed 한국어 text with 日本語, 中文, Ελληνικά and עברית.",
-    "a  b   c    d",
-    "  leading and trailing  ",
-    "\ttabs\t\tand\nnew\n\nlines\r\n",
-    "def f(x):\n    return x  # indentation\n",
-    "\x00\x01\x7f\ufffd\ufeff\u200b",  # control, replacement, BOM, zero-width space
-    "e\u0301 vs é",  # decomposed and composed
-    "<s></s><unk><pad> <0x41>",  # special-token look-alikes are plain text
-    "1234567890 3.14159 010-1234-5678",
-    "\U0010ffff\U0001f600",
-    "\u2581 is not a space, ▁▁ neither",
-]
-
-
-def random_strings(n: int, seed: int = 0) -> list[str]:
-    """Strings drawn from many scripts, whitespace, U+2581 and control characters."""
-    rng = random.Random(seed)
-    ranges = [(0x20, 0x7E), (0xAC00, 0xD7A3), (0x1100, 0x11FF), (0x3130, 0x318F), (0x4E00, 0x9FFF),
-              (0x0400, 0x04FF), (0x1F300, 0x1F6FF), (0x0, 0x1F), (0xE000, 0xF8FF), (0x10000, 0x10FFFF)]
-    out = []
-    for _ in range(n):
-        chars = []
-        for _ in range(rng.randint(1, 40)):
-            if rng.random() < 0.2:
-                chars.append(rng.choice(" \t\n  "))
-                continue
-            lo, hi = rng.choice(ranges)
-            c = chr(rng.randint(lo, hi))
-            if not 0xD800 <= ord(c) <= 0xDFFF:
-                chars.append(c)
-            if rng.random() < 0.05:
-                chars.append(SPACE)
-        out.append("".join(chars))
-    return out
+from kfm.tokenizer.config import TextSource, TokenizerConfig, control_tokens
+from kfm.tokenizer.hangul import ksx1001_syllables
+from kfm.tokenizer.hf import SPACE, load_proto_bytes
+from kfm.tokenizer.sampling import CorpusError, reservoir_sample, sample_mixture
+from kfm.tokenizer.train import VocabTooLarge, train_tokenizer
+from tests.helpers import FIXED_CASES, random_strings
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tokenizer.encoders import TokenizerFileError, load_encoder
-from tokenizer.evaluate import EvalSet, EvaluateJob, evaluate
+from kfm.tokenizer.encoders import TokenizerFileError, load_encoder
+from kfm.tokenizer.evaluate import EvalSet, EvaluateJob, evaluate
 
 
 def byte_level_tiktoken(path, merges=("  ", "th", "the", "한")):

@@ -6,12 +6,11 @@ import math
 import pytest
 import torch
 
-from model import ModelConfig
-from tests.helpers import run_distributed
-from tests.test_trainer import make_job, run_dir, train_and_report  # noqa: F401  (fixture)
-from train.config import OptimConfig
-from train.optim import lr_at
-from train.throughput import SpikeDetector, device_peak_flops, mfu, peak_for_gpu
+from kfm.model import ModelConfig
+from kfm.train.config import OptimConfig
+from kfm.train.loop.throughput import SpikeDetector, device_peak_flops, mfu, peak_for_gpu
+from kfm.train.optim import lr_at
+from tests.helpers import make_job, run_distributed, train_and_report
 
 
 def test_wsd_and_cosine_schedules():
@@ -48,7 +47,7 @@ def test_device_peak_is_known_by_name_or_refused():
     assert device_peak_flops("400", torch.device("cpu")) == ("400 TFLOP/s", 400e12)
     assert device_peak_flops("a100", torch.device("cpu")) == ("a100", 312e12)
     assert device_peak_flops("auto", torch.device("cpu")) == ("cpu", 1e12)
-    from train.config import TrainerConfig
+    from kfm.train.config import TrainerConfig
 
     assert TrainerConfig(device_peak="400").device_peak == "400"
     for bad in ("a6000", "inf", "nan", "0", "-5"):
@@ -91,8 +90,8 @@ def test_gradient_accumulation_equals_the_full_batch(run_dir, tmp_path):  # noqa
 
 
 def train_with_a_nan_batch(job):
-    from train.distributed import init_distributed
-    from train.trainer import Trainer
+    from kfm.train.loop.trainer import Trainer
+    from kfm.train.parallel.distributed import init_distributed
 
     class NaNOnce(Trainer):
         def loss(self, batch, z_loss=None):
@@ -122,8 +121,8 @@ def train_with_a_signal_on_rank0(job):
     import os
     import signal
 
-    from train.distributed import init_distributed
-    from train.trainer import Trainer
+    from kfm.train.loop.trainer import Trainer
+    from kfm.train.parallel.distributed import init_distributed
 
     class SignalAtStep3(Trainer):
         def train_step(self):
@@ -137,7 +136,7 @@ def train_with_a_signal_on_rank0(job):
 
 
 def test_sigusr1_checkpoints_on_every_rank_and_stops(run_dir):  # noqa: F811
-    from train.checkpoint import list_checkpoints
+    from kfm.train.checkpoint.layout import list_checkpoints
 
     job = make_job(run_dir, steps=8)
     results = run_distributed(train_with_a_signal_on_rank0, 2, job)
@@ -153,12 +152,12 @@ def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):  # noqa: F
     import time
     from pathlib import Path
 
-    from train.checkpoint import list_checkpoints
-    from train.trainer import EXIT_REQUEUE
+    from kfm.train.checkpoint.layout import list_checkpoints
+    from kfm.train.loop.trainer import EXIT_REQUEUE
 
     root = Path(__file__).resolve().parents[1]
     # data.sources=[]: the shards here hold one source, so the sample config's mixture weights do not apply.
-    args = [sys.executable, "-m", "train.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=64",
+    args = [sys.executable, "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=64",
             "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96", "data.seq_len=32",
             "data.sources=[]", "trainer.steps=400", "trainer.log_every=1", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
             "trainer.val_batches=1", "trainer.wandb_mode=disabled"]
@@ -186,9 +185,9 @@ def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):  # noqa: F
 
 
 def test_token_byte_lengths_sum_to_the_bytes_of_the_text(tiny_tokenizer):
+    from kfm.tokenizer.hf import load_sentencepiece
+    from kfm.tokenizer.pieces import piece_byte_lengths
     from tests.helpers import EN_SENTENCES, KO_SENTENCES
-    from tokenizer.hf import load_sentencepiece
-    from tokenizer.pieces import piece_byte_lengths
 
     sp = load_sentencepiece(tiny_tokenizer / "tokenizer.model")
     table = piece_byte_lengths(sp)
@@ -201,7 +200,7 @@ def test_token_byte_lengths_sum_to_the_bytes_of_the_text(tiny_tokenizer):
 def test_validation_reports_bits_per_byte(run_dir):  # noqa: F811
     import numpy as np
 
-    from data_pipeline.loader import TokenWindows, validation_batches
+    from kfm.data_pipeline.loader import TokenWindows, validation_batches
 
     job = make_job(run_dir, steps=2)
     (last, _), = run_distributed(train_and_report, 1, job)

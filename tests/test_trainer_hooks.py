@@ -6,8 +6,7 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers import run_distributed
-from tests.test_trainer import make_job, read_metrics, run_dir, train_and_report  # noqa: F401  (fixture)
+from tests.helpers import make_job, read_metrics, run_distributed, train_and_report
 
 
 def test_async_checkpoints_are_published_complete_and_resume_exactly(run_dir):  # noqa: F811
@@ -42,8 +41,8 @@ def test_resume_never_and_resume_from_a_named_checkpoint(run_dir):  # noqa: F811
 
 
 def train_with_spikes(job):
-    from train.distributed import init_distributed
-    from train.trainer import Trainer
+    from kfm.train.loop.trainer import Trainer
+    from kfm.train.parallel.distributed import init_distributed
 
     class Spiky(Trainer):
         def loss(self, batch, z_loss=None):
@@ -60,8 +59,8 @@ def train_with_spikes(job):
 
 
 def test_consecutive_loss_spikes_roll_back_to_the_last_checkpoint(run_dir):  # noqa: F811
-    from model import Transformer
-    from train.engine import load_model_weights
+    from kfm.model import Transformer
+    from kfm.train.checkpoint.reader import load_model_weights
 
     job = make_job(run_dir, steps=10, spike_sigmas=3.0, spike_window=3, spike_action="rollback",
                    spike_rollback_after=2)
@@ -73,7 +72,7 @@ def test_consecutive_loss_spikes_roll_back_to_the_last_checkpoint(run_dir):  # n
         assert torch.equal(after[k], v), k
     # Provenance: the rollback is a record holding the step-4 checkpoint's weights, and the next checkpoint
     # descends from it; the samples read between step 4 and the rollback are recorded as discarded.
-    from train.provenance import read_chain
+    from kfm.train.provenance.ledger import read_chain
 
     chain = read_chain(run_dir / "checkpoints" / "step_0000008")
     records = [env["record"] for env in chain]
@@ -87,8 +86,8 @@ def train_spiky_stopping_at(job, stop_at):
     import os
     import signal
 
-    from train.distributed import init_distributed
-    from train.trainer import Trainer
+    from kfm.train.loop.trainer import Trainer
+    from kfm.train.parallel.distributed import init_distributed
 
     class SpikyStopping(Trainer):
         def train_step(self):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import RopeConfig
-from tests.test_hf_export import random_model, save_checkpoint, tiny_cfg
-from train.export_hf import export_checkpoint
-from train.hf_convert import TRANSFORMERS4_FLOOR
+from kfm.model.config import RopeConfig
+from kfm.train.cli.export_hf import export_checkpoint
+from kfm.train.hf.convert import TRANSFORMERS4_FLOOR
+from tests.helpers import random_model, save_checkpoint, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 # transformers 4.54.0 with the hub and tokenizers releases it was made for (its own pins)

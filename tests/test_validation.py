@@ -6,13 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from data_pipeline.loader import TokenWindows, validation_batches
-from data_pipeline.shards import Manifest
-from tests.helpers import run_distributed
-from data_pipeline.build import build_shards
-from data_pipeline.config import CleanConfig, DataConfig, DataSource
-from tests.test_trainer import make_job, train_and_report
-from train.validation import held_out_aggregate
+from kfm.data_pipeline.build import build_shards
+from kfm.data_pipeline.config import CleanConfig, DataConfig, DataSource
+from kfm.data_pipeline.loader import TokenWindows, validation_batches
+from kfm.data_pipeline.shards import Manifest
+from kfm.train.loop.validation import held_out_aggregate
+from tests.helpers import make_job, run_distributed, train_and_report
 
 
 @pytest.fixture(scope="module")

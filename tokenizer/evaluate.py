@@ -1,6 +1,6 @@
 """Measure a tokenizer against reference tokenizers on held-out text.
 
-    python -m tokenizer.evaluate [run_dir=runs/demo] \
+    python -m kfm.tokenizer.evaluate [run_dir=runs/demo] \
         'references=[~/.cache/kfm/reference_tokenizers/o200k_base.tiktoken, .../llama3/tokenizer.json]'
 
 For each text set (by default the held-out documents of the sample corpus, per language) and
@@ -23,10 +23,10 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from tokenizer.config import TextSource
-from tokenizer.encoders import Encoder, load_encoder
-from tokenizer.fast_encode import batch_encoder
-from tokenizer.sampling import CorpusError, iter_documents, is_heldout
+from kfm.tokenizer.config import TextSource
+from kfm.tokenizer.encoders import Encoder, load_encoder
+from kfm.tokenizer.fast_encode import batch_encoder
+from kfm.tokenizer.sampling import CorpusError, is_heldout, iter_documents
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class EvalSet:
 
 @dataclass
 class EvaluateJob:
-    """``python -m tokenizer.evaluate``."""
+    """``python -m kfm.tokenizer.evaluate``."""
 
     run_dir: str = "runs/demo"
     tokenizer_model: str = "${run_dir}/tokenizer/tokenizer.model"

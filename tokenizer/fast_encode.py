@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.hf import load_proto_bytes, load_sentencepiece, require_model_file
+from kfm.tokenizer.hf import load_proto_bytes, load_sentencepiece, require_model_file
 
 WORD_PATTERN = r" +[^ ]*|[^ ]+"
 

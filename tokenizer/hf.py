@@ -16,7 +16,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from tokenizer.config import CHAT_TEMPLATE, SPECIAL_TOKENS
+from kfm.tokenizer.config import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 SPACE = "\u2581"  # how SentencePiece writes a space while training
 UNREACHABLE = -1e9
@@ -53,7 +53,7 @@ def build_fast_tokenizer(model_file: str | Path) -> Tokenizer:
     if norm.name != "identity" or norm.add_dummy_prefix or norm.escape_whitespaces:
         raise ValueError(
             f"{model_file}: expected kfm's recipe (identity normalisation, no dummy prefix, no whitespace "
-            "escaping); train it with `python -m tokenizer.train`"
+            "escaping); train it with `python -m kfm.tokenizer.train`"
         )
     if spec.model_type == spec.UNIGRAM:
         # Only normal pieces may match text: special, control and byte pieces are reached by id
@@ -117,7 +117,7 @@ def require_model_file(model_file: str | Path) -> Path:
     path = Path(model_file)
     if not path.is_file():
         raise FileNotFoundError(
-            f"tokenizer model {model_file} not found: train one with `python -m tokenizer.train` "
+            f"tokenizer model {model_file} not found: train one with `python -m kfm.tokenizer.train` "
             "or set the tokenizer path in the config"
         )
     return path

@@ -101,7 +101,7 @@ def iter_texts(spec: str, text_field: str, field_hint: str, split: str = "train"
     if not path.is_file():
         raise CorpusError(
             f"{field_hint}: {spec} does not exist. Build the sample corpus with "
-            "`python -m data_pipeline.sample_corpus`, or point the path at your own files (or hf:<dataset>)."
+            "`python -m kfm.data_pipeline.sample_corpus`, or point the path at your own files (or hf:<dataset>)."
         )
     if path.suffix not in FILE_SUFFIXES:
         raise CorpusError(f"{field_hint}: {path} is not one of {'/'.join(FILE_SUFFIXES)} (or use hf:<dataset>)")

@@ -7,8 +7,8 @@ import random
 import unicodedata
 from collections.abc import Iterator
 
-from tokenizer.config import TextSource
-from tokenizer.readers import CorpusError, iter_texts
+from kfm.tokenizer.config import TextSource
+from kfm.tokenizer.readers import CorpusError, iter_texts
 
 __all__ = ["CorpusError", "is_heldout", "iter_documents", "iter_sentences", "reservoir_sample", "sample_mixture"]
 

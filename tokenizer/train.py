@@ -1,6 +1,6 @@
 """Train the SentencePiece tokenizer and write it with its Hugging Face twin.
 
-    python -m tokenizer.train [run_dir=runs/demo] [tokenizer.vocab_size=8192] ...
+    python -m kfm.tokenizer.train [run_dir=runs/demo] [tokenizer.vocab_size=8192] ...
 
 Writes ``<run_dir>/tokenizer/tokenizer.model`` (SentencePiece), ``tokenizer.json`` and
 ``tokenizer_config.json`` (Hugging Face) and ``train_stats.json``.
@@ -21,17 +21,17 @@ import sentencepiece as spm
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from tokenizer.config import SPECIAL_TOKENS, TokenizerConfig, control_tokens
-from tokenizer.hangul import ksx1001_syllables
-from tokenizer.hf import SPACE, load_proto_bytes, save_hf_tokenizer
-from tokenizer.sampling import sample_mixture
+from kfm.tokenizer.config import SPECIAL_TOKENS, TokenizerConfig, control_tokens
+from kfm.tokenizer.hangul import ksx1001_syllables
+from kfm.tokenizer.hf import SPACE, load_proto_bytes, save_hf_tokenizer
+from kfm.tokenizer.sampling import sample_mixture
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TokenizerJob:
-    """``python -m tokenizer.train``."""
+    """``python -m kfm.tokenizer.train``."""
 
     run_dir: str = "runs/demo"
     """Everything the job writes goes under ``<run_dir>/tokenizer``."""

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
-from data_pipeline.config import DataConfig
-from model.config import ModelConfig
-
+from kfm.data_pipeline.config import DataConfig
+from kfm.model.config import ModelConfig
 
 SCHEDULES = ("cosine", "wsd", "constant")
 BACKENDS = ("fsdp2", "hsdp", "ddp", "deepspeed")
@@ -137,7 +135,7 @@ class TrainerConfig:
     """Steps between validation passes (and one at the end)."""
     val_batches: int = 8
     """Global batches of each source's held-out text per validation pass (``val_loss`` weights the sources by
-    their held-out tokens, ``train/validation.py``)."""
+    their held-out tokens, ``train/loop/validation.py``)."""
     val_per_source: bool = True
     """Also log validation loss and bits per byte per data source (``val_loss/ko``, ``val_bpb/code``); they are
     measured either way, for the headline."""
@@ -206,7 +204,7 @@ class TrainerConfig:
 
 @dataclass
 class ClusterConfig:
-    """Where the job runs; read by ``python -m train.launch`` in ``scripts/slurm/pretrain.sbatch``."""
+    """Where the job runs; read by ``python -m kfm.train.cli.launch`` in ``scripts/slurm/pretrain.sbatch``."""
 
     name: str = "local_cpu"
     gpus_per_node: int = 0
@@ -230,18 +228,18 @@ class ClusterConfig:
 
 @dataclass
 class ProvenanceConfig:
-    """The provenance ledger (``train.provenance``): where every checkpoint's weights came from."""
+    """The provenance ledger (``kfm.train.provenance.ledger``): where every checkpoint's weights came from."""
 
     enabled: bool = True
     """Record the origin (init seed and digest, or the imported model), every checkpoint's weight digest,
-    the data read and the code and config, chained by hash; exports carry the chain (``train.verify``)."""
+    the data read and the code and config, chained by hash; exports carry the chain (``kfm.train.provenance.verify``)."""
     signing_key: str = ""
-    """Ed25519 private key (PEM) that signs every record (``python -m train.signing``); empty: unsigned."""
+    """Ed25519 private key (PEM) that signs every record (``python -m kfm.train.cli.keygen``); empty: unsigned."""
 
 
 @dataclass
 class PretrainJob:
-    """``python -m train.pretrain``."""
+    """``python -m kfm.train.cli.pretrain``."""
 
     run_dir: str = "runs/demo"
     """Writes checkpoints, logs and wandb files under it; reads the shards from ``data_dir``."""

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from model.kernels import interpreting
+from kfm.model.kernels import interpreting
 
 
 @triton.jit
@@ -212,11 +212,10 @@ def _strides(q: torch.Tensor, k: torch.Tensor) -> tuple:
     return q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2)
 
 
-def _forward(q, k, v, doc_ids, window: int):
+def _forward(q, k, v, doc_ids, start, window: int):
     bsz, heads, seq, dim = q.shape
     out = torch.empty_like(q)
     lse = torch.empty(bsz, heads, seq, dtype=torch.float32, device=q.device)
-    start, _ = document_bounds(doc_ids)
     blocks = _blocks(dim)
     grid = (triton.cdiv(seq, blocks["BLOCK_M"]), bsz * heads)
     _fwd_kernel[grid](q, k, v, out, lse, doc_ids, start, 1.0 / math.sqrt(dim), seq, heads, k.shape[1],
@@ -224,11 +223,10 @@ def _forward(q, k, v, doc_ids, window: int):
     return out, lse
 
 
-def _backward(q, k, v, out, lse, dout, doc_ids, window: int):
+def _backward(q, k, v, out, lse, dout, doc_ids, start, end, window: int):
     bsz, heads, seq, dim = q.shape
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1).contiguous()
-    start, end = document_bounds(doc_ids)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     blocks = _blocks(dim)
     common = dict(HEAD_DIM=dim, WINDOW=window, UPCAST=interpreting(), **blocks)
@@ -242,26 +240,30 @@ def _backward(q, k, v, out, lse, dout, doc_ids, window: int):
 
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, doc_ids, window: int):
-        out, lse = _forward(q, k, v, doc_ids, window)
-        ctx.save_for_backward(q, k, v, out, lse, doc_ids)
+    def forward(ctx, q, k, v, doc_ids, start, end, window: int):
+        out, lse = _forward(q, k, v, doc_ids, start, window)
+        ctx.save_for_backward(q, k, v, out, lse, doc_ids, start, end)
         ctx.window = window
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse, doc_ids = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, out, lse, dout, doc_ids, ctx.window)
-        return dq, dk, dv, None, None
+        q, k, v, out, lse, doc_ids, start, end = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, out, lse, dout, doc_ids, start, end, ctx.window)
+        return dq, dk, dv, None, None, None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None,
-                    window: int = 0) -> torch.Tensor:
+                    window: int = 0, bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention of q (batch, heads, seq, dim) over k, v (batch, kv_heads, seq, dim) with the Triton kernels;
-    ``doc_ids`` (batch, seq) keeps attention within documents, ``window`` > 0 limits it to the last ``window``."""
+    ``doc_ids`` (batch, seq) keeps attention within documents, ``window`` > 0 limits it to the last ``window``.
+    ``bounds``: ``document_bounds(doc_ids)`` when the caller has it already (the model computes it once per
+    batch, ``kfm.model.attention.Documents.bounds``), else computed here."""
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if doc_ids is None:
         doc_ids = torch.zeros(q.shape[0], q.shape[2], dtype=torch.int32, device=q.device)
+    doc_ids = doc_ids.to(torch.int32).contiguous()
+    start, end = bounds if bounds is not None else document_bounds(doc_ids)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return FlashAttentionFunction.apply(q, k, v, doc_ids.to(torch.int32).contiguous(), int(window))
+    return FlashAttentionFunction.apply(q, k, v, doc_ids, start, end, int(window))

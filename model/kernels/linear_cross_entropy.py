@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from model.loss import cross_entropy_loss
+from kfm.model.loss import cross_entropy_loss
+
 
 def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                    ignore_index: int = -100, z_loss: float = 0.0) -> torch.Tensor:
@@ -54,7 +55,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         if use_triton:
-            from model.kernels.ce_rows import ce_rows_triton as rows
+            from kfm.model.kernels.ce_rows import ce_rows_triton as rows
         else:
             rows = _ce_rows_torch
         want_grad = grad_h is not None or grad_w is not None

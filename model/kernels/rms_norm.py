@@ -10,7 +10,8 @@ and with ``g = dy * w``:
 
 Statistics are computed in fp32 whatever the input dtype. Layers: Triton kernels →
 launchers (``_forward``/``_backward``) → ``RMSNormFunction`` (autograd) → ``rms_norm``;
-``rms_norm_reference`` is the plain PyTorch computation they must equal. On CPU the kernels
+the reference they must equal is the model's eager code, ``kfm.model.layers.rms_norm_torch`` (which, like
+the kernel, rounds ``x_hat`` to the input dtype before scaling by ``w``). On CPU the kernels
 run under the Triton interpreter (``TRITON_INTERPRET=1``), which is how they are tested here.
 """
 
@@ -20,15 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                       residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, x + residual) computed in fp32 and cast back; the second is ``x`` without a residual."""
-    if residual is not None:
-        x = x + residual
-    x32 = x.float()
-    y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
-    return y.to(x.dtype), x
+from kfm.model.kernels import contiguous, row_settings
 
 
 @triton.jit
@@ -42,7 +35,10 @@ def _rms_norm_fwd(X, R, W, Y, XOUT, RSTD, stride, D, eps, HAS_RESIDUAL: tl.const
         tl.store(XOUT + row * stride + cols, x.to(XOUT.dtype.element_ty), mask=mask)
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
     w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(Y + row * stride + cols, (x * rstd * w).to(Y.dtype.element_ty), mask=mask)
+    # As the eager code (kfm.model.layers.rms_norm_torch): normalise in fp32, round to the input's dtype, then
+    # scale by the weight and round again.
+    x_hat = (x * rstd).to(Y.dtype.element_ty).to(tl.float32)
+    tl.store(Y + row * stride + cols, (x_hat * w).to(Y.dtype.element_ty), mask=mask)
     tl.store(RSTD + row, rstd)
 
 
@@ -68,28 +64,22 @@ def _rms_norm_bwd(DY, X, W, RSTD, DX, DW_PARTIAL, stride, n_rows, D, ROWS_PER_PR
     tl.store(DW_PARTIAL + pid * D + cols, dw, mask=mask)
 
 
-def _block(d: int) -> int:
-    block = triton.next_power_of_2(d)
-    if block > 65536:
-        raise ValueError(f"RMSNorm kernel supports rows up to 65536 wide, got {d}")
-    return block
-
-
 def _forward(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None):
     d = x.shape[-1]
-    x2 = x.reshape(-1, d).contiguous()
-    r2 = residual.reshape(-1, d).contiguous() if residual is not None else None
+    x2, r2 = contiguous(x.reshape(-1, d), residual.reshape(-1, d) if residual is not None else None)
+    block, warps = row_settings(d, what="RMSNorm row")
     y = torch.empty_like(x2)
     x_out = torch.empty_like(x2) if residual is not None else x2
     rstd = torch.empty(x2.shape[0], dtype=torch.float32, device=x.device)
     _rms_norm_fwd[(x2.shape[0],)](x2, r2 if r2 is not None else x2, weight, y, x_out, rstd, x2.stride(0), d, eps,
-                                  HAS_RESIDUAL=residual is not None, BLOCK=_block(d))
+                                  HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=warps)
     return y.view_as(x), x_out.view_as(x), rstd
 
 
 def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor):
     d = x.shape[-1]
-    x2, dy2 = x.reshape(-1, d), dy.reshape(-1, d).contiguous()
+    x2, dy2 = contiguous(x.reshape(-1, d), dy.reshape(-1, d))
+    block, warps = row_settings(d, what="RMSNorm row")
     n = x2.shape[0]
     programs = min(n, 256)
     rows_per_program = triton.cdiv(n, programs)
@@ -97,7 +87,7 @@ def _backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: tor
     dx = torch.empty_like(x2)
     dw_partial = torch.empty(programs, d, dtype=torch.float32, device=x.device)
     _rms_norm_bwd[(programs,)](dy2, x2, weight, rstd, dx, dw_partial, x2.stride(0), n, d,
-                               ROWS_PER_PROGRAM=rows_per_program, BLOCK=_block(d))
+                               ROWS_PER_PROGRAM=rows_per_program, BLOCK=block, num_warps=warps)
     return dx.view_as(x), dw_partial.sum(0).to(weight.dtype)
 
 

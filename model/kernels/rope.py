@@ -9,7 +9,8 @@ The backward is the rotation by the opposite angle (the same kernel with ``sin``
 Inputs are laid out (batch, seq, heads, head_dim), as the projections produce them; each
 program rotates every head of one token of q (grid axis 1 = 0) or of k (axis 1 = 1), reading
 cos/sin at that token's position (``positions``, so packed documents restart at 0).
-``rope_reference`` is the plain PyTorch form.
+The reference is the model's eager code, ``kfm.model.rope.Rotary.apply`` (on the (batch, heads, seq, dim)
+layout the attention uses).
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """x (batch, seq, heads, head_dim) rotated by the table rows at ``positions`` (batch, seq)."""
-    half = x.shape[-1] // 2
-    c, s = cos[positions][:, :, None, :].float(), sin[positions][:, :, None, :].float()
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1).float()
-    return (x.float() * c + rotated * s).to(x.dtype)
+from kfm.model.kernels import contiguous
 
 
 @triton.jit
@@ -63,12 +58,12 @@ class RoPEFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, cos, sin, positions):
         ctx.save_for_backward(cos, sin, positions)
-        return _launch(q.contiguous(), k.contiguous(), cos, sin, positions, 1.0)
+        return _launch(*contiguous(q, k), cos, sin, positions, 1.0)
 
     @staticmethod
     def backward(ctx, dq, dk):
         cos, sin, positions = ctx.saved_tensors
-        dq, dk = _launch(dq.contiguous(), dk.contiguous(), cos, sin, positions, -1.0)
+        dq, dk = _launch(*contiguous(dq, dk), cos, sin, positions, -1.0)
         return dq, dk, None, None, None
 
 
@@ -79,5 +74,5 @@ def apply_rope_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
     bsz, seq = q.shape[:2]
     if positions is None:
         positions = torch.arange(seq, device=q.device).expand(bsz, seq)
-    positions = positions.to(torch.int32).contiguous()
-    return RoPEFunction.apply(q, k, cos.contiguous(), sin.contiguous(), positions)
+    cos, sin, positions = contiguous(cos, sin, positions.to(torch.int32))
+    return RoPEFunction.apply(q, k, cos, sin, positions)

@@ -4,21 +4,18 @@
     da = dy * b * sigmoid(a) * (1 + a * (1 - sigmoid(a))),   db = dy * silu(a)
 
 Computed in fp32, stored in the input dtype; the backward recomputes ``sigmoid(a)`` instead of
-storing it. ``swiglu_reference`` is the plain PyTorch form.
+storing it. The reference is the model's eager code, ``kfm.model.layers.swiglu_torch``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kfm.model.kernels import contiguous
+
 BLOCK = 1024
-
-
-def swiglu_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (F.silu(a.float()) * b.float()).to(a.dtype)
 
 
 @triton.jit
@@ -45,7 +42,7 @@ def _swiglu_bwd(A, B, DY, DA, DB, n, BLOCK: tl.constexpr):
 class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b):
-        a, b = a.contiguous(), b.contiguous()
+        a, b = contiguous(a, b)
         y = torch.empty_like(a)
         _swiglu_fwd[(triton.cdiv(a.numel(), BLOCK),)](a, b, y, a.numel(), BLOCK=BLOCK)
         ctx.save_for_backward(a, b)
@@ -55,7 +52,8 @@ class SwiGLUFunction(torch.autograd.Function):
     def backward(ctx, dy):
         a, b = ctx.saved_tensors
         da, db = torch.empty_like(a), torch.empty_like(b)
-        _swiglu_bwd[(triton.cdiv(a.numel(), BLOCK),)](a, b, dy.contiguous(), da, db, a.numel(), BLOCK=BLOCK)
+        (dy,) = contiguous(dy)
+        _swiglu_bwd[(triton.cdiv(a.numel(), BLOCK),)](a, b, dy, da, db, a.numel(), BLOCK=BLOCK)
         return da, db
 
 

@@ -1,0 +1,81 @@
+"""The model card (README.md) written with every Hugging Face export: what the model is and how it was made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kfm.model.accounting import num_params
+from kfm.model.config import ModelConfig
+
+
+def last_eval(metrics_file: Path, step: int) -> dict[str, float]:
+    """The newest validation numbers logged at or before ``step`` in a run's ``metrics.jsonl``."""
+    found: dict[str, float] = {}
+    if metrics_file.is_file():
+        for line in metrics_file.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("step", 0) <= step and "val_loss" in row:
+                found = {k: row[k] for k in ("step", "val_loss", "val_bpb") if k in row}
+    return found
+
+
+def model_card(cfg: ModelConfig, arch: str, state: dict, tokenizer_dir: Path, evals: dict[str, float]) -> str:
+    job = state.get("config", {})
+    data, trainer, optim = job.get("data", {}), job.get("trainer", {}), job.get("optim", {})
+    seq_len = data.get("seq_len")
+    consumed = state.get("data", {}).get("consumed")
+    tokens = consumed * seq_len if consumed and seq_len else None
+    weights = state.get("data", {}).get("weights", {})
+    stats_file = tokenizer_dir / "train_stats.json"
+    tok_stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "language: [ko, en]",
+        "tags: [kfm, pretrained]",
+        "---",
+        "",
+        f"# {cfg.name}: a {num_params(cfg) / 1e6:.1f}M-parameter {arch.removesuffix('ForCausalLM')} model trained with kfm",
+        "",
+        "Loads with `transformers` alone (no `trust_remote_code`):",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(path)",
+        "model = AutoModelForCausalLM.from_pretrained(path)",
+        "```",
+        "",
+        "## Model",
+        "",
+        f"- architecture: `{arch}`; {cfg.n_layers} layers, hidden size {cfg.dim}, {cfg.n_heads} attention heads "
+        f"({cfg.n_kv_heads} key/value heads), feed-forward {cfg.ffn_hidden_dim}, context {cfg.max_seq_len}",
+        f"- parameters: {num_params(cfg):,}; tied embeddings: {cfg.tie_embeddings}; RoPE theta {cfg.rope.theta:g} "
+        f"({cfg.rope.scaling})",
+        "",
+        "## Training",
+        "",
+        f"- steps: {state.get('step')}; tokens seen: {tokens:,}" if tokens else f"- steps: {state.get('step')}",
+        f"- sequence length {seq_len}; data mixture {weights}" if weights else f"- sequence length {seq_len}",
+        f"- optimizer AdamW, peak lr {optim.get('lr')}, schedule {optim.get('schedule')}, warmup "
+        f"{optim.get('warmup_steps')} steps; backend {trainer.get('backend')} on {state.get('world')} ranks",
+        f"- started from: {trainer.get('init_from') or 'random initialisation (seed ' + str(trainer.get('seed')) + ')'}"
+        + (f", depth up-scaled with layers {trainer['init_layers']}" if trainer.get("init_layers") else ""),
+        "",
+        "## Tokenizer",
+        "",
+        f"- SentencePiece, {cfg.vocab_size} pieces"
+        + (f"; trained on {sum(s.get('sentences_sampled', 0) for s in tok_stats.get('sources', {}).values()):,} "
+           "sampled sentences" if tok_stats else ""),
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if evals:
+        lines.append(f"- held-out validation at step {evals['step']}: loss {evals['val_loss']:.4f} nats/token"
+                     + (f", {evals['val_bpb']:.4f} bits/byte" if "val_bpb" in evals else "")
+                     + " (each source's held-out text, weighted by its held-out tokens)")
+    else:
+        lines.append("- no validation numbers were logged for this checkpoint")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,144 @@
+"""Side concerns of the training loop, each a hook: metrics, validation, checkpoints, profiling.
+
+A hook sees the trainer at three points: ``on_fit_start`` (after any resume), ``on_step_end`` (after
+every optimizer step, with its ``StepResult``) and ``on_fit_end``. Hooks run in list order; every
+rank runs every hook (validation and checkpoints are collective), and only rank 0 writes metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from kfm.train.config import PretrainJob
+from kfm.train.loop.throughput import mfu, peak_memory_mb
+
+log = logging.getLogger("kfm.train")
+
+
+class Hook:
+    def on_fit_start(self, trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer, result) -> None:
+        pass
+
+    def on_fit_end(self, trainer) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """What the hook carries across a checkpoint (loaded after ``on_fit_start`` on resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class MetricsHook(Hook):
+    """Every ``log_every`` steps: training loss (mean of the applied steps), grad norm, learning rate,
+    tokens/s (global and per device), MFU, data-loader wait, skipped steps, peak memory."""
+
+    def on_fit_start(self, trainer) -> None:
+        self._new_window(trainer)
+
+    def state_dict(self) -> dict:
+        """The losses of the open logging window, so a resumed run logs the same means."""
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = list(state["losses"])
+
+    def _new_window(self, trainer) -> None:
+        """Start the next logging window: its losses, step count, clock and data-loader wait."""
+        self.losses, self.start, self.t0 = [], trainer.step, time.perf_counter()
+        trainer.data_wait = 0.0
+
+    def on_step_end(self, trainer, result) -> None:
+        tc = trainer.job.trainer
+        if result.applied:
+            self.losses.append(result.loss)
+        if result.step % tc.log_every and result.step != tc.steps:
+            return
+        tokens_per_s = (result.step - self.start) * trainer.global_batch * trainer.job.data.seq_len / (
+            time.perf_counter() - self.t0)
+        per_device = tokens_per_s / trainer.dist.world
+        metrics = {"train_loss": sum(self.losses) / len(self.losses)} if self.losses else {}
+        metrics |= {"grad_norm": result.grad_norm, "lr": result.lr, "tokens_per_s": tokens_per_s,
+                    "tokens_per_s_per_device": per_device,
+                    "mfu": mfu(trainer.job.model, trainer.job.data.seq_len, per_device, trainer.peak_flops),
+                    "mfu_peak": trainer.peak_name,
+                    "data_wait_s": trainer.data_wait, "skipped_steps": trainer.skipped_steps,
+                    "peak_memory_mb": peak_memory_mb(trainer.dist.device)}
+        trainer.log_metrics(metrics)
+        self._new_window(trainer)
+
+
+class ValidationHook(Hook):
+    """Validation loss and bits per byte at the start of a fresh run, every ``val_every`` steps and at the end."""
+
+    def on_fit_start(self, trainer) -> None:
+        if trainer.step == 0:
+            trainer.log_metrics(trainer.validate())
+
+    def on_step_end(self, trainer, result) -> None:
+        tc = trainer.job.trainer
+        if result.step % tc.val_every == 0 or result.step == tc.steps:
+            trainer.log_metrics(trainer.validate())
+
+
+class CheckpointHook(Hook):
+    """A checkpoint every ``checkpoint_every`` steps and at the end."""
+
+    def on_step_end(self, trainer, result) -> None:
+        tc = trainer.job.trainer
+        if result.step % tc.checkpoint_every == 0 or result.step == tc.steps:
+            path = trainer.save()
+            log.info("checkpoint %s%s", path, " (writing in the background)" if tc.async_checkpoint else "")
+
+
+class ProfilerHook(Hook):
+    """``torch.profiler`` over steps ``[profile_start, profile_start + profile_steps)``; a Chrome trace per
+    rank in ``<run_dir>/profile/`` (open in Perfetto or chrome://tracing)."""
+
+    def __init__(self, start: int, steps: int) -> None:
+        self.start, self.steps, self.prof = start, steps, None
+
+    def _open(self, trainer) -> None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if trainer.dist.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.prof = torch.profiler.profile(activities=activities, record_shapes=True)
+        self.prof.__enter__()
+
+    def on_fit_start(self, trainer) -> None:
+        if trainer.step == self.start:
+            self._open(trainer)
+
+    def on_step_end(self, trainer, result) -> None:
+        if result.step == self.start:
+            self._open(trainer)
+        elif self.prof is not None and result.step == self.start + self.steps:
+            self._close(trainer, result.step)
+
+    def on_fit_end(self, trainer) -> None:
+        if self.prof is not None:
+            self._close(trainer, trainer.step)
+
+    def _close(self, trainer, step: int) -> None:
+        self.prof.__exit__(None, None, None)
+        out = Path(trainer.job.run_dir) / "profile" / f"rank{trainer.dist.rank}_steps{self.start}-{step}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.prof.export_chrome_trace(str(out))
+        self.prof = None
+        log.info("profile of steps %d-%d written to %s", self.start, step, out)
+
+
+def default_hooks(job: PretrainJob) -> list[Hook]:
+    tc = job.trainer
+    hooks: list[Hook] = [MetricsHook(), ValidationHook(), CheckpointHook()]
+    if tc.profile_steps:
+        hooks.append(ProfilerHook(tc.profile_start, tc.profile_steps))
+    return hooks

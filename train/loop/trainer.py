@@ -1,0 +1,358 @@
+"""The training loop: one readable pass from batch to optimizer step; side concerns are hooks (``kfm.train.loop.hooks``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kfm.data_pipeline.loader import Batch, DistributedLoader, MixtureStream, TokenWindows, validation_batches
+from kfm.data_pipeline.shards import TOKEN_BYTES, Manifest, file_sha256
+from kfm.train.checkpoint.layout import (
+    checkpoint_root,
+    latest_checkpoint,
+    load_rng,
+    publish,
+    read_state,
+    save_rng,
+    staging_dir,
+    step_dir,
+)
+from kfm.train.config import PretrainJob
+from kfm.train.loop.hooks import default_hooks
+from kfm.train.loop.init_from import initial_weights
+from kfm.train.loop.metrics import MetricsSink
+from kfm.train.loop.recorder import Recorder
+from kfm.train.loop.throughput import SpikeDetector, device_peak_flops
+from kfm.train.loop.validation import held_out_aggregate, held_out_sources
+from kfm.train.optim import lr_at
+from kfm.train.parallel.distributed import DistInfo, all_reduce_sum
+from kfm.train.parallel.engine import build_engine
+
+log = logging.getLogger("kfm.train")
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+"""What Slurm sends before a time limit (``--signal``) or on preemption."""
+EXIT_REQUEUE = 75
+"""Exit status after a signal-triggered checkpoint (EX_TEMPFAIL: try again): the launcher requeues the job."""
+
+
+def check_tokenizer(run_dir: Path, manifest: Manifest, data_dir: Path) -> None:
+    """The run's tokenizer must be the one the shards were built with."""
+    model = run_dir / "tokenizer" / "tokenizer.model"
+    if model.is_file() and file_sha256(model) != manifest.tokenizer_sha256:
+        raise ValueError(
+            f"{model} is not the tokenizer the shards in {data_dir} were built with (sha256 differs): rebuild "
+            "the shards with `python -m kfm.data_pipeline.build`, or restore the tokenizer they were built with"
+        )
+
+
+def check_vocab(job: PretrainJob, manifest: Manifest, data_dir: Path) -> None:
+    if manifest.vocab_size != job.model.vocab_size and job.trainer.init_from:
+        raise ValueError(
+            f"the model in trainer.init_from={job.trainer.init_from} has a {job.model.vocab_size}-token vocabulary "
+            f"but the shards in {data_dir} were tokenized with {manifest.vocab_size} pieces: build the shards with "
+            "that model's tokenizer (data_pipeline.build tokenizer_model=...)")
+    if manifest.vocab_size != job.model.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={job.model.vocab_size} but the tokenizer behind {data_dir} has "
+            f"{manifest.vocab_size} pieces: set model.vocab_size={manifest.vocab_size} "
+            "(or retrain the tokenizer with tokenizer.vocab_size to match)"
+        )
+
+
+@dataclass
+class StepResult:
+    step: int
+    """Steps done (1-based after the step)."""
+    loss: float
+    """Training loss, mean over the global batch."""
+    grad_norm: float
+    lr: float
+    applied: bool
+    """False for a skipped step (non-finite loss or gradient, or a loss spike)."""
+
+
+class Trainer:
+    def __init__(self, job: PretrainJob, dist_info: DistInfo, hooks: list | None = None) -> None:
+        self.job, self.dist = job, dist_info
+        self.run_dir = Path(job.run_dir)
+        data_dir = Path(job.data_dir) if job.data_dir else self.run_dir / "data"
+        tc = job.trainer
+        verify = job.data.verify_checksums
+        self.val_sets, self.val_tokens, manifest = held_out_sources(data_dir, job.data.seq_len, dist_info.world,
+                                                                    verify)
+        stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
+        self.recorder = Recorder(job, dist_info, data_dir, manifest, stream)
+        init_state = None
+        if tc.init_from:
+            job.model, init_state = initial_weights(tc.init_from, tc.init_layers, job.model, self.recorder.observe)
+            if job.data.seq_len > job.model.max_seq_len:
+                raise ValueError(f"data.seq_len={job.data.seq_len} exceeds the max_seq_len {job.model.max_seq_len} "
+                                 f"of {tc.init_from}: lower data.seq_len")
+        check_vocab(job, manifest, data_dir)
+        check_tokenizer(self.run_dir, manifest, data_dir)
+        token_bytes = data_dir / TOKEN_BYTES
+        self.token_bytes = torch.from_numpy(np.load(token_bytes)).long() if token_bytes.is_file() else None
+        world_batch = tc.local_batch_size * dist_info.world
+        self.global_batch = tc.global_batch_size or world_batch
+        if self.global_batch % world_batch:
+            raise ValueError(
+                f"trainer.global_batch_size={self.global_batch} is not divisible by trainer.local_batch_size "
+                f"({tc.local_batch_size}) x data-parallel ranks ({dist_info.world}) = {world_batch}: choose a "
+                "multiple of it, or change the micro batch or the number of ranks")
+        self.accum = self.global_batch // world_batch
+        self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
+        self.engine = build_engine(job, dist_info, self.accum, init_state)
+        self.model = self.engine.model
+        self.ckpt_root = checkpoint_root(self.run_dir)
+        self.step = self.skipped_steps = self.consecutive_spikes = self.rollbacks = 0
+        self.saved_step = -1
+        self.data_wait = 0.0
+        self.last: dict[str, float] = {}
+        self.hook_state: dict[str, dict] = {}
+        self.spikes = SpikeDetector(tc.spike_sigmas, tc.spike_window)
+        self.peak_name, self.peak_flops = device_peak_flops(tc.device_peak, dist_info.device)
+        self.stop_requested = self.stop_seen = self.preempted = False
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, self._on_signal)
+        self.sink = (MetricsSink(self.run_dir, asdict(job), tc.wandb_mode, tc.wandb_project, tc.wandb_group)
+                     if dist_info.is_main else None)
+        self.hooks = default_hooks(job) if hooks is None else hooks
+
+    # ----- signals -----
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_requested = True
+        log.warning("received %s: checkpointing after this step, then stopping for a requeue",
+                    signal.Signals(signum).name)
+
+    def agree(self, mean_loss: torch.Tensor) -> tuple[float, bool]:
+        """One collective and one host synchronisation a step: the global mean loss, and whether any rank has
+        received a stop signal (ranks see signals at different times, so they must agree before stopping)."""
+        flag = torch.tensor(1.0 if self.stop_requested else 0.0, dtype=torch.float64, device=self.dist.device)
+        both = torch.stack([mean_loss.detach().to(torch.float64), flag])
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(both)
+        loss_sum, stops = both.tolist()
+        return loss_sum / self.dist.world, stops > 0
+
+    # ----- checkpoints -----
+    def save(self) -> Path:
+        """Checkpoint the current step (collective); a no-op if this step is already saved."""
+        if self.saved_step == self.step:
+            return step_dir(self.ckpt_root, self.step)
+        tmp, final = staging_dir(self.ckpt_root, self.step)
+        tc = self.job.trainer
+        state = {"step": self.step, "backend": tc.backend, "world": self.dist.world, "config": asdict(self.job),
+                 "data": self.loader.state_dict(), "skipped_steps": self.skipped_steps,
+                 "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)},
+                 "loop": self.loop_state()}
+        save_rng(tmp, self.dist.device)
+        record = self.recorder.checkpoint(tmp, self.engine, self.step, self.loader.consumed,
+                                 {"skipped_steps": self.skipped_steps, "backend": tc.backend, "world": self.dist.world,
+                                  "train_loss": self.last.get("train_loss")})
+
+        def on_done() -> None:
+            publish(tmp, final, state, tc.keep_checkpoints)
+            self.recorder.published(record)
+
+        self.engine.save(tmp, on_done=on_done)
+        self.saved_step = self.step
+        return final
+
+    def loop_state(self) -> dict:
+        """Everything in the loop that a later decision or log line depends on: the spike detector's window,
+        the consecutive-spike and rollback counts, the last logged values and each hook's own state."""
+        return {"spikes": self.spikes.state_dict(), "consecutive_spikes": self.consecutive_spikes,
+                "rollbacks": self.rollbacks, "last": dict(self.last),
+                "hooks": {type(h).__name__: h.state_dict() for h in self.hooks}}
+
+    def load_loop_state(self, state: dict) -> None:
+        self.spikes.load_state_dict(state["spikes"])
+        self.consecutive_spikes, self.rollbacks = state["consecutive_spikes"], state["rollbacks"]
+        self.last = dict(state["last"])
+        self.hook_state = state["hooks"]
+
+    def resume_from(self) -> Path | None:
+        resume = self.job.trainer.resume
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return latest_checkpoint(self.ckpt_root)
+        path = Path(resume)
+        if not (path / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"trainer.resume={resume}: no complete checkpoint there (no trainer_state.json); "
+                                    "use auto, never or a step_<N> directory")
+        return path
+
+    def maybe_resume(self) -> bool:
+        """Continue from the checkpoint ``trainer.resume`` names, if any; True if resumed."""
+        ckpt = self.resume_from()
+        if ckpt is None:
+            return False
+        self.engine.load(ckpt)
+        state = read_state(ckpt)
+        self.step = self.saved_step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        if "loop" in state:  # checkpoints written before the loop state was saved start it afresh
+            self.load_loop_state(state["loop"])
+        self.loader.load_state_dict(state["data"])
+        if not load_rng(ckpt, self.dist.device):
+            log.info("no random-generator state for rank %d in %s (written by %d ranks)", self.dist.rank, ckpt,
+                     state["world"])
+        foreign = ckpt.resolve().parent != self.ckpt_root.resolve()
+        self.recorder.resumed(ckpt, foreign, self.engine, self.step, self.loader.consumed)
+        log.info("resumed from %s at step %d", ckpt, self.step)
+        return True
+
+    def rollback(self) -> None:
+        """Weights and optimizer state back to the newest checkpoint; the step and the data position go on,
+        so the batches behind the spikes are not seen again."""
+        ckpt = latest_checkpoint(self.ckpt_root)
+        if ckpt is None:
+            raise RuntimeError(f"step {self.step}: {self.job.trainer.spike_rollback_after} loss spikes in a row and "
+                               "no checkpoint to roll back to; lower trainer.checkpoint_every or the learning rate")
+        self.engine.wait()
+        self.engine.load(ckpt)
+        self.recorder.rolled_back(ckpt, self.engine, self.step, self.loader.consumed)
+        self.rollbacks += 1
+        log.warning("step %d: rolled back weights and optimizer to %s (rollback %d)", self.step, ckpt, self.rollbacks)
+
+    # ----- the step -----
+    def loss(self, batch: Batch, z_loss: float | None = None) -> torch.Tensor:
+        tc, dev = self.job.trainer, self.dist.device
+        docs = (batch.position_ids.to(dev), batch.cu_seqlens_flat) if tc.document_masking else (None, None)
+        return self.model(batch.inputs.to(dev), *docs, targets=batch.targets.to(dev),
+                          z_loss=tc.z_loss if z_loss is None else z_loss)
+
+    def next_batch(self) -> Batch:
+        t0 = time.perf_counter()
+        batch = self.loader.next_batch()
+        self.data_wait += time.perf_counter() - t0
+        return batch
+
+    def judge_loss(self, loss: float) -> str:
+        """``""`` to apply the step, else why it is skipped; raises where the config says stop."""
+        tc = self.job.trainer
+        if not math.isfinite(loss):
+            if not tc.skip_nonfinite:
+                raise FloatingPointError(f"step {self.step}: loss {loss} not finite (trainer.skip_nonfinite=false); "
+                                         "resume from the last checkpoint")
+            return "loss not finite"
+        if not self.spikes.is_spike(loss):
+            self.consecutive_spikes = 0
+            return ""
+        if tc.spike_action == "stop":
+            raise RuntimeError(f"step {self.step}: loss spike {loss:.4g} (trainer.spike_sigmas={tc.spike_sigmas} "
+                               f"over the last {tc.spike_window} steps); resume from the last checkpoint")
+        self.consecutive_spikes += 1
+        return "loss spike"
+
+    def train_step(self) -> StepResult:
+        """One optimizer step over ``accum`` micro batches.
+
+        The micro-batch losses stay on the device and are summed there; the step synchronises with the host
+        twice, whatever ``accum`` is: once for the global mean loss (reduced together with the stop-signal
+        flag, ``agree``) and once for the gradient norm. The mean loss is known before the *last* backward, so
+        that a step to skip (non-finite loss, a spike) is discarded the same way by every backend: DeepSpeed
+        steps its optimizer inside the last micro-batch's ``backward``/``step`` at the accumulation boundary
+        and offers no way to drop a step after that, so kfm poisons that backward's gradients instead, and
+        DeepSpeed's overflow check skips the step. So the decision comes before that backward, and the loss
+        synchronisation with it."""
+        tc = self.job.trainer
+        lr = lr_at(self.step, tc.steps, self.job.optim)
+        self.engine.set_lr(lr)
+        total, skip = torch.zeros((), dtype=torch.float64, device=self.dist.device), ""
+        for micro in range(self.accum):
+            last = micro == self.accum - 1
+            loss = self.loss(self.next_batch())
+            total += loss.detach()
+            if last:
+                loss_value, self.stop_seen = self.agree(total / self.accum)
+                skip = self.judge_loss(loss_value)
+            self.engine.backward(loss, last=last, discard=bool(skip))
+        grad_norm, applied = self.engine.step(discard=bool(skip))
+        if not applied:
+            skip = skip or "gradient not finite"
+            if not tc.skip_nonfinite and skip == "gradient not finite":
+                raise FloatingPointError(f"step {self.step}: grad norm {grad_norm} not finite "
+                                         "(trainer.skip_nonfinite=false); resume from the last checkpoint")
+            self.skipped_steps += 1
+            log.warning("step %d skipped (%s: loss %.4g, grad norm %.4g); %d skipped so far", self.step, skip,
+                        loss_value, grad_norm, self.skipped_steps)
+        self.step += 1
+        if tc.spike_action == "rollback" and self.consecutive_spikes >= tc.spike_rollback_after:
+            self.rollback()
+            self.consecutive_spikes = 0
+        return StepResult(self.step, loss_value, grad_norm, lr, applied)
+
+    @torch.no_grad()
+    def _validate_on(self, windows: TokenWindows) -> tuple[float, float, float]:
+        """(summed loss in nats, tokens, bytes of text behind them) over this rank's share of the batches."""
+        tc = self.job.trainer
+        nats = torch.zeros((), dtype=torch.float64, device=self.dist.device)  # summed on the device: no sync
+        tokens = nbytes = 0
+        for batch in validation_batches(windows, tc.local_batch_size, self.dist.rank, self.dist.world,
+                                        tc.val_batches):
+            n = batch.targets.numel()
+            nats += self.loss(batch, z_loss=0.0).detach().to(torch.float64) * n
+            tokens += n
+            if self.token_bytes is not None:  # CPU tensors: no device synchronisation
+                nbytes += int(self.token_bytes[batch.targets].sum())
+        return nats, float(tokens), float(nbytes)
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss (nats per token) and, when the shards carry token byte lengths, bits per byte (the
+        summed loss in bits over the bytes of text the targets stand for, comparable across tokenizers).
+
+        Each source is measured on the first ``trainer.val_batches`` global batches of its held-out text
+        (``val_loss/<source>``, logged with ``trainer.val_per_source``). The headline ``val_loss`` is their mean
+        weighted by each source's held-out tokens (``held_out_aggregate``), so every source counts by its size
+        and not only the first in the manifest."""
+        self.model.eval()
+        per_source = {}
+        for name, windows in self.val_sets.items():
+            per_source[name] = all_reduce_sum(list(self._validate_on(windows)), self.dist.device)
+        self.model.train()
+        out = held_out_aggregate(per_source, self.val_tokens)
+        if self.job.trainer.val_per_source:
+            for name, sums in per_source.items():
+                out.update({f"{k}/{name}": v for k, v in held_out_aggregate({name: sums}, self.val_tokens).items()})
+        return out
+
+    def log_metrics(self, metrics: dict) -> None:
+        self.last.update({k: v for k, v in metrics.items() if k in ("train_loss", "val_loss", "val_bpb")})
+        if self.sink:
+            self.sink.log(self.step, metrics)
+
+    # ----- the loop -----
+    def fit(self) -> dict:
+        if not self.maybe_resume():
+            self.recorder.start(self.engine)
+        for hook in self.hooks:
+            hook.on_fit_start(self)
+            if type(hook).__name__ in self.hook_state:
+                hook.load_state_dict(self.hook_state[type(hook).__name__])
+        while self.step < self.job.trainer.steps:
+            result = self.train_step()
+            for hook in self.hooks:
+                hook.on_step_end(self, result)
+            if self.stop_seen:
+                path = self.save()
+                self.engine.wait()
+                self.preempted = True
+                log.warning("stopped by a signal at step %d; checkpoint %s", self.step, path)
+                break
+        for hook in self.hooks:
+            hook.on_fit_end(self)
+        self.engine.wait()
+        if self.sink:
+            self.sink.close()
+        return self.last

@@ -1,0 +1,161 @@
+"""What the training loop drives: a model with its optimizer, behind one small interface per backend.
+
+The loop (``kfm.train.loop.trainer``) calls, per optimizer step::
+
+    engine.set_lr(lr)
+    for each micro batch: loss = engine.model(...); engine.backward(loss, last=..., discard=...)
+    grad_norm, applied = engine.step()
+
+and ``save(tmp_dir)`` / ``load(dir)`` for checkpoints. ``TorchEngine`` covers FSDP2, HSDP and DDP
+(parallelised by ``kfm.train.parallel.parallelize``, checkpoints with ``torch.distributed.checkpoint``);
+``kfm.train.parallel.deepspeed_engine.DeepSpeedEngine`` covers ZeRO 1/2/3 with DeepSpeed's own checkpoints.
+``discard`` makes the step a no-op (a non-finite or spiking loss); a step whose gradient norm is not
+finite is never applied either, and ``applied`` says which happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from kfm.model import Transformer
+from kfm.train.checkpoint.layout import check_compatible, damaged, model_shapes
+from kfm.train.checkpoint.reader import dcp_saved_shapes
+from kfm.train.config import PretrainJob
+from kfm.train.optim import build_optimizer
+from kfm.train.parallel.distributed import DistInfo
+from kfm.train.parallel.parallelize import parallelize
+from kfm.train.provenance.digests import module_tensors
+
+log = logging.getLogger("kfm.train")
+
+
+def _assign_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Store this rank's part of ``full`` (drawn identically on every rank) in a possibly sharded parameter."""
+    if isinstance(param, DTensor):
+        full = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(full)
+
+
+def build_model(job: PretrainJob, info: DistInfo) -> nn.Module:
+    """The model, parallelised. FSDP2/HSDP: built on the meta device, sharded, then materialised shard by
+    shard, so no rank ever holds the full model; DDP (which broadcasts full weights) builds it whole.
+    Either way the weights equal ``Transformer(cfg).init_weights(seed)``'s."""
+    tc = job.trainer
+    if tc.backend == "ddp":
+        model = Transformer(job.model)
+        model.init_weights(seed=tc.seed)
+        return parallelize(model.to(info.device), tc, info)
+    with torch.device("meta"):
+        model = Transformer(job.model)
+    model = parallelize(model, tc, info)
+    model.to_empty(device=info.device)
+    model.init_weights(seed=tc.seed, assign=_assign_local_shard)
+    return model
+
+
+class TorchEngine:
+    """FSDP2 / HSDP / DDP with a torch AdamW; checkpoints are DCP directories (any world size on load)."""
+
+    init_cast = None
+    """The dtype the initial weights are rounded to before training (none here: FSDP2 keeps fp32 shards)."""
+
+    def __init__(self, job: PretrainJob, info: DistInfo, accum: int, init_state: dict | None = None) -> None:
+        self.job, self.info, self.accum = job, info, accum
+        self.model = build_model(job, info)
+        if init_state is not None:  # every rank holds the full state dict and keeps its shard
+            set_model_state_dict(self.model, init_state, options=StateDictOptions(full_state_dict=True))
+        self.optimizer = build_optimizer(self.model, job.optim)
+        self._async_group = None
+        self._pending = None  # (future, publish callback) of an async save in flight
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def backward(self, loss: torch.Tensor, last: bool, discard: bool) -> None:
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2: reduce gradients once, at the last
+            self.model.set_requires_gradient_sync(last)
+        (loss / self.accum).backward()
+
+    def step(self, discard: bool) -> tuple[float, bool]:
+        if discard:
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan"), False
+        clip = self.job.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+        applied = math.isfinite(norm)
+        if applied:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, applied
+
+    def save(self, tmp: Path, on_done=None) -> None:
+        """Write model and optimizer to ``tmp``; ``on_done()`` (collective) publishes it. With
+        ``trainer.async_checkpoint`` the files are written in the background and ``on_done`` runs at the
+        next ``save`` or ``wait``."""
+        self.wait()
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        if not self.job.trainer.async_checkpoint:
+            dcp.save(state, checkpoint_id=str(tmp))
+            if on_done:
+                on_done()
+            return
+        if self._async_group is None:  # background collectives must not share the training loop's group
+            self._async_group = dist.new_group(backend="gloo")
+        future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self._async_group)
+        self._pending = (future, on_done)
+
+    def wait(self) -> None:
+        """Finish (and publish) an asynchronous save in flight."""
+        if self._pending is not None:
+            future, on_done = self._pending
+            self._pending = None
+            future.result()
+            if on_done:
+                on_done()
+
+    def load(self, path: Path) -> None:
+        check_compatible(path, dcp_saved_shapes(path), model_shapes(self.job.model))
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        try:
+            dcp.load(state, checkpoint_id=str(path))
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - damage surfaces as many exception types
+            raise damaged(path, err) from err
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+    def weight_tensors(self):
+        """(names, full tensor) per parameter, one at a time (collective): what a weight digest hashes."""
+        return module_tensors(self.model)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight, unsharded, on CPU, under the plain model's names (collective)."""
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: v.clone() for k, v in sd.items()}
+
+
+def build_engine(job: PretrainJob, info: DistInfo, accum: int, init_state: dict | None = None):
+    """The engine of ``trainer.backend``; ``init_state`` (a full state dict) replaces the random init."""
+    if job.trainer.backend == "deepspeed":
+        from kfm.train.parallel.deepspeed_engine import DeepSpeedEngine
+
+        return DeepSpeedEngine(job, info, accum, init_state)
+    return TorchEngine(job, info, accum, init_state)
