@@ -62,8 +62,8 @@ def hashing_memory() -> dict:
 def make_trainer(data_dir: str, run_dir: Path, enabled: bool, steps: int, every: int) -> Trainer:
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="pretrain", overrides=[
-            f"run_dir={run_dir}", f"data_dir={data_dir}", f"trainer.steps={steps}", f"trainer.checkpoint_every={every}",
-            "trainer.wandb_mode=disabled", "trainer.val_every=100000", f"provenance.enabled={str(enabled).lower()}"])
+            f"run_dir={run_dir}", f"data_dir={data_dir}", f"trainer.steps={steps}", f"trainer.checkpoint.every={every}",
+            "trainer.metrics.wandb_mode=disabled", "trainer.validation.every=100000", f"provenance.enabled={str(enabled).lower()}"])
     return Trainer(OmegaConf.to_object(cfg), init_distributed(), hooks=[])
 
 

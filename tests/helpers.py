@@ -23,7 +23,17 @@ from kfm.model import ModelConfig, Transformer
 from kfm.model.config import RopeConfig
 from kfm.tokenizer.hf import SPACE
 from kfm.train.checkpoint.layout import STATE_FILE
-from kfm.train.config import OptimConfig, PretrainJob, TrainerConfig
+from kfm.train.config import (
+    CheckpointConfig,
+    MetricsConfig,
+    OptimConfig,
+    ParallelismConfig,
+    PretrainJob,
+    ProfilerConfig,
+    StabilityConfig,
+    TrainerConfig,
+    ValidationConfig,
+)
 from kfm.train.parallel.distributed import free_port
 
 KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,16 +121,26 @@ def run_distributed(fn, world: int, *args, timeout: float = 600, backend: str = 
     return results
 
 
+SUB_CONFIGS = {"parallelism": ParallelismConfig, "checkpoint": CheckpointConfig, "stability": StabilityConfig,
+               "validation": ValidationConfig, "metrics": MetricsConfig, "profiler": ProfilerConfig}
+JOB_DEFAULTS = {"metrics": {"log_every": 2, "wandb_mode": "disabled"}, "validation": {"every": 4, "batches": 2},
+                "checkpoint": {"every": 4, "keep": 5}}
+"""What the tiny test jobs change from the trainer's defaults, per sub-config."""
+
+
 def make_job(run_dir: Path, steps=8, tie=False, **trainer_kw) -> PretrainJob:
+    """A tiny job on ``run_dir``'s shards. ``trainer_kw``: ``TrainerConfig`` fields, a sub-config as a dict of the
+    fields to change (``parallelism={"backend": "ddp"}``), merged into ``JOB_DEFAULTS``."""
+    sub = {name: {**JOB_DEFAULTS.get(name, {}), **trainer_kw.pop(name, {})} for name in SUB_CONFIGS}
+    trainer = TrainerConfig(steps=steps, local_batch_size=4, **trainer_kw,
+                            **{name: SUB_CONFIGS[name](**fields) for name, fields in sub.items()})
     return PretrainJob(
         run_dir=str(run_dir),
         model=ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96,
                           max_seq_len=64, tie_embeddings=tie),
         data=DataConfig(seq_len=32),
         optim=OptimConfig(lr=1e-2, warmup_steps=2),
-        trainer=TrainerConfig(**{"steps": steps, "local_batch_size": 4, "log_every": 2, "val_every": 4,
-                                 "val_batches": 2, "checkpoint_every": 4, "keep_checkpoints": 5,
-                                 "wandb_mode": "disabled", **trainer_kw}),
+        trainer=trainer,
     )
 
 

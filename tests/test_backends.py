@@ -18,7 +18,7 @@ def losses(run_dir) -> list[float]:
 
 def run(run_dir, world: int, **trainer_kw):
     job = make_job(run_dir, steps=STEPS, **trainer_kw)
-    job.trainer.log_every, job.trainer.val_every, job.trainer.checkpoint_every = 1, 100, 100
+    job.trainer.metrics.log_every, job.trainer.validation.every, job.trainer.checkpoint.every = 1, 100, 100
     job.trainer.local_batch_size = 8 // world  # the same 8 sequences per step, split over the ranks
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     results = run_distributed(train_and_report, world, job)
@@ -41,7 +41,7 @@ def recorded_digests(run_dir) -> dict[str, str]:
 
 
 @pytest.fixture()
-def reference(run_dir):  # noqa: F811
+def reference(run_dir):
     return run(run_dir, 1)
 
 
@@ -51,9 +51,9 @@ def reference(run_dir):  # noqa: F811
     ("fsdp2", {"cpu_offload": True}), ("deepspeed", {"zero_stage": 1}), ("deepspeed", {"zero_stage": 2}),
     ("deepspeed", {"zero_stage": 3, "activation_checkpointing": "full"}),
 ])
-def test_backend_matches_the_single_process_run(run_dir, reference, backend, extra):  # noqa: F811
+def test_backend_matches_the_single_process_run(run_dir, reference, backend, extra):
     ref_losses, ref_weights, ref_digests = reference
-    got_losses, got_weights, got_digests = run(run_dir, 2, backend=backend, **extra)
+    got_losses, got_weights, got_digests = run(run_dir, 2, parallelism={"backend": backend, **extra})
     assert len(got_losses) == STEPS and got_losses[-1] < got_losses[0]
     assert got_losses == pytest.approx(ref_losses, rel=1e-5, abs=1e-6)
     # Plain parameter names whatever the wrapping. (Weights are not compared element-wise: Adam turns
@@ -69,20 +69,20 @@ def test_backend_matches_the_single_process_run(run_dir, reference, backend, ext
 
 
 @pytest.mark.parametrize("backend, extra", [("fsdp2", {}), ("deepspeed", {"zero_stage": 2})])
-def test_bf16_follows_the_fp32_curve_loosely(run_dir, reference, backend, extra):  # noqa: F811
+def test_bf16_follows_the_fp32_curve_loosely(run_dir, reference, backend, extra):
     ref_losses, _, ref_digests = reference
-    got_losses, _, got_digests = run(run_dir, 2, backend=backend, param_dtype="bf16", **extra)
+    got_losses, _, got_digests = run(run_dir, 2, parallelism={"backend": backend, "param_dtype": "bf16", **extra})
     assert got_digests["init"] == ref_digests["init"]  # the fp32 master weights are hashed
     assert got_losses[-1] < got_losses[0]
     assert got_losses == pytest.approx(ref_losses, rel=2e-2)  # bf16 has 8 bits of mantissa
 
 
-def test_a_ddp_checkpoint_resumes_under_fsdp2(run_dir):  # noqa: F811
+def test_a_ddp_checkpoint_resumes_under_fsdp2(run_dir):
     from kfm.train.checkpoint.layout import list_checkpoints
 
-    job = make_job(run_dir, steps=4, backend="ddp")
+    job = make_job(run_dir, steps=4, parallelism={"backend": "ddp"})
     run_distributed(train_and_report, 2, job)
-    job.trainer.backend, job.trainer.steps = "fsdp2", 6
+    job.trainer.parallelism.backend, job.trainer.steps = "fsdp2", 6
     (last, _), = run_distributed(train_and_report, 1, job)
     assert "val_loss" in last
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")][-1] == "step_0000006"
@@ -103,12 +103,12 @@ def build_and_gather(job):
 
 
 @pytest.mark.parametrize("backend", ["fsdp2", "hsdp"])
-def test_sharded_model_is_initialised_from_meta_like_the_plain_model(run_dir, backend):  # noqa: F811
+def test_sharded_model_is_initialised_from_meta_like_the_plain_model(run_dir, backend):
     import torch
 
     from kfm.model import Transformer
 
-    job = make_job(run_dir, backend=backend, tie=True)
+    job = make_job(run_dir, tie=True, parallelism={"backend": backend})
     (meta_left, weights), _ = run_distributed(build_and_gather, 2, job)
     plain = Transformer(job.model)
     plain.init_weights(seed=job.trainer.seed)
@@ -117,7 +117,7 @@ def test_sharded_model_is_initialised_from_meta_like_the_plain_model(run_dir, ba
         assert torch.equal(weights[k], v), k
 
 
-def test_consolidate_an_fsdp2_checkpoint_to_one_safetensors_file(run_dir):  # noqa: F811
+def test_consolidate_an_fsdp2_checkpoint_to_one_safetensors_file(run_dir):
     import subprocess
     import sys
     from pathlib import Path
@@ -135,7 +135,7 @@ def test_consolidate_an_fsdp2_checkpoint_to_one_safetensors_file(run_dir):  # no
         assert torch.equal(v, weights[k]), k
 
 
-def test_checkpoint_of_another_model_or_damaged_is_named(run_dir):  # noqa: F811
+def test_checkpoint_of_another_model_or_damaged_is_named(run_dir):
     job = make_job(run_dir, steps=4)
     run_distributed(train_and_report, 2, job)
     wider = make_job(run_dir, steps=6)
@@ -153,7 +153,7 @@ def test_checkpoint_of_another_model_or_damaged_is_named(run_dir):  # noqa: F811
     assert "delete it" not in str(caught.value) and "FrameSummary" not in str(caught.value)
 
 
-def test_fsdp2_resumes_on_three_ranks(run_dir):  # noqa: F811
+def test_fsdp2_resumes_on_three_ranks(run_dir):
     job = make_job(run_dir, steps=4)
     run_distributed(train_and_report, 2, job)
     job.trainer.steps = 6
@@ -182,7 +182,7 @@ trainer.Trainer(job, init_distributed()).fit()
 
 
 @pytest.mark.parametrize("backend", ["fsdp2", "deepspeed"])
-def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir, backend):  # noqa: F811
+def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir, backend):
     import pickle
     import subprocess
     import sys
@@ -190,7 +190,7 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(run_dir, b
 
     from kfm.train.checkpoint.layout import latest_checkpoint, list_checkpoints
 
-    job = make_job(run_dir, steps=8, backend=backend)
+    job = make_job(run_dir, steps=8, parallelism={"backend": backend})
     (run_dir / "job.pkl").write_bytes(pickle.dumps(job))
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", KILLED_DURING_SAVE, str(run_dir / "job.pkl")], cwd=root,

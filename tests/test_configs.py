@@ -43,7 +43,7 @@ def test_every_job_config_loads(job):
 def test_every_group_yaml_loads_against_its_schema(path):
     group = path.parent.name
     if group == "experiment":  # optional presets, added with '+'; the hydra: resolver exists only in a run
-        load("pretrain", [f"+experiment={path.stem}", "run_dir=x", "trainer.wandb_group=g"])
+        load("pretrain", [f"+experiment={path.stem}", "run_dir=x", "trainer.metrics.wandb_group=g"])
     else:
         load(GROUP_JOB[group], [f"{group}={path.stem}"])
 
@@ -79,3 +79,34 @@ def test_typo_inside_a_yaml_file_is_an_error(tmp_path):
     bad.write_text(bad.read_text().replace("log_every:", "log_evry:"))
     with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError), match="log_evry"):
         load("pretrain", config_dir=tmp_path / "configs")
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("trainer.parallelism.backend=fsdp3", "fsdp2, hsdp, ddp, deepspeed"),
+    ("trainer.parallelism.param_dtype=fp16", "fp32, bf16"),
+    ("trainer.stability.spike_action=ignore", "skip, stop, rollback"),
+    ("trainer.metrics.wandb_mode=on", "offline, online, disabled"),
+    ("optim.schedule=linear", "cosine, wsd, constant"),
+])
+def test_a_misspelt_choice_is_refused_at_composition_naming_the_allowed_values(override, allowed):
+    with pytest.raises(ConfigCompositionException) as err:
+        load("pretrain", [override])
+    message = f"{err.value} {err.value.__cause__}"
+    assert override.split("=")[1] in message and allowed in message, message
+
+
+def test_choices_are_enums_equal_to_their_strings():
+    from kfm.train.config import Backend
+
+    job = load("pretrain", ["trainer.parallelism.backend=deepspeed"])
+    assert job.trainer.parallelism.backend is Backend.deepspeed and job.trainer.parallelism.backend == "deepspeed"
+    with pytest.raises(ValueError, match="trainer.parallelism.backend must be one of fsdp2, hsdp, ddp, deepspeed"):
+        from kfm.train.config import ParallelismConfig
+
+        ParallelismConfig(backend="fsdp3")  # built in Python: the same refusal
+
+
+def test_the_flat_keys_of_before_the_redesign_are_refused():
+    """``trainer.backend`` became ``trainer.parallelism.backend`` (CHANGELOG lists every move)."""
+    with pytest.raises(ConfigCompositionException, match="backend"):
+        load("pretrain", ["trainer.backend=ddp"])

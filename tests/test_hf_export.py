@@ -76,8 +76,8 @@ def test_export_rejects_vocab_mismatch(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.parametrize("backend, extra", [("fsdp2", {}), ("deepspeed", {"zero_stage": 3})])
-def test_a_two_rank_training_checkpoint_exports_to_transformers(run_dir, tiny_tokenizer, backend, extra):  # noqa: F811
-    job = make_job(run_dir, steps=4, backend=backend, tie=True, **extra)
+def test_a_two_rank_training_checkpoint_exports_to_transformers(run_dir, tiny_tokenizer, backend, extra):
+    job = make_job(run_dir, steps=4, tie=True, parallelism={"backend": backend, **extra})
     (_, weights), _ = run_distributed(train_and_report, 2, job)
     out = export_checkpoint(run_dir / "checkpoints" / "step_0000004", tiny_tokenizer, run_dir / "hf")
     hf = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()

@@ -47,8 +47,8 @@ def build_and_train(job):
     return start, job.model
 
 
-def test_training_starts_from_the_up_scaled_hf_model(run_dir, hf_dir):  # noqa: F811
-    job = make_job(run_dir, steps=6, init_from=str(hf_dir), init_layers="0-3,1-4")
+def test_training_starts_from_the_up_scaled_hf_model(run_dir, hf_dir):
+    job = make_job(run_dir, steps=6, init_from=str(hf_dir), init_layers="0-3, 1-4")
     (start, model_cfg), _ = run_distributed(build_and_train, 2, job)
     cfg, sd = load_hf_checkpoint(hf_dir)
     _, expected = depth_upscale(cfg, sd, parse_layer_ranges("0-3,1-4", 4))
@@ -59,7 +59,7 @@ def test_training_starts_from_the_up_scaled_hf_model(run_dir, hf_dir):  # noqa: 
     assert losses[-1] < losses[0]
 
 
-def test_an_hf_model_with_another_vocabulary_is_refused(run_dir, tmp_path):  # noqa: F811
+def test_an_hf_model_with_another_vocabulary_is_refused(run_dir, tmp_path):
     import transformers
 
     cfg = transformers.LlamaConfig(vocab_size=800, hidden_size=64, intermediate_size=96, num_hidden_layers=1,

@@ -27,9 +27,9 @@ def command(run_dir: Path, backend: str) -> list[str]:
             "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=128", "model.n_layers=4",
             "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=352", "model.max_seq_len=64",
             "data.seq_len=64", "data.sources=[]", "optim.lr=1e-2", "optim.warmup_steps=2", f"trainer.steps={STEPS}",
-            "trainer.local_batch_size=8", "trainer.log_every=1", "trainer.val_every=1000", "trainer.val_batches=1",
-            "trainer.checkpoint_every=3", "trainer.keep_checkpoints=2", "trainer.wandb_mode=disabled",
-            "trainer.param_dtype=fp32", f"trainer.backend={backend}"]
+            "trainer.local_batch_size=8", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.validation.batches=1",
+            "trainer.checkpoint.every=3", "trainer.checkpoint.keep=2", "trainer.metrics.wandb_mode=disabled",
+            "trainer.parallelism.param_dtype=fp32", f"trainer.parallelism.backend={backend}"]
 
 
 def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -70,7 +70,7 @@ def kill_at(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
 
 
 @pytest.mark.parametrize("backend", ["fsdp2", "deepspeed"])
-def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_dir, backend):  # noqa: F811
+def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_dir, backend):
     import shutil
 
     reference_dir = tmp_path / "reference"

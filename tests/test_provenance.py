@@ -225,7 +225,7 @@ def test_tampering_is_detected_and_named(scratch, tmp_path, what):
         assert needle in text, text
 
 
-def test_signed_records_verify_against_the_team_key_and_resist_rewriting(run_dir, tiny_tokenizer, tmp_path):  # noqa: F811
+def test_signed_records_verify_against_the_team_key_and_resist_rewriting(run_dir, tiny_tokenizer, tmp_path):
     private, public = generate_keypair(tmp_path / "keys" / "team")
     assert oct(private.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(FileExistsError, match="orphan"):
@@ -258,10 +258,10 @@ def test_signed_records_verify_against_the_team_key_and_resist_rewriting(run_dir
 
 
 # ----- origins other than kfm's init -----
-def test_a_run_from_an_imported_hf_model_is_not_called_from_scratch(run_dir, tiny_tokenizer, tmp_path):  # noqa: F811
+def test_a_run_from_an_imported_hf_model_is_not_called_from_scratch(run_dir, tiny_tokenizer, tmp_path):
     src = tmp_path / "src"
     random_hf_model("exaone4").save_pretrained(str(src), safe_serialization=True)
-    job = make_job(run_dir, steps=4, init_from=str(src), init_layers="0-3,1-4")
+    job = make_job(run_dir, steps=4, init_from=str(src), init_layers="0-3, 1-4")
     run_distributed(train_and_report, 1, job)
     export_checkpoint(run_dir / "checkpoints" / STEP4, tiny_tokenizer, run_dir / "hf")
     report = verify(run_dir / "hf", run_dir)
@@ -279,7 +279,7 @@ def test_a_run_from_an_imported_hf_model_is_not_called_from_scratch(run_dir, tin
 
 def test_resuming_another_runs_checkpoint_is_recorded(scratch, tiny_tokenizer, tmp_path):
     # A checkpoint of another run, with its chain: recorded as a resume; the model is still from scratch.
-    job = make_job(tmp_path / "b", steps=8, resume=str(scratch / "checkpoints" / STEP4))
+    job = make_job(tmp_path / "b", steps=8, checkpoint={"resume": str(scratch / "checkpoints" / STEP4)})
     job.data_dir = str(scratch / "data")
     run_distributed(train_and_report, 1, job)
     export_checkpoint(tmp_path / "b" / "checkpoints" / STEP8, tiny_tokenizer, tmp_path / "b" / "hf")
@@ -292,7 +292,7 @@ def test_resuming_another_runs_checkpoint_is_recorded(scratch, tiny_tokenizer, t
     bare = tmp_path / "bare" / STEP4
     shutil.copytree(scratch / "checkpoints" / STEP4, bare)
     shutil.rmtree(bare / PROVENANCE_DIR)
-    job.run_dir, job.trainer.resume = str(tmp_path / "c"), str(bare)
+    job.run_dir, job.trainer.checkpoint.resume = str(tmp_path / "c"), str(bare)
     run_distributed(train_and_report, 1, job)
     export_checkpoint(tmp_path / "c" / "checkpoints" / STEP8, tiny_tokenizer, tmp_path / "c" / "hf")
     report = verify(tmp_path / "c" / "hf", tmp_path / "c")

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "scripts" / "slurm" / "pretrain.sbatch"
 # The debug preset with the test tokenizer's vocabulary (DEBUG); smaller still where many steps run (TINY).
 DEBUG = ["cluster=local_cpu", "model=debug", "model.vocab_size=768", "data.seq_len=32", "data.sources=[]",
-         "trainer.val_batches=1", "trainer.wandb_mode=disabled"]
+         "trainer.validation.batches=1", "trainer.metrics.wandb_mode=disabled"]
 TINY = DEBUG + ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96"]
 # The local nodes have no GPUs and a few cores: override the script's production resource requests.
 LOCAL = ["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1"]
@@ -86,8 +86,8 @@ def train_rows(run_dir: Path) -> list[int]:
     return [r["step"] for r in rows if "train_loss" in r]
 
 
-def test_sbatch_trains_on_two_nodes(slurm, run_dir):  # noqa: F811
-    done = sbatch(slurm, run_dir, ["trainer.steps=8", "trainer.log_every=1", "trainer.checkpoint_every=4"], wait=True,
+def test_sbatch_trains_on_two_nodes(slurm, run_dir):
+    done = sbatch(slurm, run_dir, ["trainer.steps=8", "trainer.metrics.log_every=1", "trainer.checkpoint.every=4"], wait=True,
                   model=DEBUG)
     job = done.stdout.strip().split(";")[0]
     log = (run_dir / f"slurm-{job}.out").read_text()
@@ -99,10 +99,10 @@ def test_sbatch_trains_on_two_nodes(slurm, run_dir):  # noqa: F811
     assert state["world"] == 2 and train_rows(run_dir) == list(range(1, 9))
 
 
-def test_usr1_checkpoints_requeues_and_resumes_without_repeating_steps(slurm, run_dir):  # noqa: F811
+def test_usr1_checkpoints_requeues_and_resumes_without_repeating_steps(slurm, run_dir):
     steps = 150
-    done = sbatch(slurm, run_dir, [f"trainer.steps={steps}", "trainer.log_every=1", "trainer.val_every=1000",
-                                   "trainer.checkpoint_every=1000"])
+    done = sbatch(slurm, run_dir, [f"trainer.steps={steps}", "trainer.metrics.log_every=1", "trainer.validation.every=1000",
+                                   "trainer.checkpoint.every=1000"])
     job = done.stdout.strip().split(";")[0]
     usr1_after(slurm, run_dir, job, 10)
     held = wait_for(slurm, job, {"PENDING", "COMPLETED", "FAILED"})
@@ -137,10 +137,10 @@ if os.environ.get("RANK") == "1":
 """
 
 
-def test_a_rank_crashing_in_the_stop_checkpoint_fails_the_job_without_a_requeue(slurm, run_dir):  # noqa: F811
+def test_a_rank_crashing_in_the_stop_checkpoint_fails_the_job_without_a_requeue(slurm, run_dir):
     env = with_injection(slurm, run_dir, CRASH_IN_STOP_ON_RANK_1)
-    done = sbatch(env, run_dir, ["trainer.steps=150", "trainer.log_every=1", "trainer.val_every=1000",
-                                 "trainer.checkpoint_every=1000"])
+    done = sbatch(env, run_dir, ["trainer.steps=150", "trainer.metrics.log_every=1", "trainer.validation.every=1000",
+                                 "trainer.checkpoint.every=1000"])
     job = done.stdout.strip().split(";")[0]
     usr1_after(slurm, run_dir, job, 5)
     final = wait_for(slurm, job, ENDED | {"PENDING"})
@@ -162,7 +162,7 @@ if os.environ.get("RANK") == "1":
 """
 
 
-def test_a_failing_rank_fails_the_job_with_its_error_in_the_log(slurm, run_dir):  # noqa: F811
+def test_a_failing_rank_fails_the_job_with_its_error_in_the_log(slurm, run_dir):
     env = with_injection(slurm, run_dir, FAIL_ON_RANK_1)
     done = sbatch(env, run_dir, ["trainer.steps=50"], wait=True)
     job = done.stdout.strip().split(";")[0]
@@ -220,7 +220,7 @@ def test_local_slurm_script_is_idempotent(slurm):
 
 def sweep(run_dir: Path, sweep_dir: Path, env, *launcher: str) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "kfm.train.cli.pretrain", "-m", "+experiment=lr_sweep", f"data_dir={run_dir / 'data'}",
-            f"hydra.sweep.dir={sweep_dir}", *launcher, *TINY, "trainer.steps=4", "trainer.log_every=2"]
+            f"hydra.sweep.dir={sweep_dir}", *launcher, *TINY, "trainer.steps=4", "trainer.metrics.log_every=2"]
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -231,18 +231,18 @@ def check_sweep(sweep_dir: Path) -> None:
     for name in members:
         state = json.loads((sweep_dir / name / "checkpoints" / "step_0000004" / "trainer_state.json").read_text())
         assert state["config"]["optim"]["lr"] == float(name[3:]) and state["config"]["run_dir"] == str(sweep_dir / name)
-        groups.add(state["config"]["trainer"]["wandb_group"])
+        groups.add(state["config"]["trainer"]["metrics"]["wandb_group"])
         assert train_rows(sweep_dir / name) == [2, 4]
     assert groups == {str(sweep_dir)}  # one wandb group for the sweep
 
 
-def test_a_learning_rate_sweep_runs_locally_one_member_after_another(run_dir):  # noqa: F811
+def test_a_learning_rate_sweep_runs_locally_one_member_after_another(run_dir):
     done = sweep(run_dir, run_dir / "sweep", {**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     check_sweep(run_dir / "sweep")
 
 
-def test_a_learning_rate_sweep_through_the_submitit_launcher_on_slurm(slurm, run_dir):  # noqa: F811
+def test_a_learning_rate_sweep_through_the_submitit_launcher_on_slurm(slurm, run_dir):
     done = sweep(run_dir, run_dir / "sweep", slurm, "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
                  "hydra.launcher.cpus_per_task=1")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -42,17 +42,17 @@ def test_device_peak_is_known_by_name_or_refused():
     assert peak_for_gpu("NVIDIA L4") == ("l4", 121e12)
     assert peak_for_gpu("AMD Instinct MI300X") == ("mi300x", 1307e12)
     assert peak_for_gpu("NVIDIA B200") == ("b200", 2250e12)
-    with pytest.raises(ValueError, match=r"does not know the peak of 'NVIDIA RTX A6000'.*trainer.device_peak=<dense"):
+    with pytest.raises(ValueError, match=r"does not know the peak of 'NVIDIA RTX A6000'.*trainer.metrics.device_peak=<dense"):
         peak_for_gpu("NVIDIA RTX A6000")
     assert device_peak_flops("400", torch.device("cpu")) == ("400 TFLOP/s", 400e12)
     assert device_peak_flops("a100", torch.device("cpu")) == ("a100", 312e12)
     assert device_peak_flops("auto", torch.device("cpu")) == ("cpu", 1e12)
-    from kfm.train.config import TrainerConfig
+    from kfm.train.config import MetricsConfig
 
-    assert TrainerConfig(device_peak="400").device_peak == "400"
+    assert MetricsConfig(device_peak="400").device_peak == "400"
     for bad in ("a6000", "inf", "nan", "0", "-5"):
-        with pytest.raises(ValueError, match="trainer.device_peak must be auto, a peak in TFLOP/s"):
-            TrainerConfig(device_peak=bad)
+        with pytest.raises(ValueError, match="trainer.metrics.device_peak must be auto, a peak in TFLOP/s"):
+            MetricsConfig(device_peak=bad)
 
 
 def test_spike_detector():
@@ -63,14 +63,14 @@ def test_spike_detector():
     assert not SpikeDetector(sigmas=0.0, window=2).is_spike(1e9)  # off
 
 
-def test_impossible_batch_configuration_is_named(run_dir):  # noqa: F811
+def test_impossible_batch_configuration_is_named(run_dir):
     job = make_job(run_dir, steps=2, global_batch_size=12)  # local 4 x 2 ranks = 8 does not divide 12
     with pytest.raises(RuntimeError, match=r"trainer.global_batch_size=12 is not divisible by trainer.local_batch_size "
                                            r"\(4\) x data-parallel ranks \(2\) = 8"):
         run_distributed(train_and_report, 2, job)
 
 
-def test_gradient_accumulation_equals_the_full_batch(run_dir, tmp_path):  # noqa: F811
+def test_gradient_accumulation_equals_the_full_batch(run_dir, tmp_path):
     import shutil
 
     other = tmp_path / "other"
@@ -106,8 +106,8 @@ def train_with_a_nan_batch(job):
 
 
 @pytest.mark.parametrize("backend", ["fsdp2", "deepspeed"])
-def test_a_nan_batch_is_skipped_and_counted(run_dir, backend):  # noqa: F811
-    job = make_job(run_dir, steps=6, backend=backend)
+def test_a_nan_batch_is_skipped_and_counted(run_dir, backend):
+    job = make_job(run_dir, steps=6, parallelism={"backend": backend})
     (last, skipped, finite), _ = run_distributed(train_with_a_nan_batch, 2, job)
     assert skipped == 1 and finite and math.isfinite(last["train_loss"])
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -135,7 +135,7 @@ def train_with_a_signal_on_rank0(job):
     return trainer.step, trainer.preempted
 
 
-def test_sigusr1_checkpoints_on_every_rank_and_stops(run_dir):  # noqa: F811
+def test_sigusr1_checkpoints_on_every_rank_and_stops(run_dir):
     from kfm.train.checkpoint.layout import list_checkpoints
 
     job = make_job(run_dir, steps=8)
@@ -144,7 +144,7 @@ def test_sigusr1_checkpoints_on_every_rank_and_stops(run_dir):  # noqa: F811
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_0000004"]
 
 
-def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):  # noqa: F811
+def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):
     import os
     import signal
     import subprocess
@@ -159,8 +159,8 @@ def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):  # noqa: F
     # data.sources=[]: the shards here hold one source, so the sample config's mixture weights do not apply.
     args = [sys.executable, "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=64",
             "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96", "data.seq_len=32",
-            "data.sources=[]", "trainer.steps=400", "trainer.log_every=1", "trainer.val_every=1000", "trainer.checkpoint_every=1000",
-            "trainer.val_batches=1", "trainer.wandb_mode=disabled"]
+            "data.sources=[]", "trainer.steps=400", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.checkpoint.every=1000",
+            "trainer.validation.batches=1", "trainer.metrics.wandb_mode=disabled"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = run_dir / "metrics.jsonl"
@@ -175,9 +175,9 @@ def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):  # noqa: F
     assert proc.returncode == EXIT_REQUEUE, out[-3000:]
     stopped = int(list_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[1])
     assert 0 < stopped < 400 and "stopped by a signal" in out
-    resumed = subprocess.run(args[:-6] + ["trainer.steps=" + str(stopped + 2), "trainer.log_every=1",
-                                          "trainer.val_every=1000", "trainer.checkpoint_every=1000",
-                                          "trainer.val_batches=1", "trainer.wandb_mode=disabled"],
+    resumed = subprocess.run(args[:-6] + ["trainer.steps=" + str(stopped + 2), "trainer.metrics.log_every=1",
+                                          "trainer.validation.every=1000", "trainer.checkpoint.every=1000",
+                                          "trainer.validation.batches=1", "trainer.metrics.wandb_mode=disabled"],
                              cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
@@ -197,7 +197,7 @@ def test_token_byte_lengths_sum_to_the_bytes_of_the_text(tiny_tokenizer):
         assert table[ids].sum() == len(text.encode("utf-8")), text
 
 
-def test_validation_reports_bits_per_byte(run_dir):  # noqa: F811
+def test_validation_reports_bits_per_byte(run_dir):
     import numpy as np
 
     from kfm.data_pipeline.loader import TokenWindows, validation_batches
@@ -206,7 +206,7 @@ def test_validation_reports_bits_per_byte(run_dir):  # noqa: F811
     (last, _), = run_distributed(train_and_report, 1, job)
     table = np.load(run_dir / "data" / "token_bytes.npy")
     windows = TokenWindows(run_dir / "data", "val", job.data.seq_len, "ko")  # the only held-out source here
-    batches = list(validation_batches(windows, job.trainer.local_batch_size, 0, 1, job.trainer.val_batches))
+    batches = list(validation_batches(windows, job.trainer.local_batch_size, 0, 1, job.trainer.validation.batches))
     tokens = sum(b.targets.numel() for b in batches)
     nbytes = sum(int(table[b.targets.numpy()].sum()) for b in batches)
     assert 1 < tokens and tokens < nbytes  # several bytes per token

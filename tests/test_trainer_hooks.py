@@ -9,8 +9,8 @@ import torch
 from tests.helpers import make_job, read_metrics, run_distributed, train_and_report
 
 
-def test_async_checkpoints_are_published_complete_and_resume_exactly(run_dir):  # noqa: F811
-    job = make_job(run_dir, steps=8, async_checkpoint=True)
+def test_async_checkpoints_are_published_complete_and_resume_exactly(run_dir):
+    job = make_job(run_dir, steps=8, checkpoint={"async_save": True})
     straight = run_distributed(train_and_report, 2, job)[0][1]
     ckpts = run_dir / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_0000004", "step_0000008"]
@@ -21,23 +21,23 @@ def test_async_checkpoints_are_published_complete_and_resume_exactly(run_dir):  
         assert torch.equal(straight[k], resumed[k]), k
 
 
-def test_resume_never_and_resume_from_a_named_checkpoint(run_dir):  # noqa: F811
+def test_resume_never_and_resume_from_a_named_checkpoint(run_dir):
     job = make_job(run_dir, steps=8)
     run_distributed(train_and_report, 1, job)
     assert read_metrics(run_dir, "train_loss").__len__() == 4  # steps 2, 4, 6, 8
-    job.trainer.resume = str(run_dir / "checkpoints" / "step_0000004")
+    job.trainer.checkpoint.resume = str(run_dir / "checkpoints" / "step_0000004")
     run_distributed(train_and_report, 1, job)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train_loss" in r] == [2, 4, 6, 8, 6, 8]
-    job.trainer.resume = "never"
+    job.trainer.checkpoint.resume = "never"
     run_distributed(train_and_report, 1, job)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train_loss" in r] == [2, 4, 6, 8, 6, 8, 2, 4, 6, 8]
-    job.trainer.resume = str(run_dir / "nowhere")
-    with pytest.raises(RuntimeError, match="trainer.resume=.*nowhere: no complete checkpoint there"):
+    job.trainer.checkpoint.resume = str(run_dir / "nowhere")
+    with pytest.raises(RuntimeError, match="trainer.checkpoint.resume=.*nowhere: no complete checkpoint there"):
         run_distributed(train_and_report, 1, job)
-    with pytest.raises(ValueError, match="trainer.resume must be auto, never or a checkpoint directory"):
-        make_job(run_dir, resume="False")
+    with pytest.raises(ValueError, match="trainer.checkpoint.resume must be auto, never or a checkpoint directory"):
+        make_job(run_dir, checkpoint={"resume": "False"})
 
 
 def train_with_spikes(job):
@@ -58,12 +58,12 @@ def train_with_spikes(job):
     return trainer.rollbacks, trainer.skipped_steps, trainer.after_rollback
 
 
-def test_consecutive_loss_spikes_roll_back_to_the_last_checkpoint(run_dir):  # noqa: F811
+def test_consecutive_loss_spikes_roll_back_to_the_last_checkpoint(run_dir):
     from kfm.model import Transformer
     from kfm.train.checkpoint.reader import load_model_weights
 
-    job = make_job(run_dir, steps=10, spike_sigmas=3.0, spike_window=3, spike_action="rollback",
-                   spike_rollback_after=2)
+    job = make_job(run_dir, steps=10, stability={"spike_sigmas": 3.0, "spike_window": 3, "spike_action": "rollback",
+                                                 "spike_rollback_after": 2})
     (rollbacks, skipped, after), = run_distributed(train_with_spikes, 1, job)
     assert rollbacks == 1 and skipped == 2
     saved = Transformer(job.model)
@@ -104,13 +104,13 @@ def train_spiky_stopping_at(job, stop_at):
     return trainer.skipped_steps
 
 
-def test_loop_state_survives_a_resume(run_dir, tmp_path):  # noqa: F811
+def test_loop_state_survives_a_resume(run_dir, tmp_path):
     """Spike detection with a 3-step window and spikes just after the stop: the resumed run must judge and log
     every step as the uninterrupted run does (failed before the loop state was checkpointed: the empty window
     let the first spike through, and the step-6 row averaged two steps instead of three)."""
     other = tmp_path / "interrupted"
     shutil.copytree(run_dir / "data", other / "data")
-    kw = dict(steps=10, spike_sigmas=3.0, spike_window=3, log_every=3)
+    kw = dict(steps=10, stability={"spike_sigmas": 3.0, "spike_window": 3}, metrics={"log_every": 3})
     straight, interrupted = make_job(run_dir, **kw), make_job(other, **kw)
     assert run_distributed(train_spiky_stopping_at, 1, straight, 99) == [2]
     run_distributed(train_spiky_stopping_at, 1, interrupted, 4)
@@ -125,8 +125,8 @@ def test_loop_state_survives_a_resume(run_dir, tmp_path):  # noqa: F811
     assert rows(other) == rows(run_dir)
 
 
-def test_profiler_hook_writes_a_trace(run_dir):  # noqa: F811
-    job = make_job(run_dir, steps=5, profile_start=2, profile_steps=2)
+def test_profiler_hook_writes_a_trace(run_dir):
+    job = make_job(run_dir, steps=5, profiler={"start": 2, "steps": 2})
     run_distributed(train_and_report, 2, job)
     for rank in (0, 1):
         trace = json.loads((run_dir / "profile" / f"rank{rank}_steps2-4.json").read_text())
@@ -135,12 +135,12 @@ def test_profiler_hook_writes_a_trace(run_dir):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_compiled_blocks_follow_the_eager_loss_curve(run_dir, tmp_path):  # noqa: F811
+def test_compiled_blocks_follow_the_eager_loss_curve(run_dir, tmp_path):
     other = tmp_path / "compiled"
     shutil.copytree(run_dir / "data", other / "data")
     eager = make_job(run_dir, steps=4)
-    compiled = make_job(other, steps=4, compile=True)
+    compiled = make_job(other, steps=4, parallelism={"compile": True})
     for job in (eager, compiled):
-        job.trainer.log_every = 1
+        job.trainer.metrics.log_every = 1
         run_distributed(train_and_report, 1, job)
     assert read_metrics(other, "train_loss") == pytest.approx(read_metrics(run_dir, "train_loss"), rel=1e-4)

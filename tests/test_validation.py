@@ -30,7 +30,7 @@ def held_out_tokens(data_dir) -> dict[str, int]:
 
 
 def test_val_loss_is_the_held_out_weighted_mean_of_three_sources(run_dir):
-    job = make_job(run_dir, steps=6, val_every=6)
+    job = make_job(run_dir, steps=6, validation={"every": 6})
     (last, _), = run_distributed(train_and_report, 1, job)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in rows if "val_loss" in r][-1]

@@ -181,5 +181,5 @@ def damaged(path: str | Path, err: BaseException) -> ValueError:
         fix = f"delete it to resume from the previous one, {earlier[-1].name}"
     else:
         fix = ("there is no earlier checkpoint to fall back to: restore it from a copy, or start over with "
-               "trainer.resume=never")
+               "trainer.checkpoint.resume=never")
     return ValueError(f"checkpoint {path} could not be read ({why}); it is damaged: {fix}")

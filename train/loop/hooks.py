@@ -38,7 +38,7 @@ class Hook:
 
 
 class MetricsHook(Hook):
-    """Every ``log_every`` steps: training loss (mean of the applied steps), grad norm, learning rate,
+    """Every ``trainer.metrics.log_every`` steps: training loss (mean of the applied steps), grad norm, learning rate,
     tokens/s (global and per device), MFU, data-loader wait, skipped steps, peak memory."""
 
     def on_fit_start(self, trainer) -> None:
@@ -60,7 +60,7 @@ class MetricsHook(Hook):
         tc = trainer.job.trainer
         if result.applied:
             self.losses.append(result.loss)
-        if result.step % tc.log_every and result.step != tc.steps:
+        if result.step % tc.metrics.log_every and result.step != tc.steps:
             return
         tokens_per_s = (result.step - self.start) * trainer.global_batch * trainer.job.data.seq_len / (
             time.perf_counter() - self.t0)
@@ -77,7 +77,7 @@ class MetricsHook(Hook):
 
 
 class ValidationHook(Hook):
-    """Validation loss and bits per byte at the start of a fresh run, every ``val_every`` steps and at the end."""
+    """Validation loss and bits per byte at the start of a fresh run, every ``trainer.validation.every`` steps and at the end."""
 
     def on_fit_start(self, trainer) -> None:
         if trainer.step == 0:
@@ -85,7 +85,7 @@ class ValidationHook(Hook):
 
     def on_step_end(self, trainer, result) -> None:
         tc = trainer.job.trainer
-        if result.step % tc.val_every == 0 or result.step == tc.steps:
+        if result.step % tc.validation.every == 0 or result.step == tc.steps:
             trainer.log_metrics(trainer.validate())
 
 
@@ -94,9 +94,9 @@ class CheckpointHook(Hook):
 
     def on_step_end(self, trainer, result) -> None:
         tc = trainer.job.trainer
-        if result.step % tc.checkpoint_every == 0 or result.step == tc.steps:
+        if result.step % tc.checkpoint.every == 0 or result.step == tc.steps:
             path = trainer.save()
-            log.info("checkpoint %s%s", path, " (writing in the background)" if tc.async_checkpoint else "")
+            log.info("checkpoint %s%s", path, " (writing in the background)" if tc.checkpoint.async_save else "")
 
 
 class ProfilerHook(Hook):
@@ -139,6 +139,6 @@ class ProfilerHook(Hook):
 def default_hooks(job: PretrainJob) -> list[Hook]:
     tc = job.trainer
     hooks: list[Hook] = [MetricsHook(), ValidationHook(), CheckpointHook()]
-    if tc.profile_steps:
-        hooks.append(ProfilerHook(tc.profile_start, tc.profile_steps))
+    if tc.profiler.steps:
+        hooks.append(ProfilerHook(tc.profiler.start, tc.profiler.steps))
     return hooks

@@ -23,18 +23,18 @@ GPU_NAMES = (
 
 
 def peak_for_gpu(name: str) -> tuple[str, float]:
-    """(PEAK_FLOPS key, FLOP/s) for a CUDA device name, or a ValueError asking for ``trainer.device_peak``."""
+    """(PEAK_FLOPS key, FLOP/s) for a CUDA device name, or a ValueError asking for ``trainer.metrics.device_peak``."""
     upper = name.upper()
     for marker, key in GPU_NAMES:
         if marker in upper:
             return key, PEAK_FLOPS[key]
     raise ValueError(
-        f"trainer.device_peak=auto does not know the peak of {name!r} (known: {', '.join(m for m, _ in GPU_NAMES)}): "
-        "set trainer.device_peak=<dense bf16 TFLOP/s from its datasheet>, e.g. trainer.device_peak=400")
+        f"trainer.metrics.device_peak=auto does not know the peak of {name!r} (known: {', '.join(m for m, _ in GPU_NAMES)}): "
+        "set trainer.metrics.device_peak=<dense bf16 TFLOP/s from its datasheet>, e.g. trainer.metrics.device_peak=400")
 
 
 def device_peak_flops(setting: str, device: torch.device) -> tuple[str, float]:
-    """(name, peak FLOP/s) for ``trainer.device_peak``: a ``PEAK_FLOPS`` key, a number in TFLOP/s, or ``auto``
+    """(name, peak FLOP/s) for ``trainer.metrics.device_peak``: a ``PEAK_FLOPS`` key, a number in TFLOP/s, or ``auto``
     (the CUDA device's name; CPU's nominal 1 TFLOP/s without a GPU)."""
     if setting in PEAK_FLOPS:
         return setting, PEAK_FLOPS[setting]

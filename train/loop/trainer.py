@@ -117,13 +117,13 @@ class Trainer:
         self.data_wait = 0.0
         self.last: dict[str, float] = {}
         self.hook_state: dict[str, dict] = {}
-        self.spikes = SpikeDetector(tc.spike_sigmas, tc.spike_window)
-        self.peak_name, self.peak_flops = device_peak_flops(tc.device_peak, dist_info.device)
+        self.spikes = SpikeDetector(tc.stability.spike_sigmas, tc.stability.spike_window)
+        self.peak_name, self.peak_flops = device_peak_flops(tc.metrics.device_peak, dist_info.device)
         self.stop_requested = self.stop_seen = self.preempted = False
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
-        self.sink = (MetricsSink(self.run_dir, asdict(job), tc.wandb_mode, tc.wandb_project, tc.wandb_group)
+        self.sink = (MetricsSink(self.run_dir, asdict(job), tc.metrics.wandb_mode, tc.metrics.wandb_project, tc.metrics.wandb_group)
                      if dist_info.is_main else None)
         self.hooks = default_hooks(job) if hooks is None else hooks
 
@@ -150,17 +150,17 @@ class Trainer:
             return step_dir(self.ckpt_root, self.step)
         tmp, final = staging_dir(self.ckpt_root, self.step)
         tc = self.job.trainer
-        state = {"step": self.step, "backend": tc.backend, "world": self.dist.world, "config": asdict(self.job),
+        state = {"step": self.step, "backend": tc.parallelism.backend, "world": self.dist.world, "config": asdict(self.job),
                  "data": self.loader.state_dict(), "skipped_steps": self.skipped_steps,
                  "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)},
                  "loop": self.loop_state()}
         save_rng(tmp, self.dist.device)
         record = self.recorder.checkpoint(tmp, self.engine, self.step, self.loader.consumed,
-                                 {"skipped_steps": self.skipped_steps, "backend": tc.backend, "world": self.dist.world,
+                                 {"skipped_steps": self.skipped_steps, "backend": tc.parallelism.backend, "world": self.dist.world,
                                   "train_loss": self.last.get("train_loss")})
 
         def on_done() -> None:
-            publish(tmp, final, state, tc.keep_checkpoints)
+            publish(tmp, final, state, tc.checkpoint.keep)
             self.recorder.published(record)
 
         self.engine.save(tmp, on_done=on_done)
@@ -181,19 +181,19 @@ class Trainer:
         self.hook_state = state["hooks"]
 
     def resume_from(self) -> Path | None:
-        resume = self.job.trainer.resume
+        resume = self.job.trainer.checkpoint.resume
         if resume == "never":
             return None
         if resume == "auto":
             return latest_checkpoint(self.ckpt_root)
         path = Path(resume)
         if not (path / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"trainer.resume={resume}: no complete checkpoint there (no trainer_state.json); "
+            raise FileNotFoundError(f"trainer.checkpoint.resume={resume}: no complete checkpoint there (no trainer_state.json); "
                                     "use auto, never or a step_<N> directory")
         return path
 
     def maybe_resume(self) -> bool:
-        """Continue from the checkpoint ``trainer.resume`` names, if any; True if resumed."""
+        """Continue from the checkpoint ``trainer.checkpoint.resume`` names, if any; True if resumed."""
         ckpt = self.resume_from()
         if ckpt is None:
             return False
@@ -217,8 +217,8 @@ class Trainer:
         so the batches behind the spikes are not seen again."""
         ckpt = latest_checkpoint(self.ckpt_root)
         if ckpt is None:
-            raise RuntimeError(f"step {self.step}: {self.job.trainer.spike_rollback_after} loss spikes in a row and "
-                               "no checkpoint to roll back to; lower trainer.checkpoint_every or the learning rate")
+            raise RuntimeError(f"step {self.step}: {self.job.trainer.stability.spike_rollback_after} loss spikes in a row and "
+                               "no checkpoint to roll back to; lower trainer.checkpoint.every or the learning rate")
         self.engine.wait()
         self.engine.load(ckpt)
         self.recorder.rolled_back(ckpt, self.engine, self.step, self.loader.consumed)
@@ -242,16 +242,16 @@ class Trainer:
         """``""`` to apply the step, else why it is skipped; raises where the config says stop."""
         tc = self.job.trainer
         if not math.isfinite(loss):
-            if not tc.skip_nonfinite:
-                raise FloatingPointError(f"step {self.step}: loss {loss} not finite (trainer.skip_nonfinite=false); "
+            if not tc.stability.skip_nonfinite:
+                raise FloatingPointError(f"step {self.step}: loss {loss} not finite (trainer.stability.skip_nonfinite=false); "
                                          "resume from the last checkpoint")
             return "loss not finite"
         if not self.spikes.is_spike(loss):
             self.consecutive_spikes = 0
             return ""
-        if tc.spike_action == "stop":
-            raise RuntimeError(f"step {self.step}: loss spike {loss:.4g} (trainer.spike_sigmas={tc.spike_sigmas} "
-                               f"over the last {tc.spike_window} steps); resume from the last checkpoint")
+        if tc.stability.spike_action == "stop":
+            raise RuntimeError(f"step {self.step}: loss spike {loss:.4g} (trainer.stability.spike_sigmas={tc.stability.spike_sigmas} "
+                               f"over the last {tc.stability.spike_window} steps); resume from the last checkpoint")
         self.consecutive_spikes += 1
         return "loss spike"
 
@@ -281,14 +281,14 @@ class Trainer:
         grad_norm, applied = self.engine.step(discard=bool(skip))
         if not applied:
             skip = skip or "gradient not finite"
-            if not tc.skip_nonfinite and skip == "gradient not finite":
+            if not tc.stability.skip_nonfinite and skip == "gradient not finite":
                 raise FloatingPointError(f"step {self.step}: grad norm {grad_norm} not finite "
-                                         "(trainer.skip_nonfinite=false); resume from the last checkpoint")
+                                         "(trainer.stability.skip_nonfinite=false); resume from the last checkpoint")
             self.skipped_steps += 1
             log.warning("step %d skipped (%s: loss %.4g, grad norm %.4g); %d skipped so far", self.step, skip,
                         loss_value, grad_norm, self.skipped_steps)
         self.step += 1
-        if tc.spike_action == "rollback" and self.consecutive_spikes >= tc.spike_rollback_after:
+        if tc.stability.spike_action == "rollback" and self.consecutive_spikes >= tc.stability.spike_rollback_after:
             self.rollback()
             self.consecutive_spikes = 0
         return StepResult(self.step, loss_value, grad_norm, lr, applied)
@@ -300,7 +300,7 @@ class Trainer:
         nats = torch.zeros((), dtype=torch.float64, device=self.dist.device)  # summed on the device: no sync
         tokens = nbytes = 0
         for batch in validation_batches(windows, tc.local_batch_size, self.dist.rank, self.dist.world,
-                                        tc.val_batches):
+                                        tc.validation.batches):
             n = batch.targets.numel()
             nats += self.loss(batch, z_loss=0.0).detach().to(torch.float64) * n
             tokens += n
@@ -312,8 +312,8 @@ class Trainer:
         """Validation loss (nats per token) and, when the shards carry token byte lengths, bits per byte (the
         summed loss in bits over the bytes of text the targets stand for, comparable across tokenizers).
 
-        Each source is measured on the first ``trainer.val_batches`` global batches of its held-out text
-        (``val_loss/<source>``, logged with ``trainer.val_per_source``). The headline ``val_loss`` is their mean
+        Each source is measured on the first ``trainer.validation.batches`` global batches of its held-out text
+        (``val_loss/<source>``, logged with ``trainer.validation.per_source``). The headline ``val_loss`` is their mean
         weighted by each source's held-out tokens (``held_out_aggregate``), so every source counts by its size
         and not only the first in the manifest."""
         self.model.eval()
@@ -322,7 +322,7 @@ class Trainer:
             per_source[name] = all_reduce_sum(list(self._validate_on(windows)), self.dist.device)
         self.model.train()
         out = held_out_aggregate(per_source, self.val_tokens)
-        if self.job.trainer.val_per_source:
+        if self.job.trainer.validation.per_source:
             for name, sums in per_source.items():
                 out.update({f"{k}/{name}": v for k, v in held_out_aggregate({name: sums}, self.val_tokens).items()})
         return out

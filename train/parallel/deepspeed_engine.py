@@ -43,8 +43,8 @@ def deepspeed_config(job: PretrainJob, world: int, accum: int) -> dict:
         "gradient_accumulation_steps": accum,
         "train_batch_size": tc.local_batch_size * accum * world,
         "gradient_clipping": job.optim.grad_clip,
-        "bf16": {"enabled": tc.param_dtype == "bf16", "check_grad_overflow": True},
-        "zero_optimization": {"stage": tc.zero_stage, "contiguous_gradients": True, "overlap_comm": False},
+        "bf16": {"enabled": tc.parallelism.param_dtype == "bf16", "check_grad_overflow": True},
+        "zero_optimization": {"stage": tc.parallelism.zero_stage, "contiguous_gradients": True, "overlap_comm": False},
         "steps_per_print": 2**31 - 1,  # the loop logs
         "wall_clock_breakdown": False,
     }
@@ -58,17 +58,17 @@ class DeepSpeedEngine:
         warnings.filterwarnings("ignore", category=FutureWarning,
                                 message=r"`torch.distributed.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
         self.job, self.info = job, info
-        self.init_cast = "bfloat16" if job.trainer.param_dtype == "bf16" else None
+        self.init_cast = "bfloat16" if job.trainer.parallelism.param_dtype == "bf16" else None
         """DeepSpeed bf16 rounds the weights to bf16 before its optimizer takes fp32 master copies of them."""
         model = Transformer(job.model)
         model.init_weights(seed=job.trainer.seed)
         if init_state is not None:
             model.load_state_dict(init_state)
-        model = parallelize(model.to(info.device), job.trainer, info)  # checkpointing and compile only
+        model = parallelize(model.to(info.device), job.trainer.parallelism, info)  # checkpointing and compile only
         self.optimizer = build_optimizer(model, job.optim)
         self.model, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
                                                    config=deepspeed_config(job, info.world, accum))
-        log.info("DeepSpeed ZeRO stage %d on %d ranks", job.trainer.zero_stage, info.world)
+        log.info("DeepSpeed ZeRO stage %d on %d ranks", job.trainer.parallelism.zero_stage, info.world)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:  # the groups DeepSpeed's ZeRO optimizer steps with
@@ -105,7 +105,7 @@ class DeepSpeedEngine:
         if state["world"] != self.info.world:
             raise ValueError(f"DeepSpeed checkpoint {path} was written by {state['world']} ranks and this run has "
                              f"{self.info.world}: ZeRO partitions load only on the world size that wrote them. "
-                             f"Resume on {state['world']} ranks, or use trainer.backend=fsdp2, whose checkpoints "
+                             f"Resume on {state['world']} ranks, or use trainer.parallelism.backend=fsdp2, whose checkpoints "
                              "reshard to any world size")
         check_compatible(path, model_shapes(ModelConfig.from_dict(state["config"]["model"])),
                          model_shapes(self.job.model))
@@ -134,5 +134,5 @@ class DeepSpeedEngine:
         import deepspeed
 
         module = self.model.module
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.job.trainer.zero_stage == 3):
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.job.trainer.parallelism.zero_stage == 3):
             return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}

@@ -39,7 +39,7 @@ from kfm.train.checkpoint.reader import dcp_saved_shapes
 from kfm.train.config import PretrainJob
 from kfm.train.optim import build_optimizer
 from kfm.train.parallel.distributed import DistInfo
-from kfm.train.parallel.parallelize import parallelize
+from kfm.train.parallel.parallelize import build_mesh, parallelize
 from kfm.train.provenance.digests import module_tensors
 
 log = logging.getLogger("kfm.train")
@@ -57,13 +57,14 @@ def build_model(job: PretrainJob, info: DistInfo) -> nn.Module:
     shard, so no rank ever holds the full model; DDP (which broadcasts full weights) builds it whole.
     Either way the weights equal ``Transformer(cfg).init_weights(seed)``'s."""
     tc = job.trainer
-    if tc.backend == "ddp":
+    mesh = build_mesh(tc.parallelism, info)
+    if tc.parallelism.backend == "ddp":
         model = Transformer(job.model)
         model.init_weights(seed=tc.seed)
-        return parallelize(model.to(info.device), tc, info)
+        return parallelize(model.to(info.device), tc.parallelism, info, mesh)
     with torch.device("meta"):
         model = Transformer(job.model)
-    model = parallelize(model, tc, info)
+    model = parallelize(model, tc.parallelism, info, mesh)
     model.to_empty(device=info.device)
     model.init_weights(seed=tc.seed, assign=_assign_local_shard)
     return model
@@ -108,12 +109,12 @@ class TorchEngine:
 
     def save(self, tmp: Path, on_done=None) -> None:
         """Write model and optimizer to ``tmp``; ``on_done()`` (collective) publishes it. With
-        ``trainer.async_checkpoint`` the files are written in the background and ``on_done`` runs at the
+        ``trainer.checkpoint.async_save`` the files are written in the background and ``on_done`` runs at the
         next ``save`` or ``wait``."""
         self.wait()
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        if not self.job.trainer.async_checkpoint:
+        if not self.job.trainer.checkpoint.async_save:
             dcp.save(state, checkpoint_id=str(tmp))
             if on_done:
                 on_done()
@@ -153,8 +154,8 @@ class TorchEngine:
 
 
 def build_engine(job: PretrainJob, info: DistInfo, accum: int, init_state: dict | None = None):
-    """The engine of ``trainer.backend``; ``init_state`` (a full state dict) replaces the random init."""
-    if job.trainer.backend == "deepspeed":
+    """The engine of ``trainer.parallelism.backend``; ``init_state`` (a full state dict) replaces the random init."""
+    if job.trainer.parallelism.backend == "deepspeed":
         from kfm.train.parallel.deepspeed_engine import DeepSpeedEngine
 
         return DeepSpeedEngine(job, info, accum, init_state)

@@ -20,7 +20,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from kfm.train.config import TrainerConfig
+from kfm.train.config import Backend, ParallelismConfig
 from kfm.train.parallel.distributed import DTYPES, DistInfo
 
 
@@ -39,36 +39,39 @@ def apply_compile(model: nn.Module) -> None:
         model.layers[i] = torch.compile(block, fullgraph=False)
 
 
-def data_parallel_mesh(tc: TrainerConfig, info: DistInfo):
-    """The mesh for FSDP2 (1-D) or HSDP (replicate x shard)."""
+def build_mesh(pc: ParallelismConfig, info: DistInfo):
+    """The device mesh of the job, built once (``kfm.train.parallel.engine.build_engine``): 1-D ``shard`` for FSDP2,
+    ``replicate x shard`` for HSDP; ``None`` where the backend needs none (DDP, DeepSpeed)."""
     device_type = info.device.type
-    if tc.backend != "hsdp":
+    if pc.backend in (Backend.ddp, Backend.deepspeed):
+        return None
+    if pc.backend != Backend.hsdp:
         return init_device_mesh(device_type, (info.world,), mesh_dim_names=("shard",))
-    replicas = tc.hsdp_replicas or max(1, info.world // int(os.environ.get("LOCAL_WORLD_SIZE", info.world)))
+    replicas = pc.hsdp_replicas or max(1, info.world // int(os.environ.get("LOCAL_WORLD_SIZE", info.world)))
     if info.world % replicas:
-        raise ValueError(f"trainer.hsdp_replicas={replicas} does not divide the {info.world} ranks")
+        raise ValueError(f"trainer.parallelism.hsdp_replicas={replicas} does not divide the {info.world} ranks")
     return init_device_mesh(device_type, (replicas, info.world // replicas), mesh_dim_names=("replicate", "shard"))
 
 
-def apply_data_parallel(model: nn.Module, tc: TrainerConfig, info: DistInfo) -> nn.Module:
-    if tc.backend == "deepspeed":
+def apply_data_parallel(model: nn.Module, pc: ParallelismConfig, info: DistInfo, mesh) -> nn.Module:
+    if pc.backend == Backend.deepspeed:
         return model  # sharded by deepspeed.initialize (kfm.train.parallel.deepspeed_engine)
-    if tc.backend == "ddp":
+    if pc.backend == Backend.ddp:
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
-    policy = MixedPrecisionPolicy(param_dtype=DTYPES[tc.param_dtype], reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=DTYPES[pc.param_dtype], reduce_dtype=torch.float32)
     # Pinned host memory speeds up copies to and from a GPU (and needs one to exist).
-    offload = CPUOffloadPolicy(pin_memory=info.device.type == "cuda") if tc.cpu_offload else OffloadPolicy()
-    mesh = data_parallel_mesh(tc, info)
+    offload = CPUOffloadPolicy(pin_memory=info.device.type == "cuda") if pc.cpu_offload else OffloadPolicy()
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy, offload_policy=offload)
     fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
     return model
 
 
-def parallelize(model: nn.Module, tc: TrainerConfig, info: DistInfo) -> nn.Module:
-    """Activation checkpointing → compile → data parallelism, per ``trainer.*``; returns the model to train."""
-    apply_activation_checkpointing(model, tc.activation_checkpointing, tc.ac_every)
-    if tc.compile:
+def parallelize(model: nn.Module, pc: ParallelismConfig, info: DistInfo, mesh=None) -> nn.Module:
+    """Activation checkpointing → compile → data parallelism, per ``trainer.parallelism``, on ``mesh``
+    (``build_mesh``); returns the model to train."""
+    apply_activation_checkpointing(model, pc.activation_checkpointing, pc.ac_every)
+    if pc.compile:
         apply_compile(model)
-    return apply_data_parallel(model, tc, info)
+    return apply_data_parallel(model, pc, info, mesh)

@@ -1,0 +1,45 @@
+"""The pretraining job: model, data, optimizer, trainer, cluster and provenance configs together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kfm.data_pipeline.config import DataConfig
+from kfm.model.config import ModelConfig
+from kfm.train.config.cluster import ClusterConfig
+from kfm.train.config.optim import OptimConfig
+from kfm.train.config.trainer import TrainerConfig
+
+
+@dataclass
+class ProvenanceConfig:
+    """The provenance ledger (``kfm.train.provenance.ledger``): where every checkpoint's weights came from."""
+
+    enabled: bool = True
+    """Record the origin (init seed and digest, or the imported model), every checkpoint's weight digest,
+    the data read and the code and config, chained by hash; exports carry the chain (``kfm.train.provenance.verify``)."""
+    signing_key: str = ""
+    """Ed25519 private key (PEM) that signs every record (``python -m kfm.train.cli.keygen``); empty: unsigned."""
+
+
+@dataclass
+class PretrainJob:
+    """``python -m kfm.train.cli.pretrain``: the whole config of a training run, one typed sub-config per concern."""
+
+    run_dir: str = "runs/demo"
+    """Writes checkpoints, logs and wandb files under it; reads the shards from ``data_dir``."""
+    data_dir: str = ""
+    """Token shards to train on; empty: ``<run_dir>/data`` (sweep members share one)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}: "
+                "lower one or raise the other"
+            )

@@ -1,0 +1,196 @@
+"""The trainer's config (``trainer.*``): the run's length and batch, and one sub-config per concern, each handed
+only to the code that needs it (``parallelize(model, trainer.parallelism, mesh)``, the checkpoint manager gets
+``trainer.checkpoint``, and so on)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kfm.train.config.choices import ActivationCheckpointing, Backend, ParamDtype, SpikeAction, WandbMode, choice
+from kfm.train.config.peaks import PEAK_FLOPS, is_positive_number
+
+
+@dataclass
+class ParallelismConfig:
+    """``trainer.parallelism``: how the model is spread over the ranks, and what is applied to it first."""
+
+    backend: Backend = Backend.fsdp2
+    """``fsdp2`` (sharded), ``hsdp`` (sharded within groups, replicated across them), ``ddp``, or ``deepspeed``
+    (ZeRO stage ``zero_stage``; its JSON config is generated from this config)."""
+    zero_stage: int = 3
+    """``deepspeed``: ZeRO stage 1 (optimizer state sharded), 2 (+ gradients) or 3 (+ parameters)."""
+    hsdp_replicas: int = 0
+    """``hsdp``: replica groups (0: one per node, from ``LOCAL_WORLD_SIZE``)."""
+    param_dtype: ParamDtype = ParamDtype.fp32
+    """Compute dtype of the parameters: ``fp32`` or ``bf16`` (FSDP2: gradients reduce in fp32; DeepSpeed:
+    bf16 weights with fp32 master weights in the optimizer)."""
+    cpu_offload: bool = False
+    """FSDP2/HSDP: keep sharded parameters, gradients and optimizer state in CPU memory."""
+    activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
+    """Recompute activations in the backward: ``none``, ``full`` (every block) or ``selective`` (every ``ac_every``-th)."""
+    ac_every: int = 2
+    """``selective``: checkpoint one block in this many."""
+    compile: bool = False
+    """``torch.compile`` each block."""
+
+    def __post_init__(self) -> None:
+        self.backend = choice(Backend, self.backend, "trainer.parallelism.backend")
+        self.param_dtype = choice(ParamDtype, self.param_dtype, "trainer.parallelism.param_dtype")
+        self.activation_checkpointing = choice(ActivationCheckpointing, self.activation_checkpointing,
+                                               "trainer.parallelism.activation_checkpointing")
+        if self.ac_every < 1 or self.hsdp_replicas < 0:
+            raise ValueError("trainer.parallelism.ac_every must be >= 1 and hsdp_replicas >= 0")
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"trainer.parallelism.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        if self.cpu_offload and self.backend not in (Backend.fsdp2, Backend.hsdp):
+            raise ValueError("trainer.parallelism.cpu_offload needs backend fsdp2 or hsdp")
+
+
+@dataclass
+class CheckpointConfig:
+    """``trainer.checkpoint``: cadence, retention and resume (``kfm.train.checkpoint.manager``)."""
+
+    every: int = 100
+    """Steps between checkpoints (and one at the end)."""
+    keep: int = 2
+    """Newest checkpoints kept on disk."""
+    resume: str = "auto"
+    """``auto``: continue from the newest complete checkpoint in ``<run_dir>/checkpoints`` if there is one;
+    ``never``: start from step 0 (existing checkpoints are overwritten as the run reaches their steps);
+    or the path of a checkpoint directory to continue from."""
+    async_save: bool = False
+    """FSDP2/HSDP/DDP: write checkpoints in a background thread (``dcp.async_save``) while training goes on;
+    each is published once complete, before the next one starts."""
+
+    def __post_init__(self) -> None:
+        if self.every <= 0 or self.keep <= 0:
+            raise ValueError(f"trainer.checkpoint.every and keep must be positive, got {self.every}, {self.keep}")
+        if not self.resume or self.resume.lower() in ("true", "false", "none"):
+            raise ValueError(f"trainer.checkpoint.resume must be auto, never or a checkpoint directory, got "
+                             f"{self.resume!r}")
+
+
+@dataclass
+class StabilityConfig:
+    """``trainer.stability``: what a non-finite step or a loss spike does (``kfm.train.loop.stability``)."""
+
+    skip_nonfinite: bool = True
+    """A step whose loss or gradient norm is not finite is skipped (no update) and counted; false: stop."""
+    spike_sigmas: float = 0.0
+    """Loss-spike detection: a loss above the mean of the last ``spike_window`` steps by this many
+    standard deviations is a spike (0: off)."""
+    spike_window: int = 50
+    """Steps in the running window of the spike detector."""
+    spike_action: SpikeAction = SpikeAction.skip
+    """On a spike: ``skip`` the update (counted), ``stop`` the run with an error, or ``rollback``: skip, and
+    after ``spike_rollback_after`` spikes in a row restore weights and optimizer from the newest checkpoint
+    (the data position goes on, so the batches behind the spikes are not replayed)."""
+    spike_rollback_after: int = 3
+    """``rollback``: consecutive spikes that trigger a rollback."""
+
+    def __post_init__(self) -> None:
+        self.spike_action = choice(SpikeAction, self.spike_action, "trainer.stability.spike_action")
+        if self.spike_sigmas < 0 or self.spike_window < 2 or self.spike_rollback_after < 1:
+            raise ValueError("trainer.stability.spike_sigmas must be >= 0, spike_window >= 2 and "
+                             "spike_rollback_after >= 1")
+
+
+@dataclass
+class ValidationConfig:
+    """``trainer.validation``: held-out loss and bits per byte (``kfm.train.loop.validation``)."""
+
+    every: int = 100
+    """Steps between validation passes (and one at the end)."""
+    batches: int = 8
+    """Global batches of each source's held-out text per pass (``val_loss`` weights the sources by their
+    held-out tokens)."""
+    per_source: bool = True
+    """Also log validation loss and bits per byte per data source (``val_loss/ko``, ``val_bpb/code``); they are
+    measured either way, for the headline."""
+
+    def __post_init__(self) -> None:
+        if self.every <= 0 or self.batches <= 0:
+            raise ValueError(f"trainer.validation.every and batches must be positive, got {self.every}, "
+                             f"{self.batches}")
+
+
+@dataclass
+class MetricsConfig:
+    """``trainer.metrics``: what is logged, how often, and where (``kfm.train.loop.metrics``)."""
+
+    log_every: int = 10
+    """Steps between training-loss log lines."""
+    device_peak: str = "auto"
+    """Peak used for MFU: a key of ``PEAK_FLOPS``, a number in TFLOP/s (dense bf16 of your device), or ``auto``
+    (the CUDA device's name looked up in ``PEAK_FLOPS``, refused for a GPU not there; ``cpu``'s nominal without)."""
+    wandb_mode: WandbMode = WandbMode.offline
+    """``offline``, ``online`` or ``disabled``."""
+    wandb_project: str = "kfm"
+    wandb_group: str = ""
+    """wandb group of the run (a sweep puts its members in one group); empty: none."""
+
+    def __post_init__(self) -> None:
+        self.wandb_mode = choice(WandbMode, self.wandb_mode, "trainer.metrics.wandb_mode")
+        if self.log_every <= 0:
+            raise ValueError(f"trainer.metrics.log_every must be positive, got {self.log_every}")
+        if self.device_peak != "auto" and self.device_peak not in PEAK_FLOPS and not is_positive_number(
+                self.device_peak):
+            raise ValueError(f"trainer.metrics.device_peak must be auto, a peak in TFLOP/s (e.g. 400) or one of "
+                             f"{sorted(PEAK_FLOPS)}, got {self.device_peak!r}")
+
+
+@dataclass
+class ProfilerConfig:
+    """``trainer.profiler``: a ``torch.profiler`` trace of a few steps (into ``<run_dir>/profile/``)."""
+
+    start: int = 0
+    """First step profiled."""
+    steps: int = 0
+    """Steps to profile (0: off)."""
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.steps < 0:
+            raise ValueError("trainer.profiler.start and steps must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    """Length of the run and its batch; the rest by concern, in the sub-configs."""
+
+    steps: int = 300
+    """Optimizer steps to train for."""
+    local_batch_size: int = 4
+    """Sequences per rank per forward/backward (micro batch)."""
+    global_batch_size: int = 0
+    """Sequences per optimizer step over all ranks; a multiple of ``local_batch_size`` x ranks, the
+    quotient being the gradient-accumulation steps. 0: ``local_batch_size`` x ranks (no accumulation)."""
+    seed: int = 0
+    """Seed of the weight init and the data order."""
+    document_masking: bool = True
+    """Packed documents attend only within themselves and restart their RoPE positions (false: a
+    packed sequence is one stream, as at inference on a single document)."""
+    z_loss: float = 0.0
+    """Weight of the z-loss (mean squared log-normaliser of the softmax); PaLM used 1e-4."""
+    init_from: str = ""
+    """A local Hugging Face model directory (Llama, Qwen2, Qwen3, EXAONE 4) to start from instead of a
+    random init; the architecture is taken from it (the model runtime, ``model_runtime.*``, stays)."""
+    init_layers: str = ""
+    """With ``init_from``: depth up-scaling, the source layer ranges stacked in order, e.g. ``0-24,8-32``."""
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "local_batch_size"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"trainer.{key} must be positive, got {getattr(self, key)}")
+        if self.global_batch_size < 0 or self.global_batch_size % self.local_batch_size:
+            raise ValueError(f"trainer.global_batch_size={self.global_batch_size} must be a multiple of "
+                             f"trainer.local_batch_size={self.local_batch_size} (or 0)")
+        if self.init_layers and not self.init_from:
+            raise ValueError("trainer.init_layers needs trainer.init_from (the model whose layers are stacked)")
+        if self.checkpoint.async_save and self.parallelism.backend == Backend.deepspeed:
+            raise ValueError("trainer.checkpoint.async_save is for fsdp2, hsdp and ddp; DeepSpeed saves synchronously")
