@@ -151,13 +151,13 @@ def resolve_backend(backend: str, q: torch.Tensor, docs: Documents | None = None
         _log_choice(choice, why)
         return choice
     if backend == "triton":
-        require_triton("model.attention_backend=triton", q)
+        require_triton("model_runtime.attention_backend=triton", q)
     if backend == "flash_attn":
         if not flash_attn_available():
-            raise RuntimeError("model.attention_backend=flash_attn but flash-attn is not installed: "
+            raise RuntimeError("model_runtime.attention_backend=flash_attn but flash-attn is not installed: "
                                "`pip install -e .[gpu]` on a CUDA machine, or use auto/sdpa")
         if not can_flash:
-            raise RuntimeError(f"model.attention_backend=flash_attn needs CUDA fp16/bf16 tensors, got {q.dtype} on "
+            raise RuntimeError(f"model_runtime.attention_backend=flash_attn needs CUDA fp16/bf16 tensors, got {q.dtype} on "
                                f"{q.device}: train in bf16 on a GPU, or use auto/sdpa")
     return backend
 
@@ -247,7 +247,13 @@ def _triton(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
 BACKENDS = {"sdpa": _sdpa, "flex": _flex, "flash_attn": _flash_attn, "triton": _triton}
 
 
+def attention_impl(backend: str, q: torch.Tensor, docs: Documents | None = None, window: int = 0):
+    """The function that runs ``backend`` for inputs like ``q`` (``auto`` resolved), called as
+    ``fn(q, k, v, docs, window)``; a layer resolves it once per kind of input and keeps it."""
+    return BACKENDS[resolve_backend(backend, q, docs, window)]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: Documents | None = None, window: int = 0,
               backend: str = "auto") -> torch.Tensor:
     """Attention of q (batch, heads, seq, dim) over k, v (batch, kv_heads, seq, dim); same shape as q."""
-    return BACKENDS[resolve_backend(backend, q, docs, window)](q, k, v, docs, window)
+    return attention_impl(backend, q, docs, window)(q, k, v, docs, window)

@@ -1,12 +1,49 @@
-"""Model configuration: dataclasses validated on construction."""
+"""Model configuration, validated on construction: ``ModelConfig`` is what the model *is* (what export, import,
+FLOP and parameter accounting read), ``ModelRuntime`` how it *runs* (which kernels and attention backend); the
+string choices are enums."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Optional
 
-ATTENTION_BACKENDS = ("auto", "flash_attn", "triton", "flex", "sdpa")
-ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
+
+def choice(enum: type[StrEnum], value, key: str):
+    """``value`` as a member of ``enum`` (configs built in Python or read from JSON hold plain strings); a value
+    outside it is a ``ValueError`` naming ``key`` and the allowed values. (Hydra refuses such a value earlier, when
+    the config is composed: OmegaConf matches member names, which are the values here.)"""
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum)
+        raise ValueError(f"{key} must be one of {allowed}, got {value!r}") from None
+
+
+class RopeScaling(StrEnum):
+    none = "none"
+    linear = "linear"
+    llama3 = "llama3"
+    yarn = "yarn"
+
+
+class NormPlacement(StrEnum):
+    pre = "pre"
+    post = "post"
+
+
+class Kernels(StrEnum):
+    auto = "auto"
+    triton = "triton"
+    torch = "torch"
+
+
+class AttentionBackend(StrEnum):
+    auto = "auto"
+    flash_attn = "flash_attn"
+    triton = "triton"
+    flex = "flex"
+    sdpa = "sdpa"
 
 
 @dataclass
@@ -15,7 +52,7 @@ class RopeConfig:
 
     theta: float = 10000.0
     """Base frequency."""
-    scaling: str = "none"
+    scaling: RopeScaling = RopeScaling.none
     """``none``, ``linear`` (position interpolation), ``llama3`` (Llama 3.1's frequency-band rule) or ``yarn``."""
     factor: float = 1.0
     """Context extension factor (scaled types)."""
@@ -31,12 +68,11 @@ class RopeConfig:
     """``yarn``: rotations below which dimensions are interpolated."""
 
     def __post_init__(self) -> None:
-        if self.scaling not in ROPE_SCALINGS:
-            raise ValueError(f"model.rope.scaling must be one of {ROPE_SCALINGS}, got {self.scaling!r}")
+        self.scaling = choice(RopeScaling, self.scaling, "model.rope.scaling")
         if self.theta <= 0:
             raise ValueError(f"model.rope.theta must be positive, got {self.theta}")
         if self.scaling != "none" and self.factor < 1.0:
-            raise ValueError(f"model.rope.factor must be >= 1 with scaling {self.scaling!r}, got {self.factor}")
+            raise ValueError(f"model.rope.factor must be >= 1 with scaling '{self.scaling}', got {self.factor}")
         if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
             raise ValueError("model.rope: llama3 scaling needs high_freq_factor > low_freq_factor > 0")
 
@@ -67,7 +103,7 @@ class ModelConfig:
     """Rotary embedding base and long-context scaling."""
     norm_eps: float = 1e-5
     """Epsilon inside RMSNorm."""
-    norm_placement: str = "pre"
+    norm_placement: NormPlacement = NormPlacement.pre
     """``pre``: x + f(norm(x)) (Llama, Qwen); ``post``: x + norm(f(x)) (EXAONE 4's reordered norms)."""
     qk_norm: bool = False
     """RMSNorm over each query and key head before RoPE (Qwen3, EXAONE 4)."""
@@ -84,14 +120,6 @@ class ModelConfig:
     """Share the input embedding with the output projection."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init (output layers are scaled by depth)."""
-    kernels: str = "auto"
-    """RMSNorm (with the residual add), RoPE and SwiGLU: ``triton`` (kfm's kernels), ``torch`` (plain PyTorch) or
-    ``auto`` (Triton on CUDA, PyTorch elsewhere; on CPU ``triton`` needs ``TRITON_INTERPRET=1``)."""
-    attention_backend: str = "auto"
-    """``auto`` (by the features in use: SDPA for one causal document per row; with packed documents or a
-    window flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else SDPA;
-    ``model.attention`` says why), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa``
-    (PyTorch, explicit mask for documents/windows)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rope, dict):
@@ -113,8 +141,7 @@ class ModelConfig:
             raise ValueError(f"head dim {self.head_size} must be even for RoPE")
         if self.norm_eps <= 0 or self.init_std <= 0:
             raise ValueError("model.norm_eps and model.init_std must be positive")
-        if self.norm_placement not in ("pre", "post"):
-            raise ValueError(f"model.norm_placement must be 'pre' or 'post', got {self.norm_placement!r}")
+        self.norm_placement = choice(NormPlacement, self.norm_placement, "model.norm_placement")
         if not self.layer_pattern or set(self.layer_pattern) - {"G", "L"}:
             raise ValueError(f"model.layer_pattern must be letters G (global) and L (local), got {self.layer_pattern!r}")
         if len(self.layer_pattern) > self.n_layers:
@@ -124,11 +151,6 @@ class ModelConfig:
             raise ValueError(f"model.layer_pattern {self.layer_pattern!r} has local layers: set model.sliding_window")
         if self.sliding_window < 0:
             raise ValueError(f"model.sliding_window must be >= 0, got {self.sliding_window}")
-        if self.kernels not in ("auto", "triton", "torch"):
-            raise ValueError(f"model.kernels must be auto, triton or torch, got {self.kernels!r}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(f"model.attention_backend must be one of {ATTENTION_BACKENDS}, "
-                             f"got {self.attention_backend!r}")
 
     @property
     def head_size(self) -> int:
@@ -147,5 +169,31 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> ModelConfig:
-        """From ``to_dict``'s output or a preset YAML (``__post_init__`` turns a ``rope`` dict into a RopeConfig)."""
-        return cls(**raw)
+        """From ``to_dict``'s output or a preset YAML (``__post_init__`` turns a ``rope`` dict into a RopeConfig).
+        Checkpoints written before the runtime split also hold ``kernels`` and ``attention_backend``: how that
+        run ran, not what the model is, so they are left out."""
+        return cls(**{k: v for k, v in raw.items() if k not in _FORMER_RUNTIME_KEYS})
+
+
+_FORMER_RUNTIME_KEYS = ("kernels", "attention_backend")
+"""Keys of ``ModelConfig`` before ``ModelRuntime`` existed (older checkpoints' ``config.model``)."""
+
+
+@dataclass
+class ModelRuntime:
+    """How the model runs, not what it is (``model_runtime.*``): the implementations of its operations. They do
+    not change the numbers beyond rounding, are not exported, and are chosen once, when the model is built
+    (``auto`` once per device type, on its first forward there)."""
+
+    kernels: Kernels = Kernels.auto
+    """RMSNorm (with the residual add), RoPE and SwiGLU: ``triton`` (kfm's kernels), ``torch`` (plain PyTorch) or
+    ``auto`` (Triton on CUDA, PyTorch elsewhere; on CPU ``triton`` needs ``TRITON_INTERPRET=1``)."""
+    attention_backend: AttentionBackend = AttentionBackend.auto
+    """``auto`` (by the features in use: SDPA for one causal document per row; with packed documents or a
+    window flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else SDPA;
+    ``kfm.model.attention`` says why), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa``
+    (PyTorch, explicit mask for documents/windows)."""
+
+    def __post_init__(self) -> None:
+        self.kernels = choice(Kernels, self.kernels, "model_runtime.kernels")
+        self.attention_backend = choice(AttentionBackend, self.attention_backend, "model_runtime.attention_backend")

@@ -1,7 +1,7 @@
 """Building blocks: RMSNorm, grouped-query attention with options, SwiGLU, the transformer block.
 
-Each takes ``kernels`` (``model.kernels``): the Triton kernels of ``kfm.model.kernels`` or the plain PyTorch
-here. The plain code is the kernels' one reference (``rms_norm_torch``, ``swiglu_torch``; RoPE's is
+Each follows the model's runtime (``kfm.model.config.ModelRuntime``): the Triton kernels of ``kfm.model.kernels``
+or the plain PyTorch here, as one ``KernelChoice`` shared by the whole model decides. The plain code is the kernels' one reference (``rms_norm_torch``, ``swiglu_torch``; RoPE's is
 ``kfm.model.rope.Rotary.apply``): ``tests/test_kernels.py`` compares each kernel with it.
 """
 
@@ -11,19 +11,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kfm.model.attention import Documents, attention
-from kfm.model.config import ModelConfig
+from kfm.model.attention import Documents, attention_impl
+from kfm.model.config import Kernels, ModelConfig, ModelRuntime
 from kfm.model.kernels import require_triton, triton_available
 from kfm.model.rope import Rotary
 
 
 def use_triton(setting: str, x: torch.Tensor) -> bool:
-    """Whether ``model.kernels`` = ``setting`` runs the Triton kernels on ``x``: ``auto`` on CUDA tensors when
-    Triton is installed; ``triton`` always, with a clear error when they cannot run."""
-    if setting == "triton":
-        require_triton("model.kernels=triton", x)
+    """Whether ``model_runtime.kernels`` = ``setting`` runs the Triton kernels on ``x``: ``auto`` on CUDA tensors
+    when Triton is installed; ``triton`` always, with a clear error when they cannot run."""
+    if setting == Kernels.triton:
+        require_triton("model_runtime.kernels=triton", x)
         return True
-    return setting == "auto" and x.is_cuda and triton_available()
+    return setting == Kernels.auto and x.is_cuda and triton_available()
+
+
+class KernelChoice:
+    """Whether the model's Triton kernels run, for all its layers at once: ``triton``/``torch`` as configured,
+    ``auto`` decided on the first forward on each device type and kept (the layers do not ask again)."""
+
+    def __init__(self, setting: Kernels = Kernels.torch) -> None:
+        self.setting = Kernels(setting)
+        self._by_device: dict[str, bool] = {}
+
+    def __call__(self, x: torch.Tensor) -> bool:
+        kind = x.device.type
+        if kind not in self._by_device:
+            self._by_device[kind] = use_triton(self.setting, x)
+        return self._by_device[kind]
 
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
@@ -47,13 +62,13 @@ def swiglu_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight (``rms_norm_torch``, or the Triton kernel)."""
 
-    def __init__(self, dim: int, eps: float, kernels: str = "torch") -> None:
+    def __init__(self, dim: int, eps: float, kernels: KernelChoice | None = None) -> None:
         super().__init__()
-        self.eps, self.kernels = eps, kernels
+        self.eps, self.kernels = eps, kernels or KernelChoice()
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_triton(self.kernels, x):
+        if self.kernels(x):
             from kfm.model.kernels.rms_norm import rms_norm
 
             return rms_norm(x, self.weight, self.eps)[0]
@@ -61,7 +76,7 @@ class RMSNorm(nn.Module):
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(x + residual), x + residual), in one kernel with Triton."""
-        if use_triton(self.kernels, x):
+        if self.kernels(x):
             from kfm.model.kernels.rms_norm import rms_norm
 
             return rms_norm(x, self.weight, self.eps, residual)
@@ -74,19 +89,22 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """Causal grouped-query self-attention: optional QKV bias, QK-norm, RoPE, sliding window."""
 
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, runtime: ModelRuntime, kernels: KernelChoice) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_size
         self.wq = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=cfg.qkv_bias)
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps, cfg.kernels) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps, cfg.kernels) if cfg.qk_norm else None
-        self.kernels = cfg.kernels
+        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps, kernels) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps, kernels) if cfg.qk_norm else None
+        self.kernels = kernels
         self.window = cfg.sliding_window if cfg.is_local(layer) else 0
         self.use_rope = cfg.uses_rope(layer)
-        self.backend = cfg.attention_backend
+        self.backend = runtime.attention_backend
+        self._attention: dict[tuple, object] = {}
+        """The attention implementation for each kind of input (device, dtype, documents or not), resolved on its
+        first forward (``auto`` logs why) and kept."""
 
     def forward(self, x: torch.Tensor, rotary: Rotary, docs: Documents | None = None) -> torch.Tensor:
         bsz, seq, _ = x.shape
@@ -95,7 +113,7 @@ class Attention(nn.Module):
         v = self.wv(x).view(bsz, seq, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        triton_rope = self.use_rope and use_triton(self.kernels, x)
+        triton_rope = self.use_rope and self.kernels(x)
         if triton_rope:
             from kfm.model.kernels.rope import apply_rope_qk
 
@@ -103,22 +121,25 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.use_rope and not triton_rope:
             q, k = rotary.apply(q), rotary.apply(k)
-        out = attention(q, k, v, docs, self.window, self.backend)
+        kind = (q.device.type, q.dtype, docs is None)
+        if kind not in self._attention:
+            self._attention[kind] = attention_impl(self.backend, q, docs, self.window)
+        out = self._attention[kind](q, k, v, docs, self.window)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
 
 
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, kernels: KernelChoice) -> None:
         super().__init__()
         self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden_dim, bias=False)
         self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden_dim, bias=False)
         self.w2 = nn.Linear(cfg.ffn_hidden_dim, cfg.dim, bias=False)
-        self.kernels = cfg.kernels
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_triton(self.kernels, x):
+        if self.kernels(x):
             from kfm.model.kernels.swiglu import swiglu
 
             return self.w2(swiglu(self.w1(x), self.w3(x)))
@@ -129,13 +150,13 @@ class TransformerBlock(nn.Module):
     """Residual block. Pre-norm: x + attn(norm(x)), then + ffn(norm(x)); post (EXAONE 4):
     x + norm(attn(x)), then + norm(ffn(x))."""
 
-    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, runtime: ModelRuntime, kernels: KernelChoice) -> None:
         super().__init__()
         self.post_norm = cfg.norm_placement == "post"
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.kernels)
-        self.attention = Attention(cfg, layer)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.kernels)
-        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, kernels)
+        self.attention = Attention(cfg, layer, runtime, kernels)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, kernels)
+        self.feed_forward = FeedForward(cfg, kernels)
 
     def forward(self, x: torch.Tensor, rotary: Rotary, docs: Documents | None = None) -> torch.Tensor:
         if self.post_norm:

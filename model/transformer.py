@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from kfm.model.attention import Documents, as_documents
-from kfm.model.config import ModelConfig
+from kfm.model.config import ModelConfig, ModelRuntime
 from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy
-from kfm.model.layers import RMSNorm, TransformerBlock, use_triton
+from kfm.model.layers import KernelChoice, RMSNorm, TransformerBlock
 from kfm.model.rope import Rotary, rope_tables
 
 
@@ -21,12 +21,15 @@ class Transformer(nn.Module):
     after materialising with ``to_empty``.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, runtime: ModelRuntime | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.runtime = runtime or ModelRuntime()
+        """How it runs (kernels, attention backend), chosen here for every layer."""
+        self.kernels = KernelChoice(self.runtime.kernels)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, cfg.kernels)
+        self.layers = nn.ModuleList(TransformerBlock(cfg, i, self.runtime, self.kernels) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, self.kernels)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -103,4 +106,4 @@ class Transformer(nn.Module):
         if targets is None:
             return self.output(h)
         return linear_cross_entropy(h, self.output.weight, targets, z_loss=z_loss, chunk=loss_chunk,
-                                    use_triton=use_triton(self.cfg.kernels, h))
+                                    use_triton=self.kernels(h))

@@ -8,6 +8,7 @@ import kfm.model.attention as attn
 from kfm.data_pipeline.loader import to_batch
 from kfm.model import ModelConfig, Transformer
 from kfm.model.attention import Documents, as_documents, flat_cu_seqlens
+from kfm.model.config import ModelRuntime
 from kfm.model.kernels.flash_attention import document_bounds
 from tests.helpers import BASE, make_job, run_distributed
 
@@ -57,8 +58,8 @@ def test_bad_flat_boundaries_are_refused(bad):
 @pytest.mark.parametrize("backend", ["flex", "sdpa"])
 def test_masks_are_built_once_per_batch_and_window_not_per_layer(backend, monkeypatch):
     """4 layers, 2 of them local: one mask per distinct window, per forward (and again for a new batch)."""
-    cfg = ModelConfig(**{**BASE, "attention_backend": backend, "sliding_window": 5, "layer_pattern": "LG"})
-    model = Transformer(cfg)
+    cfg = ModelConfig(**{**BASE, "sliding_window": 5, "layer_pattern": "LG"})
+    model = Transformer(cfg, ModelRuntime(attention_backend=backend))
     model.init_weights(seed=0)
     built = []
     name = "_block_mask" if backend == "flex" else "attention_mask"

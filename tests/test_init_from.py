@@ -48,7 +48,7 @@ def build_and_train(job):
 
 
 def test_training_starts_from_the_up_scaled_hf_model(run_dir, hf_dir):
-    job = make_job(run_dir, steps=6, init_from=str(hf_dir), init_layers="0-3, 1-4")
+    job = make_job(run_dir, steps=6, init_from=str(hf_dir), init_layers="0-3,1-4")
     (start, model_cfg), _ = run_distributed(build_and_train, 2, job)
     cfg, sd = load_hf_checkpoint(hf_dir)
     _, expected = depth_upscale(cfg, sd, parse_layer_ranges("0-3,1-4", 4))

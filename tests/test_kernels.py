@@ -135,6 +135,7 @@ def test_rope_matches_reference_forward_and_backward(heads, kv_heads, dim, dtype
 @pytest.mark.parametrize("variant", ["llama", "exaone4_hybrid", "qwen3_qknorm_headdim"])
 def test_model_with_triton_kernels_equals_plain_pytorch(variant):
     from kfm.model import ModelConfig, Transformer
+    from kfm.model.config import ModelRuntime
     from tests.helpers import BASE, VARIANTS
 
     layouts = [[5, 11, 1, 7], [24]]
@@ -143,8 +144,7 @@ def test_model_with_triton_kernels_equals_plain_pytorch(variant):
     positions = torch.stack([torch.cat([torch.arange(n) for n in lens]) for lens in layouts]).to(DEVICE)
     results = []
     for kernels, backend in (("torch", "sdpa"), ("triton", "triton")):
-        m = Transformer(ModelConfig(**{**BASE, **VARIANTS[variant], "kernels": kernels,
-                                       "attention_backend": backend}))
+        m = Transformer(ModelConfig(**{**BASE, **VARIANTS[variant]}), ModelRuntime(kernels, backend))
         m.init_weights(seed=0)
         m.to(DEVICE)
         loss = m(tokens, positions, cu, targets=torch.roll(tokens, -1, 1))

@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kfm.model import ModelConfig, Transformer
 from kfm.model.accounting import flops_per_token, num_params
 from kfm.model.attention import Documents, attention, attention_mask
+from kfm.model.config import ModelRuntime
 from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from kfm.model.loss import cross_entropy_loss
 from kfm.train.hf.convert import hf_architecture, to_hf_config, to_hf_state_dict
@@ -143,13 +144,20 @@ def test_z_loss():
     (dict(layer_pattern="LLLLG", sliding_window=4), r"layer_pattern 'LLLLG' is longer than model.n_layers \(4\)"),
     (dict(layer_pattern="LG"), "has local layers: set model.sliding_window"),
     (dict(layer_pattern="LX", sliding_window=4), "letters G"),
-    (dict(attention_backend="xformers"), "model.attention_backend must be one of"),
     (dict(norm_placement="sandwich"), "model.norm_placement"),
     (dict(rope=dict(scaling="ntk")), "model.rope.scaling must be one of"),
 ])
 def test_bad_config_is_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(**{**BASE, **bad})
+
+
+def test_bad_runtime_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="model_runtime.attention_backend must be one of auto, flash_attn, triton, "
+                                         "flex, sdpa, got 'xformers'"):
+        ModelRuntime(attention_backend="xformers")
+    with pytest.raises(ValueError, match="model_runtime.kernels must be one of auto, triton, torch"):
+        ModelRuntime(kernels="cuda")
 
 
 @pytest.mark.parametrize("features, match", [

@@ -8,17 +8,18 @@ import textwrap
 import pytest
 import torch
 
-from kfm.model.config import ModelConfig
-from kfm.model.layers import FeedForward, RMSNorm
+from kfm.model.config import ModelConfig, ModelRuntime
+from kfm.model.layers import FeedForward, KernelChoice, RMSNorm
 
 WITHOUT_TRITON = textwrap.dedent("""
     import sys
     sys.modules["triton"] = None  # `import triton` now raises ImportError, as where it is not installed
     import torch
     from kfm.model import ModelConfig, Transformer
+    from kfm.model.config import ModelRuntime
 
     cfg = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=32)
-    model = Transformer(ModelConfig(**cfg, kernels="auto", attention_backend="auto"))
+    model = Transformer(ModelConfig(**cfg), ModelRuntime(kernels="auto", attention_backend="auto"))
     model.init_weights(seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     tokens = torch.randint(0, 97, (2, 17))
@@ -31,7 +32,7 @@ WITHOUT_TRITON = textwrap.dedent("""
         losses.append(loss.item())
     assert losses[1] < losses[0], losses
     try:
-        Transformer(ModelConfig(**cfg, kernels="triton"))(tokens)
+        Transformer(ModelConfig(**cfg), ModelRuntime(kernels="triton"))(tokens)
     except RuntimeError as e:
         print("ERROR:", e)
     print("TRAINED", losses)
@@ -42,11 +43,11 @@ def test_model_imports_and_trains_a_step_without_triton():
     done = subprocess.run([sys.executable, "-c", WITHOUT_TRITON], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "TRAINED" in done.stdout
-    assert "model.kernels=triton but triton is not installed: `pip install triton`" in done.stdout
+    assert "model_runtime.kernels=triton but triton is not installed: `pip install triton`" in done.stdout
 
 
-CFG = ModelConfig(vocab_size=97, dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=32,
-                  kernels="triton")
+CFG = ModelConfig(vocab_size=97, dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96, max_seq_len=32)
+TRITON = ModelRuntime(kernels="triton")
 
 
 @pytest.mark.parametrize("layer", ["rms_norm", "swiglu", "rope"])
@@ -55,10 +56,10 @@ def test_triton_kernels_on_cpu_without_the_interpreter_are_a_clear_error(layer, 
     x = torch.randn(2, 8, CFG.dim)
     with pytest.raises(RuntimeError, match="needs CUDA tensors .*TRITON_INTERPRET=1"):
         if layer == "rms_norm":
-            RMSNorm(CFG.dim, 1e-5, "triton")(x)
+            RMSNorm(CFG.dim, 1e-5, KernelChoice("triton"))(x)
         elif layer == "swiglu":
-            FeedForward(CFG)(x)
+            FeedForward(CFG, KernelChoice("triton"))(x)
         else:
             from kfm.model import Transformer
 
-            Transformer(CFG)(torch.randint(0, 97, (2, 8)))
+            Transformer(CFG, TRITON)(torch.randint(0, 97, (2, 8)))

@@ -261,7 +261,7 @@ def test_signed_records_verify_against_the_team_key_and_resist_rewriting(run_dir
 def test_a_run_from_an_imported_hf_model_is_not_called_from_scratch(run_dir, tiny_tokenizer, tmp_path):
     src = tmp_path / "src"
     random_hf_model("exaone4").save_pretrained(str(src), safe_serialization=True)
-    job = make_job(run_dir, steps=4, init_from=str(src), init_layers="0-3, 1-4")
+    job = make_job(run_dir, steps=4, init_from=str(src), init_layers="0-3,1-4")
     run_distributed(train_and_report, 1, job)
     export_checkpoint(run_dir / "checkpoints" / STEP4, tiny_tokenizer, run_dir / "hf")
     report = verify(run_dir / "hf", run_dir)

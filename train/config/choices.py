@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from kfm.model.config import choice
+
 
 class Backend(StrEnum):
     """Data parallelism: sharded, sharded within groups and replicated across them, replicated, or DeepSpeed."""
@@ -48,11 +50,4 @@ class Schedule(StrEnum):
     constant = "constant"
 
 
-def choice(enum: type[StrEnum], value, key: str):
-    """``value`` as a member of ``enum`` (configs built in Python pass plain strings); a value outside it is a
-    ``ValueError`` naming ``key`` and the allowed values."""
-    try:
-        return enum(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in enum)
-        raise ValueError(f"{key} must be one of {allowed}, got {value!r}") from None
+__all__ = ["ActivationCheckpointing", "Backend", "ParamDtype", "Schedule", "SpikeAction", "WandbMode", "choice"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kfm.data_pipeline.config import DataConfig
-from kfm.model.config import ModelConfig
+from kfm.model.config import ModelConfig, ModelRuntime
 from kfm.train.config.cluster import ClusterConfig
 from kfm.train.config.optim import OptimConfig
 from kfm.train.config.trainer import TrainerConfig
@@ -31,6 +31,9 @@ class PretrainJob:
     data_dir: str = ""
     """Token shards to train on; empty: ``<run_dir>/data`` (sweep members share one)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """What the model is (``configs/model/``): what export, import and FLOP accounting read."""
+    model_runtime: ModelRuntime = field(default_factory=ModelRuntime)
+    """How the model runs: kernels and attention backend."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

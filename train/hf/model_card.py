@@ -59,7 +59,7 @@ def model_card(cfg: ModelConfig, arch: str, state: dict, tokenizer_dir: Path, ev
         f"- steps: {state.get('step')}; tokens seen: {tokens:,}" if tokens else f"- steps: {state.get('step')}",
         f"- sequence length {seq_len}; data mixture {weights}" if weights else f"- sequence length {seq_len}",
         f"- optimizer AdamW, peak lr {optim.get('lr')}, schedule {optim.get('schedule')}, warmup "
-        f"{optim.get('warmup_steps')} steps; backend {trainer.get('backend')} on {state.get('world')} ranks",
+        f"{optim.get('warmup_steps')} steps; backend {state.get('backend')} on {state.get('world')} ranks",
         f"- started from: {trainer.get('init_from') or 'random initialisation (seed ' + str(trainer.get('seed')) + ')'}"
         + (f", depth up-scaled with layers {trainer['init_layers']}" if trainer.get("init_layers") else ""),
         "",

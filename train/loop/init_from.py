@@ -3,8 +3,8 @@ optionally made deeper by depth up-scaling (SOLAR's recipe: Kim et al. 2023, "SO
 Large Language Models with Simple yet Effective Depth Up-Scaling" — a 32-layer base, layers 0-24 and
 8-32 stacked into 48 layers, then continued pretraining).
 
-``trainer.init_from=<hf dir>`` takes the model config from that directory (runtime settings such as
-``model.kernels`` stay as configured); ``trainer.init_layers="0-24,8-32"`` lists the half-open source
+``trainer.init_from=<hf dir>`` takes the model's architecture from that directory (the runtime,
+``model_runtime.*``, is a config of its own and stays as configured; so does ``model.name``); ``trainer.init_layers="0-24,8-32"`` lists the half-open source
 layer ranges, in order, that make up the new model.
 """
 
@@ -20,7 +20,6 @@ from kfm.train.hf.convert import shortest_period
 from kfm.train.hf.load import import_details, load_hf_checkpoint
 
 log = logging.getLogger("kfm.train")
-RUNTIME_FIELDS = ("name", "kernels", "attention_backend")
 """Model settings that choose how the model runs, not what it is: kept from the job's config."""
 
 
@@ -53,7 +52,7 @@ def depth_upscale(cfg: ModelConfig, sd: dict[str, torch.Tensor],
 
 def initial_weights(init_from: str, init_layers: str, model: ModelConfig,
                     observe=None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The model config and full state dict to start from (``model`` supplies the runtime settings).
+    """The model config and full state dict to start from (``model`` keeps its ``name``).
     ``observe(kind, cfg, sd, **details)`` sees each stage (``import``, ``upscale``) for the provenance record."""
     cfg, sd = load_hf_checkpoint(init_from)
     if observe:
@@ -64,5 +63,5 @@ def initial_weights(init_from: str, init_layers: str, model: ModelConfig,
         log.info("depth up-scaling %s: %d layers → %d (%s)", init_from, source_layers, cfg.n_layers, init_layers)
         if observe:
             observe("upscale", cfg, sd, layers=init_layers)
-    cfg = dataclasses.replace(cfg, **{f: getattr(model, f) for f in RUNTIME_FIELDS})
+    cfg = dataclasses.replace(cfg, name=model.name)
     return cfg, sd

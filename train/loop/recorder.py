@@ -98,7 +98,7 @@ class Recorder:
             weights = digest
             if cast:  # the engine holds rounded weights: the origin is kfm's fp32 init, recomputed here
                 with torch.device("meta"):
-                    model = Transformer(self.job.model)
+                    model = Transformer(self.job.model, self.job.model_runtime)
                 weights = init_digest(model, self.job.trainer.seed)
             parent = self._record("init", None, seed=self.job.trainer.seed, model=self.job.model.to_dict(),
                                   config=self._config(), weights=weights.summary())["id"]

@@ -60,7 +60,7 @@ class DeepSpeedEngine:
         self.job, self.info = job, info
         self.init_cast = "bfloat16" if job.trainer.parallelism.param_dtype == "bf16" else None
         """DeepSpeed bf16 rounds the weights to bf16 before its optimizer takes fp32 master copies of them."""
-        model = Transformer(job.model)
+        model = Transformer(job.model, job.model_runtime)
         model.init_weights(seed=job.trainer.seed)
         if init_state is not None:
             model.load_state_dict(init_state)

@@ -59,11 +59,11 @@ def build_model(job: PretrainJob, info: DistInfo) -> nn.Module:
     tc = job.trainer
     mesh = build_mesh(tc.parallelism, info)
     if tc.parallelism.backend == "ddp":
-        model = Transformer(job.model)
+        model = Transformer(job.model, job.model_runtime)
         model.init_weights(seed=tc.seed)
         return parallelize(model.to(info.device), tc.parallelism, info, mesh)
     with torch.device("meta"):
-        model = Transformer(job.model)
+        model = Transformer(job.model, job.model_runtime)
     model = parallelize(model, tc.parallelism, info, mesh)
     model.to_empty(device=info.device)
     model.init_weights(seed=tc.seed, assign=_assign_local_shard)
