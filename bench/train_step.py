@@ -92,7 +92,7 @@ def step_time(tree: Path, new: bool, run_dir: Path, steps: int, log_every: int) 
         raise RuntimeError(f"{tree}: {proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "tokens_per_s" in r][1:]
-    tokens_per_step = 2 * 2 * 512  # 2 ranks x local batch 2 x seq 512 (the demo trainer and data configs)
+    tokens_per_step = 2 * 2 * 256  # 2 ranks x local batch 2 x 256 tokens (the demo's trainer and sequence length)
     return statistics.median(tokens_per_step / r["tokens_per_s"] for r in rows)
 
 
@@ -148,7 +148,7 @@ def main() -> None:
         f"measured {time.strftime('%Y-%m-%d')} on a 2-core CPU machine, torch {__import__('torch').__version__}, "
         "rounds alternating base/this.",
         "",
-        "## Step time: 2 gloo ranks, FSDP2, debug model (dim 128, 4 layers, vocab 65,536), 2 x 512 packed tokens "
+        "## Step time: 2 gloo ranks, FSDP2, debug model (dim 128, 4 layers, vocab 65,536), 2 x 256 packed tokens "
         "a rank, document masking on, the demo's shards (in-domain), warm (first logged window dropped)",
         "",
         "| tree | median step (ms) | each round (ms) |",

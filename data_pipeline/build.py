@@ -1,6 +1,6 @@
 """Clean, deduplicate and tokenize the corpus into sharded token files with a manifest.
 
-    python -m kfm.data_pipeline.build [run_dir=runs/demo] [data.seq_len=256] [data.clean.pii=false] ...
+    python -m kfm.data_pipeline.build [run_dir=runs/demo] [data.val_fraction=0.03] [data.clean.pii=false] ...
 
 Reads ``data.sources``; in ``data.num_workers`` processes cleans each document (NFC, control
 characters, markup, boilerplate lines, PII, quality filters: ``data_pipeline.clean``) and

@@ -1,9 +1,11 @@
-"""Data configuration: where the text is and how it becomes training sequences."""
+"""Data configuration, in two parts: the shard build (``DataConfig``, ``data.*`` of ``kfm.data_pipeline.build``:
+where the text is, how it is cleaned and sharded) and the loader (``LoaderConfig``, ``loader.*`` of a training
+job: how the shards become training sequences, the mixture weights included). Changing the loader never
+invalidates the shards."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass
@@ -20,10 +22,6 @@ class DataSource:
     """Split of a ``hf:`` dataset."""
     lang: str = "ko"
     """Language tag: ``ko`` gets the Hangul-share filter, ``code`` skips prose-only filters."""
-    weight: Optional[float] = None
-    """Share of training sequences drawn from this source; unset on every source: in proportion
-    to each source's tokens. Set on one, set on all."""
-
     def __post_init__(self) -> None:
         if not self.name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"data.sources name {self.name!r} must be letters, digits, '-' or '_'")
@@ -73,12 +71,10 @@ class CleanConfig:
 
 @dataclass
 class DataConfig:
-    """Corpus sources and the shape of the training data."""
+    """The shard build: corpus sources, cleaning, the validation split and the shard files."""
 
     sources: list[DataSource] = field(default_factory=list)
     """Text sources tokenized into shards."""
-    seq_len: int = 256
-    """Tokens per training sequence (the model sees ``seq_len`` inputs and as many targets)."""
     val_fraction: float = 0.03
     """Share of documents held out for validation (chosen by a hash of the text: stable across runs)."""
     shard_tokens: int = 50_000_000
@@ -87,8 +83,6 @@ class DataConfig:
     """Processes that clean and tokenize in parallel."""
     clean: CleanConfig = field(default_factory=CleanConfig)
     """Cleaning, PII scrubbing, quality filters and exact dedup."""
-    verify_checksums: bool = True
-    """The trainer checks every shard's SHA-256 against the manifest at start (reads all shards once)."""
     on_bad_record: str = "error"
     """A record that is not UTF-8, not JSON or lacks the text field: ``error`` stops the build naming
     the file and line; ``skip`` logs the first few, counts all (``removed_bad_record``) and goes on."""
@@ -97,8 +91,8 @@ class DataConfig:
     interrupted build resumes from the last commit."""
 
     def __post_init__(self) -> None:
-        if self.seq_len <= 0 or self.shard_tokens <= 0 or self.num_workers <= 0:
-            raise ValueError("data.seq_len, data.shard_tokens and data.num_workers must be positive")
+        if self.shard_tokens <= 0 or self.num_workers <= 0:
+            raise ValueError("data.shard_tokens and data.num_workers must be positive")
         if self.on_bad_record not in ("error", "skip"):
             raise ValueError(f"data.on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
         if not 0.0 < self.val_fraction < 0.5:
@@ -106,16 +100,26 @@ class DataConfig:
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources names must be unique, got {names}")
-        weighted = [s.weight is not None for s in self.sources]
-        if any(weighted) and not all(weighted):
-            missing = [s.name for s in self.sources if s.weight is None]
-            raise ValueError(f"data.sources: weight is set on some sources but not on {missing}; set it on all or none")
-        if any(s.weight is not None and s.weight < 0 for s in self.sources) or (
-                all(weighted) and self.sources and not any(s.weight for s in self.sources)):
-            raise ValueError("data.sources weights must be >= 0 and not all 0")
 
-    def weights(self) -> dict[str, float] | None:
+
+@dataclass
+class LoaderConfig:
+    """How the shards become training sequences (``loader.*``; ``kfm.data_pipeline.loader``)."""
+
+    seq_len: int = 256
+    """Tokens per training sequence (the model sees ``seq_len`` inputs and as many targets)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Share of training sequences drawn from each source of the shards, by source name (every source named);
+    empty: in proportion to each source's tokens."""
+    verify_checksums: bool = True
+    """Check every shard's SHA-256 against the manifest at start (reads all shards once)."""
+
+    def __post_init__(self) -> None:
+        if self.seq_len <= 0:
+            raise ValueError(f"loader.seq_len must be positive, got {self.seq_len}")
+        if any(w < 0 for w in self.weights.values()) or (self.weights and not any(self.weights.values())):
+            raise ValueError(f"loader.weights must be >= 0 and not all 0, got {dict(self.weights)}")
+
+    def mixture(self) -> dict[str, float] | None:
         """Mixture weights by source name, or None for the natural (token-proportional) mixture."""
-        if not self.sources or self.sources[0].weight is None:
-            return None
-        return {s.name: float(s.weight) for s in self.sources}
+        return {name: float(w) for name, w in self.weights.items()} or None

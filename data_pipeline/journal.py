@@ -21,7 +21,7 @@ from kfm.files import write_atomically
 
 JOURNAL = "build_journal.json"
 STATE_DIR = ".build"
-IRRELEVANT = ("num_workers", "verify_checksums", "commit_seconds")
+IRRELEVANT = ("num_workers", "commit_seconds")
 """Config fields that do not change the shards."""
 
 

@@ -64,7 +64,7 @@ class TokenWindows:
         if self.num_windows == 0:
             raise ValueError(
                 f"{data_dir}: {what} has {self.num_tokens} tokens, fewer than one sequence of "
-                f"{seq_len + 1}; lower data.seq_len or add data"
+                f"{seq_len + 1}; lower loader.seq_len or add data"
             )
 
     def __len__(self) -> int:
@@ -233,7 +233,7 @@ class DistributedLoader:
         from (another seed, mixture or set of shards), which could not continue it exactly."""
         mine = self.state_dict()
         for key, fix in (("seed", "resume with the trainer.seed the run started with"),
-                         ("weights", "resume with the data.sources weights the run started with"),
+                         ("weights", "resume with the loader.weights the run started with"),
                          ("windows", "resume on the shards the run started with (or rebuild them with the same "
                                      "config, tokenizer and inputs)")):
             if key in state and state[key] != mine[key]:

@@ -18,7 +18,7 @@ import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
 
 from kfm.data_pipeline.build import build_shards
-from kfm.data_pipeline.config import CleanConfig, DataConfig, DataSource
+from kfm.data_pipeline.config import CleanConfig, DataConfig, DataSource, LoaderConfig
 from kfm.model import ModelConfig, Transformer
 from kfm.model.config import RopeConfig
 from kfm.tokenizer.hf import SPACE
@@ -138,7 +138,7 @@ def make_job(run_dir: Path, steps=8, tie=False, **trainer_kw) -> PretrainJob:
         run_dir=str(run_dir),
         model=ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96,
                           max_seq_len=64, tie_embeddings=tie),
-        data=DataConfig(seq_len=32),
+        loader=LoaderConfig(seq_len=32),
         optim=OptimConfig(lr=1e-2, warmup_steps=2),
         trainer=trainer,
     )
@@ -155,7 +155,7 @@ def train_and_report(job: PretrainJob):
 
 def build_tiny_shards(corpus: dict, tokenizer: Path, out: Path) -> None:
     # The tiny corpus recombines a few sentences: near-dedup would leave too little of it (tested elsewhere).
-    cfg = DataConfig(sources=[DataSource(name=k, path=str(v)) for k, v in corpus.items()], seq_len=32,
+    cfg = DataConfig(sources=[DataSource(name=k, path=str(v)) for k, v in corpus.items()],
                      val_fraction=0.1, num_workers=1, clean=CleanConfig(dedup_near=False))
     build_shards(cfg, tokenizer / "tokenizer.model", out)
 

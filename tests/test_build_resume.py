@@ -35,9 +35,12 @@ build_shards(cfg, sys.argv[2], sys.argv[3], on_commit=on_commit)
 """
 
 
+SEQ_LEN = 16
+
+
 def _config(corpus: dict[str, Path]) -> DataConfig:
     return DataConfig(sources=[DataSource(name=k, path=str(v), lang=k) for k, v in corpus.items()],
-                      seq_len=16, val_fraction=0.1, num_workers=2, shard_tokens=1500,
+                      val_fraction=0.1, num_workers=2, shard_tokens=1500,
                       clean=CleanConfig(near_threshold=0.7))
 
 
@@ -78,7 +81,7 @@ def test_killed_build_resumes_to_the_same_shards_without_redoing_finished_ones(t
     assert resumed.stats["cleaning"] == straight.stats["cleaning"]
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == before  # not rewritten
     assert not (out / JOURNAL).exists() and not list(out.rglob("*.partial"))
-    TokenWindows(out, "train", cfg.seq_len, verify=True)
+    TokenWindows(out, "train", SEQ_LEN, verify=True)
 
 
 def test_finished_build_is_kept_and_a_changed_config_rebuilds(tiny_corpus, tiny_tokenizer, tmp_path):
@@ -130,10 +133,10 @@ def test_truncated_offsets_file_is_named(tiny_corpus, tiny_tokenizer, tmp_path):
     data = (out / victim).read_bytes()
     (out / victim).write_bytes(data[:-8])
     with pytest.raises(ValueError, match=f"{victim}: .*missing or truncated"):
-        TokenWindows(out, "train", cfg.seq_len)
+        TokenWindows(out, "train", SEQ_LEN)
     os.remove(out / victim)
     with pytest.raises(ValueError, match=f"{victim}: 0 bytes on disk"):
-        TokenWindows(out, "train", cfg.seq_len)
+        TokenWindows(out, "train", SEQ_LEN)
     assert np.dtype(manifest.dtype) == np.uint16
 
 

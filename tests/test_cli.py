@@ -30,9 +30,9 @@ def test_entry_points_chain_to_a_loadable_hf_model(env, tmp_path):
     rd = f"run_dir={tmp_path}"
     run(["kfm.tokenizer.train", rd, "tokenizer.vocab_size=768", "tokenizer.ksx1001_hangul=false",
          "tokenizer.heldout_fraction=0.1"], env)
-    run(["kfm.data_pipeline.build", rd, "data.seq_len=32", "data.val_fraction=0.1", "data.clean.dedup_near=false"], env)
+    run(["kfm.data_pipeline.build", rd, "data.val_fraction=0.1", "data.clean.dedup_near=false"], env)
     small = ["model.vocab_size=768", "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
-             "model.ffn_hidden_dim=96", "data.seq_len=32", "trainer.steps=6", "trainer.metrics.log_every=2",
+             "model.ffn_hidden_dim=96", "loader.seq_len=32", "trainer.steps=6", "trainer.metrics.log_every=2",
              "trainer.validation.every=3", "trainer.checkpoint.every=3", "trainer.validation.batches=2"]
     run(["kfm.train.cli.pretrain", rd, *small], env)
     metrics = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -25,7 +25,7 @@ from kfm.train.config import PretrainJob
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 JOBS = ["tokenizer_train", "data_build", "pretrain", "export_hf", "generate", "sample_corpus", "consolidate",
         "evaluate_lm", "verify", "keygen"]
-GROUP_JOB = {"model": "pretrain", "data": "pretrain", "optim": "pretrain", "trainer": "pretrain",
+GROUP_JOB = {"model": "pretrain", "data": "data_build", "loader": "pretrain", "optim": "pretrain", "trainer": "pretrain",
              "cluster": "pretrain", "experiment": "pretrain", "tokenizer": "tokenizer_train"}
 
 
@@ -51,7 +51,7 @@ def test_every_group_yaml_loads_against_its_schema(path):
 def test_groups_compose_into_typed_objects():
     job = load("pretrain", ["run_dir=somewhere", "model.dim=128", "trainer.steps=7"])
     assert isinstance(job, PretrainJob) and job.model.dim == 128 and job.trainer.steps == 7
-    assert job.data.sources[0].name == "ko"
+    assert job.loader.weights == {"ko": 0.7, "en": 0.15, "code": 0.15}
     build = load("data_build", ["run_dir=x"])
     assert isinstance(build, DataBuildJob) and build.tokenizer_model == "x/tokenizer/tokenizer.model"
 
@@ -70,7 +70,7 @@ def test_invalid_value_is_an_error():
     with pytest.raises(ValueError, match="divisible"):
         load("pretrain", ["model.dim=250"])
     with pytest.raises(ValueError, match="exceeds model.max_seq_len"):
-        load("pretrain", ["data.seq_len=1024"])
+        load("pretrain", ["loader.seq_len=1024"])
 
 
 def test_typo_inside_a_yaml_file_is_an_error(tmp_path):

@@ -27,7 +27,7 @@ SEQ = 32
 @pytest.fixture(scope="module")
 def shards(tiny_corpus, tiny_tokenizer, tmp_path_factory):
     cfg = DataConfig(sources=[DataSource(name=k, path=str(v), lang=k) for k, v in tiny_corpus.items()],
-                     seq_len=SEQ, val_fraction=0.1, num_workers=2, shard_tokens=5000,
+                     val_fraction=0.1, num_workers=2, shard_tokens=5000,
                      clean=CleanConfig(dedup_near=False))  # near-dedup has its own test
     out = tmp_path_factory.mktemp("data")
     build_shards(cfg, tiny_tokenizer / "tokenizer.model", out)
@@ -76,7 +76,7 @@ def test_cleaning_counts_every_decision(tiny_tokenizer, tmp_path):
     ]
     (tmp_path / "ko.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
     cfg = DataConfig(sources=[DataSource(name="ko", path=str(tmp_path / "ko.jsonl"))], val_fraction=0.4,
-                     num_workers=1, seq_len=8)
+                     num_workers=1)
     manifest = build_shards(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "out")
     c = manifest.stats["cleaning"]["ko"]
     assert c == {"docs_in": 7, "docs_kept": 3, "removed_exact_duplicate": 1, "removed_too_short": 1,
@@ -159,7 +159,7 @@ def test_resume_gives_the_uninterrupted_stream_also_on_more_ranks(shards):
     with pytest.raises(ValueError, match="data stream differs: seed 3 != 4.*trainer.seed"):
         DistributedLoader(MixtureStream(shards, SEQ, None, seed=4), 3, 0, 2).load_state_dict(loader.state_dict())
     reweighted = MixtureStream(shards, SEQ, {"ko": 0.5, "en": 0.3, "code": 0.2}, seed=3)
-    with pytest.raises(ValueError, match="data stream differs: weights .*data.sources weights"):
+    with pytest.raises(ValueError, match="data stream differs: weights .*loader.weights"):
         DistributedLoader(reweighted, 3, 0, 2).load_state_dict(loader.state_dict())
 
 
@@ -216,7 +216,7 @@ def test_empty_documents_are_counted(tiny_tokenizer, tmp_path):
     lines = [json.dumps({"text": t}, ensure_ascii=False) for t in docs + ["", "   ", "\n"]]
     (tmp_path / "ko.jsonl").write_text("\n".join(lines) + "\n")
     cfg = DataConfig(sources=[DataSource(name="ko", path=str(tmp_path / "ko.jsonl"))], val_fraction=0.3,
-                     num_workers=1, seq_len=8, clean=CleanConfig(dedup_near=False))
+                     num_workers=1, clean=CleanConfig(dedup_near=False))
     counts = build_shards(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "out").stats["cleaning"]["ko"]
     assert counts["removed_empty"] == 3 and counts["docs_in"] == 20 and counts["docs_kept"] == 20
 def test_missing_corpus_path_names_the_fix(tiny_tokenizer, tmp_path):

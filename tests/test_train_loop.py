@@ -156,10 +156,10 @@ def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):
     from kfm.train.loop.trainer import EXIT_REQUEUE
 
     root = Path(__file__).resolve().parents[1]
-    # data.sources=[]: the shards here hold one source, so the sample config's mixture weights do not apply.
+    # loader.weights={}: the shards here hold one source, so the sample config's mixture weights do not apply.
     args = [sys.executable, "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=64",
-            "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96", "data.seq_len=32",
-            "data.sources=[]", "trainer.steps=400", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.checkpoint.every=1000",
+            "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96", "loader.seq_len=32",
+            "loader.weights={}", "trainer.steps=400", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.checkpoint.every=1000",
             "trainer.validation.batches=1", "trainer.metrics.wandb_mode=disabled"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -205,7 +205,7 @@ def test_validation_reports_bits_per_byte(run_dir):
     job = make_job(run_dir, steps=2)
     (last, _), = run_distributed(train_and_report, 1, job)
     table = np.load(run_dir / "data" / "token_bytes.npy")
-    windows = TokenWindows(run_dir / "data", "val", job.data.seq_len, "ko")  # the only held-out source here
+    windows = TokenWindows(run_dir / "data", "val", job.loader.seq_len, "ko")  # the only held-out source here
     batches = list(validation_batches(windows, job.trainer.local_batch_size, 0, 1, job.trainer.validation.batches))
     tokens = sum(b.targets.numel() for b in batches)
     nbytes = sum(int(table[b.targets.numpy()].sum()) for b in batches)

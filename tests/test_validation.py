@@ -19,7 +19,7 @@ def run_dir(tiny_corpus, tiny_tokenizer, tmp_path_factory):
     """Shards of the tiny corpus with held-out text in all three sources (the tokenizer held out 0.4)."""
     root = tmp_path_factory.mktemp("val3")
     cfg = DataConfig(sources=[DataSource(name=k, path=str(v), lang=k) for k, v in tiny_corpus.items()],
-                     seq_len=32, val_fraction=0.4, num_workers=1, clean=CleanConfig(dedup_near=False))
+                     val_fraction=0.4, num_workers=1, clean=CleanConfig(dedup_near=False))
     build_shards(cfg, tiny_tokenizer / "tokenizer.model", root / "data")
     return root
 

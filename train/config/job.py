@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kfm.data_pipeline.config import DataConfig
+from kfm.data_pipeline.config import LoaderConfig
 from kfm.model.config import ModelConfig, ModelRuntime
 from kfm.train.config.cluster import ClusterConfig
 from kfm.train.config.optim import OptimConfig
@@ -34,15 +34,16 @@ class PretrainJob:
     """What the model is (``configs/model/``): what export, import and FLOP accounting read."""
     model_runtime: ModelRuntime = field(default_factory=ModelRuntime)
     """How the model runs: kernels and attention backend."""
-    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    """How the shards become training sequences: sequence length, mixture weights (``configs/loader/``)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
     def __post_init__(self) -> None:
-        if self.data.seq_len > self.model.max_seq_len:
+        if self.loader.seq_len > self.model.max_seq_len:
             raise ValueError(
-                f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}: "
+                f"loader.seq_len={self.loader.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}: "
                 "lower one or raise the other"
             )

@@ -22,8 +22,8 @@ def last_eval(metrics_file: Path, step: int) -> dict[str, float]:
 
 def model_card(cfg: ModelConfig, arch: str, state: dict, tokenizer_dir: Path, evals: dict[str, float]) -> str:
     job = state.get("config", {})
-    data, trainer, optim = job.get("data", {}), job.get("trainer", {}), job.get("optim", {})
-    seq_len = data.get("seq_len")
+    loader, trainer, optim = job.get("loader", job.get("data", {})), job.get("trainer", {}), job.get("optim", {})
+    seq_len = loader.get("seq_len")  # (checkpoints from before the loader config held it under "data")
     consumed = state.get("data", {}).get("consumed")
     tokens = consumed * seq_len if consumed and seq_len else None
     weights = state.get("data", {}).get("weights", {})

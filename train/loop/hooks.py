@@ -62,13 +62,13 @@ class MetricsHook(Hook):
             self.losses.append(result.loss)
         if result.step % tc.metrics.log_every and result.step != tc.steps:
             return
-        tokens_per_s = (result.step - self.start) * trainer.global_batch * trainer.job.data.seq_len / (
+        tokens_per_s = (result.step - self.start) * trainer.global_batch * trainer.job.loader.seq_len / (
             time.perf_counter() - self.t0)
         per_device = tokens_per_s / trainer.dist.world
         metrics = {"train_loss": sum(self.losses) / len(self.losses)} if self.losses else {}
         metrics |= {"grad_norm": result.grad_norm, "lr": result.lr, "tokens_per_s": tokens_per_s,
                     "tokens_per_s_per_device": per_device,
-                    "mfu": mfu(trainer.job.model, trainer.job.data.seq_len, per_device, trainer.peak_flops),
+                    "mfu": mfu(trainer.job.model, trainer.job.loader.seq_len, per_device, trainer.peak_flops),
                     "mfu_peak": trainer.peak_name,
                     "data_wait_s": trainer.data_wait, "skipped_steps": trainer.skipped_steps,
                     "peak_memory_mb": peak_memory_mb(trainer.dist.device)}

@@ -150,7 +150,7 @@ class Recorder:
             self.consumed = consumed
             return None
         samples = self.stream.samples_by_source(self.consumed, consumed)
-        seq_len = self.job.data.seq_len
+        seq_len = self.job.loader.seq_len
         segment = {"data_dir": str(self.data_dir.resolve()), "data_dir_from_run": self.data_dir_from_run,
                    "manifest_sha256": self.manifest_sha256,
                    "tokenizer_sha256": self.tokenizer_sha256, "seq_len": seq_len,

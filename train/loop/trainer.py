@@ -85,17 +85,17 @@ class Trainer:
         self.run_dir = Path(job.run_dir)
         data_dir = Path(job.data_dir) if job.data_dir else self.run_dir / "data"
         tc = job.trainer
-        verify = job.data.verify_checksums
-        self.val_sets, self.val_tokens, manifest = held_out_sources(data_dir, job.data.seq_len, dist_info.world,
+        verify = job.loader.verify_checksums
+        self.val_sets, self.val_tokens, manifest = held_out_sources(data_dir, job.loader.seq_len, dist_info.world,
                                                                     verify)
-        stream = MixtureStream(data_dir, job.data.seq_len, job.data.weights(), tc.seed, verify)
+        stream = MixtureStream(data_dir, job.loader.seq_len, job.loader.mixture(), tc.seed, verify)
         self.recorder = Recorder(job, dist_info, data_dir, manifest, stream)
         init_state = None
         if tc.init_from:
             job.model, init_state = initial_weights(tc.init_from, tc.init_layers, job.model, self.recorder.observe)
-            if job.data.seq_len > job.model.max_seq_len:
-                raise ValueError(f"data.seq_len={job.data.seq_len} exceeds the max_seq_len {job.model.max_seq_len} "
-                                 f"of {tc.init_from}: lower data.seq_len")
+            if job.loader.seq_len > job.model.max_seq_len:
+                raise ValueError(f"loader.seq_len={job.loader.seq_len} exceeds the max_seq_len {job.model.max_seq_len} "
+                                 f"of {tc.init_from}: lower loader.seq_len")
         check_vocab(job, manifest, data_dir)
         check_tokenizer(self.run_dir, manifest, data_dir)
         token_bytes = data_dir / TOKEN_BYTES

@@ -34,8 +34,8 @@ def held_out_sources(data_dir: Path, seq_len: int, world: int, verify: bool):
             continue
         sets[source], tokens[source] = windows, held
     if not sets:
-        raise ValueError(f"{data_dir}: no source has a held-out window a rank ({world} ranks, data.seq_len={seq_len}): "
-                         "raise data.val_fraction or lower data.seq_len")
+        raise ValueError(f"{data_dir}: no source has a held-out window a rank ({world} ranks, loader.seq_len={seq_len}): "
+                         "raise data.val_fraction (when building the shards) or lower loader.seq_len")
     return sets, tokens, manifest
 
 
