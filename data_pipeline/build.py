@@ -26,7 +26,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -38,6 +37,7 @@ from kfm.data_pipeline.near_dedup import signature
 from kfm.data_pipeline.reader import BadRecordLog, DataError, count_records, iter_documents
 from kfm.data_pipeline.shards import MANIFEST, TOKEN_BYTES, Manifest, ShardInfo, ShardWriter, file_sha256, token_dtype
 from kfm.data_pipeline.text import normalize
+from kfm.schemas import register_schemas
 from kfm.tokenizer.fast_encode import batch_encoder
 from kfm.tokenizer.hf import load_sentencepiece
 from kfm.tokenizer.pieces import piece_byte_lengths
@@ -256,7 +256,7 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
     return manifest
 
 
-ConfigStore.instance().store(name="data_build_job_schema", node=DataBuildJob)
+register_schemas("data_build_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="data_build")

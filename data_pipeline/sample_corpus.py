@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from kfm.data_pipeline.html_text import html_paragraphs
 from kfm.data_pipeline.text import ascii_letter_share, count_hangul_syllables, hangul_share, normalize
+from kfm.schemas import register_schemas
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _summary(meta: dict) -> str:
     )
 
 
-ConfigStore.instance().store(name="sample_corpus_schema", node=SampleCorpusConfig)
+register_schemas("sample_corpus_schema")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="sample_corpus")

@@ -9,20 +9,12 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-import kfm.data_pipeline.build  # noqa: F401  (registers data_build_job_schema)
-import kfm.data_pipeline.sample_corpus  # noqa: F401
-import kfm.tokenizer.train  # noqa: F401
-import kfm.train.cli.consolidate  # noqa: F401
-import kfm.train.cli.evaluate_lm  # noqa: F401
-import kfm.train.cli.export_hf  # noqa: F401
-import kfm.train.cli.generate  # noqa: F401
-import kfm.train.cli.keygen  # noqa: F401
-import kfm.train.cli.pretrain  # noqa: F401
-import kfm.train.cli.verify  # noqa: F401
 from kfm.data_pipeline.build import DataBuildJob
+from kfm.schemas import SCHEMAS, register_schemas
 from kfm.train.config import PretrainJob
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+register_schemas()  # all of them, from kfm.schemas
 JOBS = ["tokenizer_train", "data_build", "pretrain", "export_hf", "generate", "sample_corpus", "consolidate",
         "evaluate_lm", "verify", "keygen"]
 GROUP_JOB = {"model": "pretrain", "data": "data_build", "loader": "pretrain", "optim": "pretrain", "trainer": "pretrain",
@@ -110,3 +102,12 @@ def test_the_flat_keys_of_before_the_redesign_are_refused():
     """``trainer.backend`` became ``trainer.parallelism.backend`` (CHANGELOG lists every move)."""
     with pytest.raises(ConfigCompositionException, match="backend"):
         load("pretrain", ["trainer.backend=ddp"])
+
+
+def test_every_top_level_config_names_a_registered_schema():
+    """kfm.schemas is the one place: each configs/<tool>.yaml's first default is a schema it lists."""
+    import yaml
+
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        first = yaml.safe_load(path.read_text())["defaults"][0]
+        assert first in SCHEMAS, f"{path.name}: {first} is not in kfm.schemas.SCHEMAS"

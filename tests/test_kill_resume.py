@@ -26,7 +26,7 @@ def command(run_dir: Path, backend: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
             "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=128", "model.n_layers=4",
             "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=352", "model.max_seq_len=64",
-            "loader.seq_len=64", "loader.weights={}", "optim.lr=1e-2", "optim.warmup_steps=2", f"trainer.steps={STEPS}",
+            "loader.seq_len=64", "loader=natural", "optim.lr=1e-2", "optim.warmup_steps=2", f"trainer.steps={STEPS}",
             "trainer.local_batch_size=8", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.validation.batches=1",
             "trainer.checkpoint.every=3", "trainer.checkpoint.keep=2", "trainer.metrics.wandb_mode=disabled",
             "trainer.parallelism.param_dtype=fp32", f"trainer.parallelism.backend={backend}"]

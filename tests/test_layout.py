@@ -59,7 +59,7 @@ def test_nothing_imports_the_old_top_level_names():
 
 def test_data_flows_forward():
     """tokenizer -> data_pipeline -> train; model imports none of the others (nor they the model, but train)."""
-    shared = {"kfm.files"}  # kfm/'s own helpers, for every package but the model
+    shared = {"kfm.files", "kfm.schemas"}  # kfm/'s own modules, for every package but the model
     allowed = {"kfm.model": {"kfm.model"}, "kfm.tokenizer": {"kfm.tokenizer", *shared},
                "kfm.data_pipeline": {"kfm.data_pipeline", "kfm.tokenizer", *shared},
                "kfm.train": {"kfm.train", "kfm.model", "kfm.data_pipeline", "kfm.tokenizer", *shared}}
@@ -105,3 +105,21 @@ def test_no_import_circles():
             packages.setdefault(sub(name), set()).update(sub(d) for d in deps
                                                          if d.startswith("kfm.train.") and sub(d) != sub(name))
     assert find_cycle(packages) is None, "train sub-packages: " + " -> ".join(find_cycle(packages))
+
+
+def test_train_sub_packages_import_only_the_layers_below():
+    """docs/architecture.md: config, optim -> checkpoint -> hf -> provenance -> parallel -> loop -> cli."""
+    layers = ["config", "optim", "checkpoint", "hf", "provenance", "parallel", "loop", "cli"]
+    rank = {name: i for i, name in enumerate(layers)}
+    rank["optim"] = rank["config"]  # the same layer
+    bad = []
+    for name, path in modules().items():
+        parts = name.split(".")
+        if parts[:2] != ["kfm", "train"] or len(parts) < 3:
+            continue
+        for dep in imports_of(path, name):
+            dparts = dep.split(".")
+            if dparts[:2] == ["kfm", "train"] and len(dparts) > 2 and dparts[2] != parts[2] \
+                    and rank[dparts[2]] > rank[parts[2]]:
+                bad.append(f"{name} -> {dep}")
+    assert not bad, bad

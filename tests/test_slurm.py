@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "scripts" / "slurm" / "pretrain.sbatch"
 # The debug preset with the test tokenizer's vocabulary (DEBUG); smaller still where many steps run (TINY).
-DEBUG = ["cluster=local_cpu", "model=debug", "model.vocab_size=768", "loader.seq_len=32", "loader.weights={}",
+DEBUG = ["cluster=local_cpu", "model=debug", "model.vocab_size=768", "loader.seq_len=32", "loader=natural",
          "trainer.validation.batches=1", "trainer.metrics.wandb_mode=disabled"]
 TINY = DEBUG + ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96"]
 # The local nodes have no GPUs and a few cores: override the script's production resource requests.

@@ -156,10 +156,10 @@ def test_pretrain_exits_with_the_requeue_status_and_resumes(run_dir):
     from kfm.train.loop.trainer import EXIT_REQUEUE
 
     root = Path(__file__).resolve().parents[1]
-    # loader.weights={}: the shards here hold one source, so the sample config's mixture weights do not apply.
+    # loader=natural: the shards here hold one source, so the sample config's mixture weights do not apply.
     args = [sys.executable, "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=64",
             "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=96", "loader.seq_len=32",
-            "loader.weights={}", "trainer.steps=400", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.checkpoint.every=1000",
+            "loader=natural", "trainer.steps=400", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.checkpoint.every=1000",
             "trainer.validation.batches=1", "trainer.metrics.wandb_mode=disabled"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from kfm.schemas import register_schemas
 from kfm.tokenizer.config import TextSource
 from kfm.tokenizer.encoders import Encoder, load_encoder
 from kfm.tokenizer.fast_encode import batch_encoder
@@ -173,7 +173,7 @@ def evaluate(job: EvaluateJob) -> dict:
     return results
 
 
-ConfigStore.instance().store(name="tokenizer_eval_job_schema", node=EvaluateJob)
+register_schemas("tokenizer_eval_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="tokenizer_evaluate")

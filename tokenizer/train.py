@@ -18,9 +18,9 @@ from pathlib import Path
 
 import hydra
 import sentencepiece as spm
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from kfm.schemas import register_schemas
 from kfm.tokenizer.config import SPECIAL_TOKENS, TokenizerConfig, control_tokens
 from kfm.tokenizer.hangul import ksx1001_syllables
 from kfm.tokenizer.hf import SPACE, load_proto_bytes, save_hf_tokenizer
@@ -141,7 +141,7 @@ def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
     return final
 
 
-ConfigStore.instance().store(name="tokenizer_job_schema", node=TokenizerJob)
+register_schemas("tokenizer_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="tokenizer_train")

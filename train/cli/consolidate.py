@@ -16,11 +16,11 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from kfm.model import ModelConfig, Transformer
+from kfm.schemas import register_schemas
 from kfm.train.checkpoint.layout import STATE_FILE, resolve_checkpoint
 from kfm.train.checkpoint.reader import load_model_weights
 from kfm.train.cli import CONFIG_DIR
@@ -60,7 +60,7 @@ class ConsolidateJob:
     """Output file; empty means ``<checkpoint>/model.safetensors``."""
 
 
-ConfigStore.instance().store(name="consolidate_job_schema", node=ConsolidateJob)
+register_schemas("consolidate_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="consolidate")

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.provenance.report import CARD_BEGIN
 
@@ -110,7 +110,7 @@ def log_to_wandb(job: EvalJob, results: dict) -> None:
     run.finish()
 
 
-ConfigStore.instance().store(name="evaluate_lm_job_schema", node=EvalJob)
+register_schemas("evaluate_lm_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate_lm")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from kfm.model import ModelConfig, Transformer
@@ -32,6 +31,7 @@ from kfm.train.provenance.verify import verify as verify_export
 from kfm.train.provenance.verify import write_report
 
 log = logging.getLogger(__name__)
+from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 
 
@@ -126,7 +126,7 @@ class ExportJob:
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
 
 
-ConfigStore.instance().store(name="export_job_schema", node=ExportJob)
+register_schemas("export_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export_hf")

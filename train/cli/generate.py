@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import hydra
 import torch
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 
 
@@ -38,7 +38,7 @@ def generate(hf_dir: str, prompt: str, max_new_tokens: int, seed: int) -> str:
     return tok.decode(out[0], skip_special_tokens=True)
 
 
-ConfigStore.instance().store(name="generate_job_schema", node=GenerateJob)
+register_schemas("generate_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import hydra
 import torch.distributed.checkpoint as dcp
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from kfm.model import Transformer
+from kfm.schemas import register_schemas
 from kfm.train.checkpoint.layout import STATE_FILE, step_dir
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.hf.convert import hf_architecture
@@ -76,7 +76,7 @@ class ImportJob:
     """Where the checkpoint goes (``<run_dir>/imported/step_0000000``) and whose ledger records it."""
 
 
-ConfigStore.instance().store(name="import_job_schema", node=ImportJob)
+register_schemas("import_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="import_checkpoint")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.provenance.signing import generate_keypair
 
@@ -20,7 +20,7 @@ class KeygenJob:
     """Path prefix of the key files (``<out>.pem``, ``<out>.pub.pem``)."""
 
 
-ConfigStore.instance().store(name="keygen_job_schema", node=KeygenJob)
+register_schemas("keygen_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="keygen")

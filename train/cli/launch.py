@@ -18,9 +18,9 @@ import subprocess
 import sys
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.config import ClusterConfig, PretrainJob
 from kfm.train.parallel.distributed import free_port
@@ -75,7 +75,7 @@ def shell_lines(plan: dict[str, str], env: dict[str, str], environ: dict[str, st
     return lines
 
 
-ConfigStore.instance().store(name="pretrain_job_schema", node=PretrainJob)
+register_schemas("pretrain_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pretrain")

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import hydra
 import torch.distributed as dist
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.config import PretrainJob
 from kfm.train.loop.trainer import EXIT_REQUEUE, Trainer
 from kfm.train.parallel.distributed import init_distributed
 
-ConfigStore.instance().store(name="pretrain_job_schema", node=PretrainJob)
+register_schemas("pretrain_job_schema")
 
 
 STOP_DIR_ENV = "KFM_STOP_DIR"

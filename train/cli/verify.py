@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.provenance.ledger import PROVENANCE_DIR
 from kfm.train.provenance.verify import verify, write_report
@@ -35,7 +35,7 @@ class VerifyJob:
     """Write the report into ``<hf_dir>/README.md`` and ``<hf_dir>/provenance/report.{txt,json}``."""
 
 
-ConfigStore.instance().store(name="verify_job_schema", node=VerifyJob)
+register_schemas("verify_job_schema")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="verify")

@@ -1,9 +1,6 @@
-"""Side concerns of the training loop, each a hook: metrics, validation, checkpoints, profiling.
-
-A hook sees the trainer at three points: ``on_fit_start`` (after any resume), ``on_step_end`` (after
-every optimizer step, with its ``StepResult``) and ``on_fit_end``. Hooks run in list order; every
-rank runs every hook (validation and checkpoints are collective), and only rank 0 writes metrics.
-"""
+"""Side concerns of the training loop, each a hook (``kfm.train.loop.events``): metrics, validation,
+profiling. Checkpoints are the checkpoint manager's (``kfm.train.checkpoint.manager``), provenance is
+``kfm.train.loop.provenance_hook``. Only rank 0 writes metrics."""
 
 from __future__ import annotations
 
@@ -14,32 +11,17 @@ from pathlib import Path
 import torch
 
 from kfm.train.config import PretrainJob
+from kfm.train.loop.events import Hook
 from kfm.train.loop.throughput import mfu, peak_memory_mb
 
 log = logging.getLogger("kfm.train")
 
 
-class Hook:
-    def on_fit_start(self, trainer) -> None:
-        pass
-
-    def on_step_end(self, trainer, result) -> None:
-        pass
-
-    def on_fit_end(self, trainer) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        """What the hook carries across a checkpoint (loaded after ``on_fit_start`` on resume)."""
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 class MetricsHook(Hook):
     """Every ``trainer.metrics.log_every`` steps: training loss (mean of the applied steps), grad norm, learning rate,
     tokens/s (global and per device), MFU, data-loader wait, skipped steps, peak memory."""
+
+    priority = 10
 
     def on_fit_start(self, trainer) -> None:
         self._new_window(trainer)
@@ -77,7 +59,10 @@ class MetricsHook(Hook):
 
 
 class ValidationHook(Hook):
-    """Validation loss and bits per byte at the start of a fresh run, every ``trainer.validation.every`` steps and at the end."""
+    """Validation loss and bits per byte at the start of a fresh run, every ``trainer.validation.every`` steps and at
+    the end (before that step's checkpoint, whose record names the loss)."""
+
+    priority = 20
 
     def on_fit_start(self, trainer) -> None:
         if trainer.step == 0:
@@ -89,19 +74,11 @@ class ValidationHook(Hook):
             trainer.log_metrics(trainer.validate())
 
 
-class CheckpointHook(Hook):
-    """A checkpoint every ``checkpoint_every`` steps and at the end."""
-
-    def on_step_end(self, trainer, result) -> None:
-        tc = trainer.job.trainer
-        if result.step % tc.checkpoint.every == 0 or result.step == tc.steps:
-            path = trainer.save()
-            log.info("checkpoint %s%s", path, " (writing in the background)" if tc.checkpoint.async_save else "")
-
-
 class ProfilerHook(Hook):
     """``torch.profiler`` over steps ``[profile_start, profile_start + profile_steps)``; a Chrome trace per
     rank in ``<run_dir>/profile/`` (open in Perfetto or chrome://tracing)."""
+
+    priority = 90
 
     def __init__(self, start: int, steps: int) -> None:
         self.start, self.steps, self.prof = start, steps, None
@@ -137,8 +114,9 @@ class ProfilerHook(Hook):
 
 
 def default_hooks(job: PretrainJob) -> list[Hook]:
+    """Metrics, validation and (when ``trainer.profiler.steps``) the profiler."""
     tc = job.trainer
-    hooks: list[Hook] = [MetricsHook(), ValidationHook(), CheckpointHook()]
+    hooks: list[Hook] = [MetricsHook(), ValidationHook()]
     if tc.profiler.steps:
         hooks.append(ProfilerHook(tc.profiler.start, tc.profiler.steps))
     return hooks

@@ -1,4 +1,8 @@
-"""The training loop: one readable pass from batch to optimizer step; side concerns are hooks (``kfm.train.loop.hooks``)."""
+"""The training loop: one readable pass from batch to optimizer step.
+
+Side concerns are hooks told of the run's events (``kfm.train.loop.events``: metrics, validation, profiling,
+provenance); checkpoints are the checkpoint manager's (``kfm.train.checkpoint.manager``), which collects the
+state of the loader and of the loop (``state_dict`` here: counters, the spike detector, the hooks' state)."""
 
 from __future__ import annotations
 
@@ -15,20 +19,14 @@ import torch
 
 from kfm.data_pipeline.loader import Batch, DistributedLoader, MixtureStream, TokenWindows, validation_batches
 from kfm.data_pipeline.shards import TOKEN_BYTES, Manifest, file_sha256
-from kfm.train.checkpoint.layout import (
-    checkpoint_root,
-    latest_checkpoint,
-    load_rng,
-    publish,
-    read_state,
-    save_rng,
-    staging_dir,
-    step_dir,
-)
+from kfm.train.checkpoint.layout import checkpoint_root
+from kfm.train.checkpoint.manager import CheckpointManager
 from kfm.train.config import PretrainJob
+from kfm.train.loop.events import Event, Hooks
 from kfm.train.loop.hooks import default_hooks
 from kfm.train.loop.init_from import initial_weights
 from kfm.train.loop.metrics import MetricsSink
+from kfm.train.loop.provenance_hook import ProvenanceHook
 from kfm.train.loop.recorder import Recorder
 from kfm.train.loop.throughput import SpikeDetector, device_peak_flops
 from kfm.train.loop.validation import held_out_aggregate, held_out_sources
@@ -80,6 +78,9 @@ class StepResult:
 
 
 class Trainer:
+    """``hooks``: the side concerns (default ``default_hooks``: metrics, validation, profiler); the provenance hook
+    is always added (it records nothing with ``provenance.enabled=false``)."""
+
     def __init__(self, job: PretrainJob, dist_info: DistInfo, hooks: list | None = None) -> None:
         self.job, self.dist = job, dist_info
         self.run_dir = Path(job.run_dir)
@@ -113,7 +114,7 @@ class Trainer:
         self.model = self.engine.model
         self.ckpt_root = checkpoint_root(self.run_dir)
         self.step = self.skipped_steps = self.consecutive_spikes = self.rollbacks = 0
-        self.saved_step = -1
+        self.resumed = False
         self.data_wait = 0.0
         self.last: dict[str, float] = {}
         self.hook_state: dict[str, dict] = {}
@@ -125,7 +126,12 @@ class Trainer:
                 signal.signal(sig, self._on_signal)
         self.sink = (MetricsSink(self.run_dir, asdict(job), tc.metrics.wandb_mode, tc.metrics.wandb_project, tc.metrics.wandb_group)
                      if dist_info.is_main else None)
-        self.hooks = default_hooks(job) if hooks is None else hooks
+        self.hooks = Hooks([*(default_hooks(job) if hooks is None else hooks), ProvenanceHook(self.recorder)])
+        self.checkpoints = CheckpointManager(tc.checkpoint, self.ckpt_root, tc.steps, dist_info.device, self.engine,
+                                             {"data": self.loader, "loop": self}, self.checkpoint_header, self.emit)
+
+    def emit(self, event: Event, **payload) -> None:
+        self.hooks.emit(event, self, **payload)
 
     # ----- signals -----
     def _on_signal(self, signum, frame) -> None:
@@ -144,84 +150,54 @@ class Trainer:
         return loss_sum / self.dist.world, stops > 0
 
     # ----- checkpoints -----
+    def checkpoint_header(self) -> dict:
+        """What the state file records besides the stateful parts' states."""
+        tc = self.job.trainer
+        return {"step": self.step, "backend": tc.parallelism.backend, "world": self.dist.world,
+                "config": asdict(self.job), "skipped_steps": self.skipped_steps,
+                "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)}}
+
     def save(self) -> Path:
         """Checkpoint the current step (collective); a no-op if this step is already saved."""
-        if self.saved_step == self.step:
-            return step_dir(self.ckpt_root, self.step)
-        tmp, final = staging_dir(self.ckpt_root, self.step)
-        tc = self.job.trainer
-        state = {"step": self.step, "backend": tc.parallelism.backend, "world": self.dist.world, "config": asdict(self.job),
-                 "data": self.loader.state_dict(), "skipped_steps": self.skipped_steps,
-                 "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)},
-                 "loop": self.loop_state()}
-        save_rng(tmp, self.dist.device)
-        record = self.recorder.checkpoint(tmp, self.engine, self.step, self.loader.consumed,
-                                 {"skipped_steps": self.skipped_steps, "backend": tc.parallelism.backend, "world": self.dist.world,
-                                  "train_loss": self.last.get("train_loss")})
+        return self.checkpoints.save(self.step)
 
-        def on_done() -> None:
-            publish(tmp, final, state, tc.checkpoint.keep)
-            self.recorder.published(record)
-
-        self.engine.save(tmp, on_done=on_done)
-        self.saved_step = self.step
-        return final
-
-    def loop_state(self) -> dict:
-        """Everything in the loop that a later decision or log line depends on: the spike detector's window,
-        the consecutive-spike and rollback counts, the last logged values and each hook's own state."""
+    def state_dict(self) -> dict:
+        """The loop's part of a checkpoint: everything a later decision or log line depends on: the spike
+        detector's window, the consecutive-spike and rollback counts, the last logged values and each hook's own
+        state."""
         return {"spikes": self.spikes.state_dict(), "consecutive_spikes": self.consecutive_spikes,
-                "rollbacks": self.rollbacks, "last": dict(self.last),
-                "hooks": {type(h).__name__: h.state_dict() for h in self.hooks}}
+                "rollbacks": self.rollbacks, "last": dict(self.last), "hooks": self.hooks.state_dict()}
 
-    def load_loop_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.spikes.load_state_dict(state["spikes"])
         self.consecutive_spikes, self.rollbacks = state["consecutive_spikes"], state["rollbacks"]
         self.last = dict(state["last"])
-        self.hook_state = state["hooks"]
-
-    def resume_from(self) -> Path | None:
-        resume = self.job.trainer.checkpoint.resume
-        if resume == "never":
-            return None
-        if resume == "auto":
-            return latest_checkpoint(self.ckpt_root)
-        path = Path(resume)
-        if not (path / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"trainer.checkpoint.resume={resume}: no complete checkpoint there (no trainer_state.json); "
-                                    "use auto, never or a step_<N> directory")
-        return path
+        self.hook_state = state["hooks"]  # applied after the hooks' on_fit_start (which resets their windows)
 
     def maybe_resume(self) -> bool:
         """Continue from the checkpoint ``trainer.checkpoint.resume`` names, if any; True if resumed."""
-        ckpt = self.resume_from()
+        ckpt = self.checkpoints.resume_path()
         if ckpt is None:
             return False
-        self.engine.load(ckpt)
-        state = read_state(ckpt)
-        self.step = self.saved_step = state["step"]
+        state, had_rng = self.checkpoints.load(ckpt)  # engine, loader ("data"), loop ("loop"; older ones lack it)
+        self.step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
-        if "loop" in state:  # checkpoints written before the loop state was saved start it afresh
-            self.load_loop_state(state["loop"])
-        self.loader.load_state_dict(state["data"])
-        if not load_rng(ckpt, self.dist.device):
+        if not had_rng:
             log.info("no random-generator state for rank %d in %s (written by %d ranks)", self.dist.rank, ckpt,
                      state["world"])
-        foreign = ckpt.resolve().parent != self.ckpt_root.resolve()
-        self.recorder.resumed(ckpt, foreign, self.engine, self.step, self.loader.consumed)
+        self.emit(Event.resumed, path=ckpt, foreign=ckpt.resolve().parent != self.ckpt_root.resolve())
         log.info("resumed from %s at step %d", ckpt, self.step)
         return True
 
     def rollback(self) -> None:
         """Weights and optimizer state back to the newest checkpoint; the step and the data position go on,
         so the batches behind the spikes are not seen again."""
-        ckpt = latest_checkpoint(self.ckpt_root)
+        ckpt = self.checkpoints.latest()
         if ckpt is None:
-            raise RuntimeError(f"step {self.step}: {self.job.trainer.stability.spike_rollback_after} loss spikes in a row and "
-                               "no checkpoint to roll back to; lower trainer.checkpoint.every or the learning rate")
-        self.engine.wait()
-        self.engine.load(ckpt)
-        self.recorder.rolled_back(ckpt, self.engine, self.step, self.loader.consumed)
+            raise RuntimeError(f"step {self.step}: {self.job.trainer.stability.spike_rollback_after} loss spikes in a "
+                               "row and no checkpoint to roll back to; lower trainer.checkpoint.every or the learning rate")
+        self.checkpoints.restore_weights(ckpt)
+        self.emit(Event.rolled_back, path=ckpt)
         self.rollbacks += 1
         log.warning("step %d: rolled back weights and optimizer to %s (rollback %d)", self.step, ckpt, self.rollbacks)
 
@@ -334,25 +310,23 @@ class Trainer:
 
     # ----- the loop -----
     def fit(self) -> dict:
-        if not self.maybe_resume():
-            self.recorder.start(self.engine)
-        for hook in self.hooks:
-            hook.on_fit_start(self)
-            if type(hook).__name__ in self.hook_state:
-                hook.load_state_dict(self.hook_state[type(hook).__name__])
+        self.resumed = self.maybe_resume()
+        self.emit(Event.fit_start)
+        self.hooks.load_state_dict(self.hook_state)
+        async_save = self.job.trainer.checkpoint.async_save
         while self.step < self.job.trainer.steps:
             result = self.train_step()
-            for hook in self.hooks:
-                hook.on_step_end(self, result)
+            self.emit(Event.step_end, result=result)
+            if self.checkpoints.due(self.step):
+                log.info("checkpoint %s%s", self.save(), " (writing in the background)" if async_save else "")
             if self.stop_seen:
                 path = self.save()
-                self.engine.wait()
+                self.checkpoints.wait()
                 self.preempted = True
                 log.warning("stopped by a signal at step %d; checkpoint %s", self.step, path)
                 break
-        for hook in self.hooks:
-            hook.on_fit_end(self)
-        self.engine.wait()
+        self.emit(Event.fit_end)
+        self.checkpoints.wait()
         if self.sink:
             self.sink.close()
         return self.last
