@@ -1,4 +1,5 @@
-"""kill -9 at random steps, then resume: every later step's loss equals the uninterrupted run's, bit for bit.
+"""kill -9 at random steps, then resume: every later step's loss equals the uninterrupted run's, bit for bit,
+with loss-spike detection on (its window, counts and the skip decisions come back from the checkpoint too).
 
 The production entry point (``torchrun -m kfm.train.cli.pretrain``) runs in 2 gloo processes; the whole
 process group (launcher and workers) is SIGKILLed (launcher and workers: a node going down) once the metrics show a randomly drawn step.
@@ -29,15 +30,17 @@ def command(run_dir: Path, backend: str) -> list[str]:
             "loader.seq_len=64", "loader=natural", "optim.lr=1e-2", "optim.warmup_steps=2", f"trainer.steps={STEPS}",
             "trainer.local_batch_size=8", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.validation.batches=1",
             "trainer.checkpoint.every=3", "trainer.checkpoint.keep=2", "trainer.metrics.wandb_mode=disabled",
-            "trainer.parallelism.param_dtype=fp32", f"trainer.parallelism.backend={backend}"]
+            "trainer.parallelism.param_dtype=fp32", f"trainer.parallelism.backend={backend}",
+            "trainer.stability.spike_sigmas=2.0", "trainer.stability.spike_window=4"]
 
 
-def logged_losses(run_dir: Path) -> list[tuple[int, float]]:
+def logged_losses(run_dir: Path) -> list[tuple[int, tuple]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-    return [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    # (step, loss or None for a step skipped as a spike, steps skipped so far): the decisions must replay too
+    return [(r["step"], (r.get("train_loss"), r["skipped_steps"])) for r in rows if "grad_norm" in r]
 
 
 def start(run_dir: Path, backend: str, log_name: str) -> subprocess.Popen:
