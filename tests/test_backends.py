@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from kfm.train.checkpoint.layout import read_state
 from tests.helpers import make_job, run_distributed, train_and_report
 
 STEPS = 5
@@ -86,7 +87,7 @@ def test_a_ddp_checkpoint_resumes_under_fsdp2(run_dir):
     (last, _), = run_distributed(train_and_report, 1, job)
     assert "val_loss" in last
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")][-1] == "step_0000006"
-    state = json.loads((run_dir / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
+    state = read_state(run_dir / "checkpoints" / "step_0000006")
     assert state["data"]["consumed"] == 4 * 2 * 4 + 2 * 1 * 4  # 4 steps of 2 ranks x 4, then 2 of 1 rank x 4
 
 
@@ -159,24 +160,25 @@ def test_fsdp2_resumes_on_three_ranks(run_dir):
     job.trainer.steps = 6
     results = run_distributed(train_and_report, 3, job)  # 2 -> 3 ranks: resharded
     assert all("val_loss" in last for last, _ in results)
-    state = json.loads((run_dir / "checkpoints" / "step_0000006" / "trainer_state.json").read_text())
+    state = read_state(run_dir / "checkpoints" / "step_0000006")
     assert state["data"]["consumed"] == 4 * 2 * 4 + 2 * 3 * 4
 
 
 KILLED_DURING_SAVE = """
 import os, pickle, signal, sys
+import kfm.train.checkpoint.manager as manager
 import kfm.train.loop.trainer as trainer
 from kfm.train.parallel.distributed import init_distributed
 
 job = pickle.load(open(sys.argv[1], "rb"))
-real_publish = trainer.publish
+real_publish = manager.publish
 
 def die_before_publishing(tmp, final, state, keep):
     if final.name == "step_0000008":
         os.kill(os.getpid(), signal.SIGKILL)  # every file written, the checkpoint not yet published
     return real_publish(tmp, final, state, keep)
 
-trainer.publish = die_before_publishing
+manager.publish = die_before_publishing
 trainer.Trainer(job, init_distributed()).fit()
 """
 

@@ -1,10 +1,10 @@
 """DeepSpeed ZeRO: its config comes from ours, its checkpoints resume, consolidate, and refuse what cannot work."""
 
-import json
 
 import pytest
 import torch
 
+from kfm.train.checkpoint.layout import read_state
 from kfm.train.parallel.deepspeed_engine import deepspeed_config
 from tests.helpers import make_job, run_distributed, train_and_report
 
@@ -28,7 +28,7 @@ def test_deepspeed_resume_is_exact_and_world_size_changes_are_refused(run_dir):
     import shutil
 
     shutil.rmtree(run_dir / "checkpoints" / "step_0000008")  # as if the run had died after step 4's checkpoint
-    state = json.loads((run_dir / "checkpoints" / "step_0000004" / "trainer_state.json").read_text())
+    state = read_state(run_dir / "checkpoints" / "step_0000004")
     assert state["backend"] == "deepspeed" and state["world"] == 2
     resumed = run_distributed(train_and_report, 2, job)[0][1]
     for k in straight:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from kfm.train.checkpoint.layout import read_state
+
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "scripts" / "slurm" / "pretrain.sbatch"
 # The debug preset with the test tokenizer's vocabulary (DEBUG); smaller still where many steps run (TINY).
@@ -95,7 +97,7 @@ def test_sbatch_trains_on_two_nodes(slurm, run_dir):
     assert "2 nodes x 1 processes" in log and "training ended with status 0" in log
     assert job_state(slurm, job)["NodeList"] == "127.0.0.[1-2]"
     assert (run_dir / "checkpoints" / "latest").read_text() == "step_0000008\n"
-    state = json.loads((run_dir / "checkpoints" / "step_0000008" / "trainer_state.json").read_text())
+    state = read_state(run_dir / "checkpoints" / "step_0000008")
     assert state["world"] == 2 and train_rows(run_dir) == list(range(1, 9))
 
 
@@ -229,7 +231,7 @@ def check_sweep(sweep_dir: Path) -> None:
     assert members == ["lr=0.001", "lr=0.003"]
     groups = set()
     for name in members:
-        state = json.loads((sweep_dir / name / "checkpoints" / "step_0000004" / "trainer_state.json").read_text())
+        state = read_state(sweep_dir / name / "checkpoints" / "step_0000004")
         assert state["config"]["optim"]["lr"] == float(name[3:]) and state["config"]["run_dir"] == str(sweep_dir / name)
         groups.add(state["config"]["trainer"]["metrics"]["wandb_group"])
         assert train_rows(sweep_dir / name) == [2, 4]

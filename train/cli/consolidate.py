@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from kfm.model import ModelConfig, Transformer
 from kfm.schemas import register_schemas
-from kfm.train.checkpoint.layout import STATE_FILE, resolve_checkpoint
+from kfm.train.checkpoint.layout import read_state, resolve_checkpoint
 from kfm.train.checkpoint.reader import load_model_weights
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.provenance.ledger import read_chain
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 def consolidate(ckpt: Path, out: Path) -> Path:
-    state = json.loads((ckpt / STATE_FILE).read_text())
+    state = read_state(ckpt)
     cfg = ModelConfig.from_dict(state["config"]["model"])
     with torch.device("meta"):
         model = Transformer(cfg)

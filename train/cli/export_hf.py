@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from kfm.model import ModelConfig, Transformer
-from kfm.train.checkpoint.layout import STATE_FILE, resolve_checkpoint
+from kfm.train.checkpoint.layout import read_state, resolve_checkpoint
 from kfm.train.checkpoint.reader import load_model_weights
 from kfm.train.hf.convert import hf_architecture
 from kfm.train.hf.export import check_tokenizer_vocab, export_model
@@ -46,7 +46,7 @@ def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str
         cfg = model.cfg
         check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
     else:
-        state = json.loads((ckpt / STATE_FILE).read_text())
+        state = read_state(ckpt)
         cfg = ModelConfig.from_dict(state["config"]["model"])
         check_tokenizer_vocab(tokenizer_dir, cfg.vocab_size)
         model = Transformer(cfg)
