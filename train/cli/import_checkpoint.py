@@ -3,8 +3,8 @@
     python -m kfm.train.cli.import_checkpoint hf_dir=path/to/hf run_dir=runs/imported
 
 Writes ``<run_dir>/imported/step_0000000/``: the weights as a ``torch.distributed.checkpoint`` (the layout
-training checkpoints use, so ``kfm.train.hf.export``, ``kfm.train.cli.consolidate`` and ``kfm.train.checkpoint.reader.load_model_weights``
-read it), ``trainer_state.json`` (step 0, the model config) and a provenance chain: an ``import`` record (the
+training checkpoints use, so ``kfm.train.cli.export_hf``, ``kfm.train.cli.consolidate`` and
+``kfm.train.checkpoint.reader.load_model_weights`` read it), ``trainer_state.json`` (step 0, the model config) and a provenance chain: an ``import`` record (the
 HF directory, its config hash, the weights digest) and a ``checkpoint`` record at step 0 that consumed no data,
 both also in ``<run_dir>/provenance/ledger.jsonl``. It holds weights only (no optimizer or data-loader state):
 to train from the model, use ``trainer.init_from=<hf_dir>``. Before this, the only way in was ``init_from``

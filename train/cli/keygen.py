@@ -1,4 +1,5 @@
-"""Make an Ed25519 key pair for signing provenance records: the command line (``python -m kfm.train.cli.keygen``); the work is done in ``kfm.train.provenance.signing``."""
+"""Make an Ed25519 key pair for signing provenance records (``python -m kfm.train.cli.keygen``); the work is done
+in ``kfm.train.provenance.signing``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Verify an exported model against its provenance chain: the command line (``python -m kfm.train.cli.verify``); the work is done in ``kfm.train.provenance.verify``."""
+"""Verify an exported model against its provenance chain (``python -m kfm.train.cli.verify``); the work is done in
+``kfm.train.provenance.verify``."""
 
 from __future__ import annotations
 

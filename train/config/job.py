@@ -17,7 +17,8 @@ class ProvenanceConfig:
 
     enabled: bool = True
     """Record the origin (init seed and digest, or the imported model), every checkpoint's weight digest,
-    the data read and the code and config, chained by hash; exports carry the chain (``kfm.train.provenance.verify``)."""
+    the data read and the code and config, chained by hash; exports carry the chain
+    (``kfm.train.provenance.verify``)."""
     signing_key: str = ""
     """Ed25519 private key (PEM) that signs every record (``python -m kfm.train.cli.keygen``); empty: unsigned."""
 

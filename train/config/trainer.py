@@ -27,7 +27,8 @@ class ParallelismConfig:
     cpu_offload: bool = False
     """FSDP2/HSDP: keep sharded parameters, gradients and optimizer state in CPU memory."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
-    """Recompute activations in the backward: ``none``, ``full`` (every block) or ``selective`` (every ``ac_every``-th)."""
+    """Recompute activations in the backward: ``none``, ``full`` (every block) or ``selective`` (every
+    ``ac_every``-th)."""
     ac_every: int = 2
     """``selective``: checkpoint one block in this many."""
     compile: bool = False

@@ -4,8 +4,8 @@ Large Language Models with Simple yet Effective Depth Up-Scaling" — a 32-layer
 8-32 stacked into 48 layers, then continued pretraining).
 
 ``trainer.init_from=<hf dir>`` takes the model's architecture from that directory (the runtime,
-``model_runtime.*``, is a config of its own and stays as configured; so does ``model.name``); ``trainer.init_layers="0-24,8-32"`` lists the half-open source
-layer ranges, in order, that make up the new model.
+``model_runtime.*``, is a config of its own and stays as configured; so does ``model.name``);
+``trainer.init_layers="0-24,8-32"`` lists the half-open source layer ranges, in order, that make up the new model.
 """
 
 from __future__ import annotations

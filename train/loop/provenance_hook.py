@@ -10,7 +10,7 @@ from kfm.train.loop.recorder import Recorder
 
 
 class ProvenanceHook(Hook):
-    priority = 0  # the origin is recorded before anything else sees the weights; checkpoints' chains before they publish
+    priority = 0  # the origin is recorded before anything else sees the weights
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder

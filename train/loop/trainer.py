@@ -124,7 +124,8 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 signal.signal(sig, self._on_signal)
-        self.sink = (MetricsSink(self.run_dir, asdict(job), tc.metrics.wandb_mode, tc.metrics.wandb_project, tc.metrics.wandb_group)
+        mc = tc.metrics
+        self.sink = (MetricsSink(self.run_dir, asdict(job), mc.wandb_mode, mc.wandb_project, mc.wandb_group)
                      if dist_info.is_main else None)
         self.hooks = Hooks([*(default_hooks(job) if hooks is None else hooks), ProvenanceHook(self.recorder)])
         self.checkpoints = CheckpointManager(tc.checkpoint, self.ckpt_root, tc.steps, dist_info.device, self.engine,
@@ -155,7 +156,8 @@ class Trainer:
         tc = self.job.trainer
         return {"step": self.step, "backend": tc.parallelism.backend, "world": self.dist.world,
                 "config": asdict(self.job), "skipped_steps": self.skipped_steps,
-                "scheduler": {"schedule": self.job.optim.schedule, "next_lr": lr_at(self.step, tc.steps, self.job.optim)}}
+                "scheduler": {"schedule": self.job.optim.schedule,
+                              "next_lr": lr_at(self.step, tc.steps, self.job.optim)}}
 
     def save(self) -> Path:
         """Checkpoint the current step (collective); a no-op if this step is already saved."""
@@ -195,7 +197,8 @@ class Trainer:
         ckpt = self.checkpoints.latest()
         if ckpt is None:
             raise RuntimeError(f"step {self.step}: {self.job.trainer.stability.spike_rollback_after} loss spikes in a "
-                               "row and no checkpoint to roll back to; lower trainer.checkpoint.every or the learning rate")
+                               "row and no checkpoint to roll back to; lower trainer.checkpoint.every or the "
+                               "learning rate")
         self.checkpoints.restore_weights(ckpt)
         self.emit(Event.rolled_back, path=ckpt)
         self.rollbacks += 1
@@ -219,14 +222,16 @@ class Trainer:
         tc = self.job.trainer
         if not math.isfinite(loss):
             if not tc.stability.skip_nonfinite:
-                raise FloatingPointError(f"step {self.step}: loss {loss} not finite (trainer.stability.skip_nonfinite=false); "
+                raise FloatingPointError(f"step {self.step}: loss {loss} not finite "
+                                         "(trainer.stability.skip_nonfinite=false); "
                                          "resume from the last checkpoint")
             return "loss not finite"
         if not self.spikes.is_spike(loss):
             self.consecutive_spikes = 0
             return ""
         if tc.stability.spike_action == "stop":
-            raise RuntimeError(f"step {self.step}: loss spike {loss:.4g} (trainer.stability.spike_sigmas={tc.stability.spike_sigmas} "
+            raise RuntimeError(f"step {self.step}: loss spike {loss:.4g} "
+                               f"(trainer.stability.spike_sigmas={tc.stability.spike_sigmas} "
                                f"over the last {tc.stability.spike_window} steps); resume from the last checkpoint")
         self.consecutive_spikes += 1
         return "loss spike"

@@ -134,5 +134,6 @@ class DeepSpeedEngine:
         import deepspeed
 
         module = self.model.module
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=self.job.trainer.parallelism.zero_stage == 3):
+        stage3 = self.job.trainer.parallelism.zero_stage == 3
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), enabled=stage3):
             return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
