@@ -58,9 +58,6 @@ class Hooks:
         if len(set(names)) != len(names):
             raise ValueError(f"two hooks share a name (their state would collide in a checkpoint): {names}")
 
-    def __iter__(self):
-        return iter(self.hooks)
-
     def emit(self, event: Event, trainer, **payload) -> None:
         for hook in self.hooks:
             handler = getattr(hook, f"on_{Event(event).value}", None)
