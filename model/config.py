@@ -38,6 +38,18 @@ class Kernels(StrEnum):
     torch = "torch"
 
 
+class RouterScore(StrEnum):
+    softmax = "softmax"
+    sigmoid = "sigmoid"
+
+
+class ExpertGemm(StrEnum):
+    auto = "auto"
+    grouped_mm = "grouped_mm"
+    triton = "triton"
+    loop = "loop"
+
+
 class AttentionBackend(StrEnum):
     auto = "auto"
     flash_attn = "flash_attn"
@@ -75,6 +87,87 @@ class RopeConfig:
             raise ValueError(f"model.rope.factor must be >= 1 with scaling '{self.scaling}', got {self.factor}")
         if self.scaling == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
             raise ValueError("model.rope: llama3 scaling needs high_freq_factor > low_freq_factor > 0")
+
+
+@dataclass
+class MoEConfig:
+    """Mixture of experts in the feed-forward layers (``n_experts`` 0: a dense model). Routing follows DeepSeek-V3
+    (arXiv 2412.19437, section 2.1.2) and Qwen3-MoE: each token goes to ``top_k`` of ``n_experts`` routed SwiGLU
+    experts, weighted by its router scores, plus ``n_shared_experts`` that see every token. Dropless unless
+    ``capacity_factor`` is set. The coefficients below only shape training; they are not exported."""
+
+    n_experts: int = 0
+    """Routed experts per MoE layer; 0: dense feed-forward layers everywhere."""
+    top_k: int = 2
+    """Experts each token is routed to."""
+    expert_hidden_dim: int = 0
+    """Hidden width of one routed expert (``moe_intermediate_size``)."""
+    n_shared_experts: int = 0
+    """Shared experts seen by every token, as one SwiGLU of width ``n_shared_experts * expert_hidden_dim``."""
+    first_k_dense: int = 0
+    """The first layers keep a dense feed-forward layer of ``model.ffn_hidden_dim`` (DeepSeek-V3: 3, K-EXAONE: 1)."""
+    score_func: RouterScore = RouterScore.softmax
+    """``softmax`` over all experts (Qwen3-MoE) or ``sigmoid`` per expert (DeepSeek-V3, K-EXAONE)."""
+    norm_topk_prob: bool = False
+    """Divide the chosen experts' scores by their sum."""
+    routed_scaling_factor: float = 1.0
+    """Multiplies the routed experts' weights (DeepSeek-V3: 2.5)."""
+    n_group: int = 1
+    """Expert groups for group-limited routing: a token picks ``topk_group`` groups (by the sum of each group's two
+    best scores), then its experts within them. 1: no limit."""
+    topk_group: int = 1
+    """Groups each token may use."""
+    expert_bias: bool = False
+    """Auxiliary-loss-free balancing: a per-expert bias added to the scores for choosing experts only (not to the
+    weights), moved after every step towards equal load (``bias_update_rate``); saved with the weights."""
+    bias_update_rate: float = 0.001
+    """How far the bias moves per step: ``bias += rate * sign(mean load - load)`` (DeepSeek-V3's gamma)."""
+    capacity_factor: float = 0.0
+    """0: dropless. Else each expert takes at most ``ceil(factor * tokens * top_k / n_experts)`` tokens of a micro
+    batch, in token order; the rest are dropped (counted in the metrics)."""
+    seq_aux_loss_coef: float = 0.0
+    """Sequence-wise balance loss (DeepSeek-V3 eq. 17-20), per row, averaged over the rows."""
+    batch_aux_loss_coef: float = 0.0
+    """Balance loss over all the tokens of the micro batch (Switch Transformer's ``E * sum f_i P_i``)."""
+    z_loss_coef: float = 0.0
+    """Router z-loss (ST-MoE): the mean squared logsumexp of the router logits."""
+
+    def __post_init__(self) -> None:
+        self.score_func = choice(RouterScore, self.score_func, "model.moe.score_func")
+        if self.n_experts < 0:
+            raise ValueError(f"model.moe.n_experts must be >= 0, got {self.n_experts}")
+        if not self.n_experts:
+            return
+        if self.expert_hidden_dim <= 0:
+            raise ValueError("model.moe.n_experts is set: set model.moe.expert_hidden_dim (each expert's hidden width)")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"model.moe.top_k={self.top_k} must be between 1 and model.moe.n_experts="
+                             f"{self.n_experts}: lower top_k or add experts")
+        if self.n_group < 1 or self.n_experts % self.n_group:
+            raise ValueError(f"model.moe.n_group={self.n_group} must divide model.moe.n_experts={self.n_experts}: "
+                             "choose a divisor of the expert count (1: no group-limited routing)")
+        if not 1 <= self.topk_group <= self.n_group:
+            raise ValueError(f"model.moe.topk_group={self.topk_group} must be between 1 and model.moe.n_group="
+                             f"{self.n_group}: lower topk_group")
+        per_group = self.n_experts // self.n_group
+        if self.n_group > 1 and per_group < 2:
+            raise ValueError(f"model.moe.n_group={self.n_group} leaves {per_group} expert per group; a group is "
+                             "scored by its two best experts: use at most n_experts / 2 groups")
+        if self.top_k > self.topk_group * per_group:
+            raise ValueError(f"model.moe.top_k={self.top_k} exceeds the {self.topk_group * per_group} experts in "
+                             f"model.moe.topk_group={self.topk_group} groups: raise topk_group or lower top_k")
+        for key in ("n_shared_experts", "first_k_dense"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"model.moe.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("capacity_factor", "seq_aux_loss_coef", "batch_aux_loss_coef", "z_loss_coef", "bias_update_rate"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"model.moe.{key} must be >= 0, got {getattr(self, key)}")
+        if self.routed_scaling_factor <= 0:
+            raise ValueError(f"model.moe.routed_scaling_factor must be positive, got {self.routed_scaling_factor}")
+
+    @property
+    def aux_losses(self) -> bool:
+        return bool(self.seq_aux_loss_coef or self.batch_aux_loss_coef or self.z_loss_coef)
 
 
 @dataclass
@@ -120,10 +213,17 @@ class ModelConfig:
     """Share the input embedding with the output projection."""
     init_std: float = 0.02
     """Standard deviation of the normal weight init (output layers are scaled by depth)."""
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    """Mixture-of-experts feed-forward layers (``moe.n_experts`` 0: dense)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rope, dict):
             self.rope = RopeConfig(**self.rope)
+        if isinstance(self.moe, dict):
+            self.moe = MoEConfig(**self.moe)
+        if self.moe.n_experts and self.moe.first_k_dense >= self.n_layers:
+            raise ValueError(f"model.moe.first_k_dense={self.moe.first_k_dense} leaves no MoE layer in "
+                             f"model.n_layers={self.n_layers}: lower it, or set model.moe.n_experts=0 (dense)")
         positive = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden_dim", "max_seq_len")
         for key in positive:
             if getattr(self, key) <= 0:
@@ -161,6 +261,10 @@ class ModelConfig:
         """Whether ``layer`` is a sliding-window layer."""
         return self.layer_pattern[layer % len(self.layer_pattern)] == "L"
 
+    def is_moe(self, layer: int) -> bool:
+        """Whether ``layer``'s feed-forward layer is a mixture of experts."""
+        return bool(self.moe.n_experts) and layer >= self.moe.first_k_dense
+
     def uses_rope(self, layer: int) -> bool:
         return self.is_local(layer) or self.rope_on_global_layers
 
@@ -188,6 +292,10 @@ class ModelRuntime:
     kernels: Kernels = Kernels.auto
     """RMSNorm (with the residual add), RoPE and SwiGLU: ``triton`` (kfm's kernels), ``torch`` (plain PyTorch) or
     ``auto`` (Triton on CUDA, PyTorch elsewhere; on CPU ``triton`` needs ``TRITON_INTERPRET=1``)."""
+    expert_gemm: ExpertGemm = ExpertGemm.auto
+    """The routed experts' matrix products: ``grouped_mm`` (``torch._grouped_mm``, one call for all experts, no host
+    synchronisation), ``triton`` (kfm's grouped GEMM), ``loop`` (one matmul per expert: the reference) or ``auto``
+    (``triton`` where the kernels run, else ``grouped_mm`` where the installed torch has it, else ``loop``)."""
     attention_backend: AttentionBackend = AttentionBackend.auto
     """``auto`` (by the features in use: SDPA for one causal document per row; with packed documents or a
     window flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else SDPA;
@@ -196,4 +304,5 @@ class ModelRuntime:
 
     def __post_init__(self) -> None:
         self.kernels = choice(Kernels, self.kernels, "model_runtime.kernels")
+        self.expert_gemm = choice(ExpertGemm, self.expert_gemm, "model_runtime.expert_gemm")
         self.attention_backend = choice(AttentionBackend, self.attention_backend, "model_runtime.attention_backend")

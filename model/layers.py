@@ -131,12 +131,20 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
 
-    def __init__(self, cfg: ModelConfig, kernels: KernelChoice) -> None:
+    def __init__(self, dim: int, hidden: int, kernels: KernelChoice) -> None:
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden_dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden_dim, bias=False)
-        self.w2 = nn.Linear(cfg.ffn_hidden_dim, cfg.dim, bias=False)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
         self.kernels = kernels
+
+    def in_weights(self) -> list[torch.Tensor]:
+        """The weights drawn with the init's std (``Transformer.init_weights``), in draw order."""
+        return [self.w1.weight, self.w3.weight]
+
+    def out_weights(self) -> list[torch.Tensor]:
+        """The residual-output weights (drawn with the depth-scaled std)."""
+        return [self.w2.weight]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernels(x):
@@ -147,16 +155,18 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Residual block. Pre-norm: x + attn(norm(x)), then + ffn(norm(x)); post (EXAONE 4):
+    """Residual block; ``feed_forward`` is a dense SwiGLU (default) or the mixture of experts ``kfm.model.moe.MoE``.
+    Pre-norm: x + attn(norm(x)), then + ffn(norm(x)); post (EXAONE 4):
     x + norm(attn(x)), then + norm(ffn(x))."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, runtime: ModelRuntime, kernels: KernelChoice) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int, runtime: ModelRuntime, kernels: KernelChoice,
+                 feed_forward: nn.Module | None = None) -> None:
         super().__init__()
         self.post_norm = cfg.norm_placement == "post"
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, kernels)
         self.attention = Attention(cfg, layer, runtime, kernels)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, kernels)
-        self.feed_forward = FeedForward(cfg, kernels)
+        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, kernels) if feed_forward is None else feed_forward
 
     def forward(self, x: torch.Tensor, rotary: Rotary, docs: Documents | None = None) -> torch.Tensor:
         if self.post_norm:

@@ -11,6 +11,7 @@ from kfm.model.attention import Documents, as_documents
 from kfm.model.config import ModelConfig, ModelRuntime
 from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy
 from kfm.model.layers import KernelChoice, RMSNorm, TransformerBlock
+from kfm.model.moe import MoE
 from kfm.model.rope import Rotary, rope_tables
 
 
@@ -28,7 +29,10 @@ class Transformer(nn.Module):
         """How it runs (kernels, attention backend), chosen here for every layer."""
         self.kernels = KernelChoice(self.runtime.kernels)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.layers = nn.ModuleList(TransformerBlock(cfg, i, self.runtime, self.kernels) for i in range(cfg.n_layers))
+        self.layers = nn.ModuleList(
+            TransformerBlock(cfg, i, self.runtime, self.kernels,
+                             MoE(cfg, self.runtime, self.kernels) if cfg.is_moe(i) else None)
+            for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, self.kernels)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -57,12 +61,17 @@ class Transformer(nn.Module):
         normal_(self.tok_embeddings.weight, std)
         for layer in self.layers:
             attn, ffn = layer.attention, layer.feed_forward
-            for lin in (attn.wq, attn.wk, attn.wv, ffn.w1, ffn.w3):
+            for lin in (attn.wq, attn.wk, attn.wv):
                 normal_(lin.weight, std)
                 if lin.bias is not None:
                     put(lin.bias, torch.zeros(lin.bias.shape, dtype=lin.bias.dtype))
+            for w in ffn.in_weights():
+                normal_(w, std)
             normal_(attn.wo.weight, out_std)
-            normal_(ffn.w2.weight, out_std)
+            for w in ffn.out_weights():
+                normal_(w, out_std)
+            if getattr(ffn, "expert_bias", None) is not None:
+                put(ffn.expert_bias, torch.zeros(ffn.expert_bias.shape, dtype=ffn.expert_bias.dtype))
             for norm in (layer.attention_norm, layer.ffn_norm, attn.q_norm, attn.k_norm):
                 if norm is not None:
                     put(norm.weight, torch.ones(norm.weight.shape, dtype=norm.weight.dtype))

@@ -58,7 +58,7 @@ def test_triton_kernels_on_cpu_without_the_interpreter_are_a_clear_error(layer, 
         if layer == "rms_norm":
             RMSNorm(CFG.dim, 1e-5, KernelChoice("triton"))(x)
         elif layer == "swiglu":
-            FeedForward(CFG, KernelChoice("triton"))(x)
+            FeedForward(CFG.dim, CFG.ffn_hidden_dim, KernelChoice("triton"))(x)
         else:
             from kfm.model import Transformer
 

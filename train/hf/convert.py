@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from kfm.model.config import ModelConfig
+from kfm.train.hf.moe import (BIAS_KEYS, ROUTED_KEYS, SHARED_KEYS, fuse_experts, in_memory_layout, moe_architecture,
+                              moe_from_hf_config, moe_hf_config, split_experts)
 
 # kfm name pattern → HF name pattern; "{i}" is the layer index.
 LLAMA_KEYS: dict[str, str] = {
@@ -40,12 +42,17 @@ KEY_MAPS: dict[str, dict[str, str]] = {
     "Qwen2ForCausalLM": {**LLAMA_KEYS, **_QKV_BIAS},
     "Qwen3ForCausalLM": {**LLAMA_KEYS, **_QK_NORM},
     "Exaone4ForCausalLM": {**LLAMA_KEYS, **_QK_NORM, **_EXAONE4_NORMS},
+    "Qwen3MoeForCausalLM": {**LLAMA_KEYS, **_QK_NORM, **ROUTED_KEYS},
+    "ExaoneMoeForCausalLM": {**LLAMA_KEYS, **_QK_NORM, **ROUTED_KEYS, **SHARED_KEYS, **BIAS_KEYS},
 }
+MOE_ARCHITECTURES = ("Qwen3MoeForCausalLM", "ExaoneMoeForCausalLM")
 KEY_MAP = LLAMA_KEYS
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
     """The stock ``transformers`` class ``cfg`` matches; a ValueError naming the feature if none does."""
+    if cfg.moe.n_experts:
+        return moe_architecture(cfg)
     hybrid = "L" in cfg.layer_pattern
     if cfg.norm_placement == "post" or hybrid:
         problems = [what for bad, what in (
@@ -84,30 +91,35 @@ def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
 
 
 def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    rules = _TO_HF[hf_architecture(cfg)]
+    """Hugging Face's in-memory names and layouts (MoE experts stacked, gate and up fused)."""
+    arch = hf_architecture(cfg)
+    sd = fuse_experts(sd)
+    if arch == "ExaoneMoeForCausalLM" and not cfg.moe.expert_bias:  # the class always has the bias: zero
+        sd.update({f"layers.{i}.feed_forward.expert_bias": torch.zeros(cfg.moe.n_experts)
+                   for i in range(cfg.n_layers) if cfg.is_moe(i)})
+    rules = _TO_HF[arch]
     out = {_rename(k, rules): v for k, v in sd.items()}
     if cfg.tie_embeddings:
         out.pop("lm_head.weight", None)
     return out
 
 
-def from_hf_names(key: str, cfg: ModelConfig) -> list[str]:
-    """kfm's names for one tensor of a Hugging Face checkpoint: none for derived buffers (and for an
-    ``lm_head`` tied to the embeddings), both names for tied embeddings."""
-    if key.endswith("rotary_emb.inv_freq"):
-        return []
-    name = _rename(key, _FROM_HF[hf_architecture(cfg)])
-    if cfg.tie_embeddings:
-        return {"output.weight": [], "tok_embeddings.weight": [name, "output.weight"]}.get(name, [name])
-    return [name]
+def from_hf_tensors(items, cfg: ModelConfig):
+    """kfm's (names, tensor) for a stream of a Hugging Face checkpoint's (key, tensor): derived buffers left out,
+    tied embeddings under both names (an ``lm_head`` tied to them left out), MoE experts stacked from their
+    per-expert keys (as saved) or split from ``gate_up_proj`` (as held in memory)."""
+    rules = _FROM_HF[hf_architecture(cfg)]
+    items = ((k, v) for k, v in items if not k.endswith("rotary_emb.inv_freq"))
+    for key, value in in_memory_layout(items, cfg.moe.n_experts):
+        name = key if key.startswith("layers.") else _rename(key, rules)
+        for name, tensor in split_experts(name, value):
+            if cfg.tie_embeddings and name == "output.weight":
+                continue
+            yield ([name, "output.weight"] if cfg.tie_embeddings and name == "tok_embeddings.weight" else [name]), tensor
 
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    rules = _FROM_HF[hf_architecture(cfg)]
-    out = {_rename(k, rules): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
-    if cfg.tie_embeddings:
-        out["output.weight"] = out["tok_embeddings.weight"]
-    return out
+    return {name: tensor for names, tensor in from_hf_tensors(sd.items(), cfg) for name in names}
 
 
 def hf_rope_parameters(cfg: ModelConfig) -> dict:
@@ -159,6 +171,8 @@ def to_hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2, pad_id: int
         return transformers.LlamaConfig(**common, head_dim=cfg.head_size, attention_bias=False, mlp_bias=False)
     if arch == "Qwen2ForCausalLM":
         return transformers.Qwen2Config(**common, use_sliding_window=False)
+    if arch in MOE_ARCHITECTURES:
+        return moe_hf_config(cfg, arch, common)
     if arch == "Qwen3ForCausalLM":
         return transformers.Qwen3Config(**common, head_dim=cfg.head_size, attention_bias=False,
                                         use_sliding_window=False)
@@ -207,7 +221,8 @@ def from_hf_config(hf_cfg) -> ModelConfig:
         (getattr(hf_cfg, "hidden_act", "silu") != "silu", f"hidden_act={getattr(hf_cfg, 'hidden_act', None)}"),
         (getattr(hf_cfg, "mlp_bias", False), "mlp_bias"),
         (arch != "Qwen2ForCausalLM" and getattr(hf_cfg, "attention_bias", False), "attention_bias"),
-        (arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and getattr(hf_cfg, "use_sliding_window", False),
+        (arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM")
+         and getattr(hf_cfg, "use_sliding_window", False),
          "use_sliding_window"),
     ) if bad]
     if unsupported:
@@ -222,6 +237,14 @@ def from_hf_config(hf_cfg) -> ModelConfig:
         tie_embeddings=bool(hf_cfg.tie_word_embeddings), init_std=getattr(hf_cfg, "initializer_range", 0.02),
         qkv_bias=arch == "Qwen2ForCausalLM", qk_norm=arch in ("Qwen3ForCausalLM", "Exaone4ForCausalLM"),
     )
+    if arch in MOE_ARCHITECTURES:
+        moe = moe_from_hf_config(hf_cfg, arch)
+        letters = moe.pop("letters", None)
+        if letters and "L" in letters:
+            moe.update(layer_pattern=shortest_period(letters))
+        else:
+            moe.pop("sliding_window", None)
+        cfg.update(moe)
     if arch == "Exaone4ForCausalLM":
         kinds = ["L" if t == "sliding_attention" else "G" for t in (hf_cfg.layer_types or ["full_attention"])]
         hybrid = "L" in kinds

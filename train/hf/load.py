@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from kfm.model.config import ModelConfig
-from kfm.train.hf.convert import from_hf_config, from_hf_names, from_hf_state_dict, hf_architecture
+from kfm.train.hf.convert import from_hf_config, from_hf_state_dict, from_hf_tensors, hf_architecture
 
 INDEX = "model.safetensors.index.json"
 
@@ -77,9 +77,11 @@ def hf_weight_tensors(hf_dir: str | Path, cfg: ModelConfig):
         files = sorted(set(json.loads((hf_dir / INDEX).read_text())["weight_map"].values()))
     else:
         files = ["model.safetensors"]
-    for name in files:
-        with safe_open(str(hf_dir / name), "pt") as f:
-            for key in f.keys():
-                names = from_hf_names(key, cfg)
-                if names:
-                    yield names, f.get_tensor(key)
+
+    def tensors():
+        for name in files:
+            with safe_open(str(hf_dir / name), "pt") as f:
+                for key in f.keys():
+                    yield key, f.get_tensor(key)
+
+    yield from from_hf_tensors(tensors(), cfg)

@@ -83,10 +83,15 @@ def plain_name(name: str) -> str:
 
 
 def parameter_groups(model: nn.Module) -> list[tuple[list[str], nn.Parameter]]:
-    """Each distinct parameter with all of its plain names (tied weights have two)."""
+    """Each distinct parameter with all of its plain names (tied weights have two), then each persistent buffer
+    (state that shapes the output but takes no gradient, e.g. a MoE layer's expert bias)."""
     groups: dict[int, tuple[list[str], nn.Parameter]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         groups.setdefault(id(p), ([], p))[0].append(plain_name(name))
+    for prefix, module in model.named_modules():
+        for name, b in module.named_buffers(prefix=prefix, recurse=False):
+            if b is not None and name.rsplit(".", 1)[-1] not in module._non_persistent_buffers_set:
+                groups.setdefault(id(b), ([], b))[0].append(plain_name(name))
     return list(groups.values())
 
 
