@@ -149,6 +149,18 @@ def expert_gemm_impl(setting: str, x: torch.Tensor, triton_ok: bool, widths: tup
     return ExpertGemm.triton if triton_ok else ExpertGemm.loop
 
 
+class Router(nn.Module):
+    """The router's projection, computed in fp32 (as EXAONE-MoE keeps its router; a module of its own so that
+    parameter-gathering wrappers such as ZeRO-3, which gather on a module's forward, see its weight used)."""
+
+    def __init__(self, dim: int, n_experts: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_experts, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.float(), self.weight.float())
+
+
 class Experts(nn.Module):
     """``n`` SwiGLU experts as three stacked weights in ``nn.Linear``'s (out, in) layout: ``w1``, ``w3`` (n, hidden,
     dim) and ``w2`` (n, dim, hidden)."""
@@ -208,11 +220,11 @@ class MoE(nn.Module):
     entropy and summed auxiliary loss; ``take_stats`` returns and clears them. ``aux_loss_scale`` weights the
     auxiliary losses' gradient (the trainer sets 1 / gradient-accumulation steps)."""
 
-    def __init__(self, cfg: ModelConfig, runtime: ModelRuntime, kernels: KernelChoice) -> None:
+    def __init__(self, cfg: ModelConfig, runtime: ModelRuntime, kernels: KernelChoice, index: int = 0) -> None:
         super().__init__()
         m = cfg.moe
-        self.moe = m
-        self.router = nn.Linear(cfg.dim, m.n_experts, bias=False)
+        self.moe, self.index = m, index
+        self.router = Router(cfg.dim, m.n_experts)
         self.register_buffer("expert_bias", torch.zeros(m.n_experts) if m.expert_bias else None)
         self.experts = Experts(m.n_experts, cfg.dim, m.expert_hidden_dim)
         self.shared = (FeedForward(cfg.dim, m.n_shared_experts * m.expert_hidden_dim, kernels)
@@ -242,7 +254,7 @@ class MoE(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         tokens = x2.shape[0]
         triton = self.kernels(x2)
-        logits = F.linear(x2.float(), self.router.weight.float())
+        logits = self.router(x2)
         weights, experts = self.route(logits, triton)
         capacity = math.ceil(m.capacity_factor * tokens * m.top_k / m.n_experts) if m.capacity_factor else None
         plan = dispatch(experts, m.n_experts, capacity)
@@ -284,7 +296,7 @@ class MoE(nn.Module):
             entropy = -(probs * probs.clamp(min=1e-20).log()).sum()
             new = {"load": plan.load.float(), "dropped": plan.dropped.float(),
                    "tokens": torch.tensor(float(logits.shape[0]), device=y.device), "entropy": entropy,
-                   "aux": aux.detach().float()}
+                   "aux": aux.detach().float(), "forwards": torch.ones((), device=y.device)}
             if self.stats is None:
                 self.stats = new
             else:

@@ -31,7 +31,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(
             TransformerBlock(cfg, i, self.runtime, self.kernels,
-                             MoE(cfg, self.runtime, self.kernels) if cfg.is_moe(i) else None)
+                             MoE(cfg, self.runtime, self.kernels, i) if cfg.is_moe(i) else None)
             for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, self.kernels)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)

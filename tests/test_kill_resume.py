@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 30
 
 
+MOE = ["model=debug_moe", "model.moe.bias_update_rate=0.01", "model.moe.seq_aux_loss_coef=0.01",
+       "model.sliding_window=16"]
+"""The debug MoE preset, its expert bias moving fast enough to matter within the run."""
+
+
 def command(run_dir: Path, backend: str) -> list[str]:
+    model, backend = (MOE, backend.removesuffix("+moe")) if backend.endswith("+moe") else ([], backend)
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
             "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=128", "model.n_layers=4",
             "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=352", "model.max_seq_len=64",
@@ -31,7 +37,8 @@ def command(run_dir: Path, backend: str) -> list[str]:
             "trainer.local_batch_size=8", "trainer.metrics.log_every=1", "trainer.validation.every=1000", "trainer.validation.batches=1",
             "trainer.checkpoint.every=3", "trainer.checkpoint.keep=2", "trainer.metrics.wandb_mode=disabled",
             "trainer.parallelism.param_dtype=fp32", f"trainer.parallelism.backend={backend}",
-            "trainer.stability.spike_sigmas=2.0", "trainer.stability.spike_window=4"]
+            "trainer.stability.spike_sigmas=2.0", "trainer.stability.spike_window=4", *model]
+
 
 
 def logged_losses(run_dir: Path) -> list[tuple[int, tuple]]:
@@ -39,8 +46,10 @@ def logged_losses(run_dir: Path) -> list[tuple[int, tuple]]:
     if not path.exists():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-    # (step, loss or None for a step skipped as a spike, steps skipped so far): the decisions must replay too
-    return [(r["step"], (r.get("train_loss"), r["skipped_steps"])) for r in rows if "grad_norm" in r]
+    # (step, loss or None for a step skipped as a spike, steps skipped so far, for MoE models the mean absolute
+    # expert bias): the decisions and the bias must replay too
+    return [(r["step"], (r.get("train_loss"), r["skipped_steps"], r.get("moe/expert_bias_abs"))) for r in rows
+            if "grad_norm" in r]
 
 
 def start(run_dir: Path, backend: str, log_name: str) -> subprocess.Popen:
@@ -72,7 +81,7 @@ def kill_at(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
     return last
 
 
-@pytest.mark.parametrize("backend", ["fsdp2", "deepspeed"])
+@pytest.mark.parametrize("backend", ["fsdp2", "deepspeed", "fsdp2+moe"])
 def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_dir, backend):
     import shutil
 
@@ -82,6 +91,8 @@ def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_
     assert ref.wait(timeout=600) == 0, (reference_dir / "train.log").read_text()[-3000:]
     reference = dict(logged_losses(reference_dir))
     assert sorted(reference) == list(range(1, STEPS + 1))
+    if backend.endswith("+moe"):  # the expert bias moved, and is compared at every step below
+        assert all(r[2] is not None for r in reference.values()) and reference[STEPS][2] > 0.01
 
     rng = random.Random(f"kill-{backend}")
     first, second = rng.randint(4, 12), rng.randint(16, 22)

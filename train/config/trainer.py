@@ -129,11 +129,15 @@ class MetricsConfig:
     wandb_project: str = "kfm"
     wandb_group: str = ""
     """wandb group of the run (a sweep puts its members in one group); empty: none."""
+    moe_collapse_ratio: float = 4.0
+    """MoE models: warn when a layer's max/mean expert load over a logging window exceeds this."""
 
     def __post_init__(self) -> None:
         self.wandb_mode = choice(WandbMode, self.wandb_mode, "trainer.metrics.wandb_mode")
         if self.log_every <= 0:
             raise ValueError(f"trainer.metrics.log_every must be positive, got {self.log_every}")
+        if self.moe_collapse_ratio <= 1:
+            raise ValueError(f"trainer.metrics.moe_collapse_ratio must be above 1, got {self.moe_collapse_ratio}")
         if self.device_peak != "auto" and self.device_peak not in PEAK_FLOPS and not is_positive_number(
                 self.device_peak):
             raise ValueError(f"trainer.metrics.device_peak must be auto, a peak in TFLOP/s (e.g. 400) or one of "

@@ -19,7 +19,8 @@ log = logging.getLogger("kfm.train")
 
 class MetricsHook(Hook):
     """Every ``trainer.metrics.log_every`` steps: training loss (mean of the applied steps), grad norm, learning rate,
-    tokens/s (global and per device), MFU, data-loader wait, skipped steps, peak memory."""
+    tokens/s (global and per device), MFU, data-loader wait, skipped steps, peak memory; for MoE models the expert
+    load, drops, router entropy and auxiliary loss (``kfm.train.loop.balance``)."""
 
     priority = 10
 
@@ -53,7 +54,7 @@ class MetricsHook(Hook):
                     "mfu": mfu(trainer.job.model, trainer.job.loader.seq_len, per_device, trainer.peak_flops),
                     "mfu_peak": trainer.peak_name,
                     "data_wait_s": trainer.data_wait, "skipped_steps": trainer.skipped_steps,
-                    "peak_memory_mb": peak_memory_mb(trainer.dist.device)}
+                    "peak_memory_mb": peak_memory_mb(trainer.dist.device)} | trainer.balance.metrics()
         trainer.log_metrics(metrics)
         self._new_window(trainer)
 

@@ -22,6 +22,7 @@ from kfm.data_pipeline.shards import TOKEN_BYTES, Manifest, file_sha256
 from kfm.train.checkpoint.layout import checkpoint_root
 from kfm.train.checkpoint.manager import CheckpointManager
 from kfm.train.config import PretrainJob
+from kfm.train.loop.balance import ExpertBalance
 from kfm.train.loop.events import Event, Hooks
 from kfm.train.loop.hooks import default_hooks
 from kfm.train.loop.init_from import initial_weights
@@ -112,6 +113,8 @@ class Trainer:
         self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
         self.engine = build_engine(job, dist_info, self.accum, init_state)
         self.model = self.engine.model
+        self.balance = ExpertBalance(self.model, self.accum, tc.metrics.moe_collapse_ratio)
+        """MoE models: the expert biases moved after every step, the load metrics."""
         self.ckpt_root = checkpoint_root(self.run_dir)
         self.step = self.skipped_steps = self.consecutive_spikes = self.rollbacks = 0
         self.resumed = False
@@ -168,12 +171,14 @@ class Trainer:
         detector's window, the consecutive-spike and rollback counts, the last logged values and each hook's own
         state."""
         return {"spikes": self.spikes.state_dict(), "consecutive_spikes": self.consecutive_spikes,
-                "rollbacks": self.rollbacks, "last": dict(self.last), "hooks": self.hooks.state_dict()}
+                "rollbacks": self.rollbacks, "last": dict(self.last), "hooks": self.hooks.state_dict(),
+                "moe": self.balance.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.spikes.load_state_dict(state["spikes"])
         self.consecutive_spikes, self.rollbacks = state["consecutive_spikes"], state["rollbacks"]
         self.last = dict(state["last"])
+        self.balance.load_state_dict(state.get("moe", {}), self.dist.device)  # checkpoints before MoE lack it
         self.hook_state = state["hooks"]  # applied after the hooks' on_fit_start (which resets their windows)
 
     def maybe_resume(self) -> bool:
@@ -260,6 +265,7 @@ class Trainer:
                 skip = self.judge_loss(loss_value)
             self.engine.backward(loss, last=last, discard=bool(skip))
         grad_norm, applied = self.engine.step(discard=bool(skip))
+        self.balance.after_step(applied)
         if not applied:
             skip = skip or "gradient not finite"
             if not tc.stability.skip_nonfinite and skip == "gradient not finite":

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from kfm.model import ModelConfig, Transformer
+from kfm.model.moe import moe_layers
 from kfm.train.checkpoint.layout import check_compatible, damaged, model_shapes, read_state
 from kfm.train.config import PretrainJob
 from kfm.train.optim import build_optimizer
@@ -68,6 +69,9 @@ class DeepSpeedEngine:
         self.optimizer = build_optimizer(model, job.optim)
         self.model, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
                                                    config=deepspeed_config(job, info.world, accum))
+        for layer in moe_layers(self.model):  # bf16 casts buffers too: the expert bias moves in steps of 1e-3
+            if layer.expert_bias is not None:
+                layer.expert_bias = layer.expert_bias.float()
         log.info("DeepSpeed ZeRO stage %d on %d ranks", job.trainer.parallelism.zero_stage, info.world)
 
     def set_lr(self, lr: float) -> None:

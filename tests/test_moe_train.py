@@ -1,0 +1,86 @@
+"""Training mixture-of-experts models: the expert bias balances a skewed router, moves identically on every rank,
+is saved and resumed exactly on FSDP2 and DeepSpeed (ZeRO-3), and the load metrics are logged."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from kfm.model import ModelConfig, Transformer
+from kfm.model.config import MoEConfig
+from kfm.model.moe import moe_layers
+from kfm.train.checkpoint.layout import read_state
+from kfm.train.loop.balance import ExpertBalance
+from tests.helpers import make_job, read_metrics, run_distributed, train_and_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_MOE = MoEConfig(n_experts=4, top_k=2, expert_hidden_dim=32, n_shared_experts=1, first_k_dense=1,
+                     score_func="sigmoid", norm_topk_prob=True, expert_bias=True, bias_update_rate=0.01,
+                     seq_aux_loss_coef=0.01)
+
+
+def moe_job(run_dir, steps, **trainer):
+    job = make_job(run_dir, steps=steps, **trainer)
+    job.model = ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=96,
+                            max_seq_len=64, qk_norm=True, rope_on_global_layers=False, moe=TINY_MOE)
+    return job
+
+
+@pytest.mark.parametrize("backend, extra", [("fsdp2", {}), ("deepspeed", {"zero_stage": 3})])
+def test_moe_trains_and_resumes_exactly_with_the_expert_bias(run_dir, backend, extra):
+    job = moe_job(run_dir, 8, parallelism={"backend": backend, **extra}, checkpoint={"every": 4})
+    straight = run_distributed(train_and_report, 2, job)[0][1]
+    biases = {k: v for k, v in straight.items() if k.endswith("expert_bias")}
+    assert list(biases) == ["layers.1.feed_forward.expert_bias"]
+    assert biases["layers.1.feed_forward.expert_bias"].abs().sum() > 0  # it moved (8 steps of 0.01)
+    losses = read_metrics(run_dir, "train_loss")
+    assert read_metrics(run_dir, "moe/load_max_mean") and read_metrics(run_dir, "moe/load_max_mean/l1")
+    shutil.rmtree(run_dir / "checkpoints" / "step_0000008")  # as if the run had died after step 4's checkpoint
+    assert read_state(run_dir / "checkpoints" / "step_0000004")["step"] == 4
+    resumed = run_distributed(train_and_report, 2, job)[0][1]
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+    assert read_metrics(run_dir, "train_loss")[-2:] == losses[-2:]  # the window means come back too
+
+
+def balance_run(rate: float) -> list[float]:
+    """200 steps of the debug MoE preset (512-token vocabulary) on random tokens, its routers skewed: a direction
+    every token's hidden state shares, which experts 0 and 1 favour. The max/mean expert load of each 10-step
+    window, as the trainer logs it."""
+    raw = yaml.safe_load((ROOT / "configs" / "model" / "debug_moe.yaml").read_text())
+    raw["vocab_size"] = 512
+    raw["moe"].update(bias_update_rate=rate, seq_aux_loss_coef=0.0)
+    cfg = ModelConfig.from_dict(raw)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    model.init_weights(seed=0)
+    with torch.no_grad():
+        shared = torch.nn.functional.normalize(torch.randn(cfg.dim), dim=0)
+        model.tok_embeddings.weight += 0.05 * shared
+        for layer in moe_layers(model):
+            layer.router.weight[:2] += 0.5 * shared
+    balance = ExpertBalance(model, accum=1, collapse_ratio=10.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    windows = []
+    for step in range(200):
+        tokens = torch.randint(0, 512, (8, 64), generator=gen)
+        model(tokens, targets=tokens.roll(-1, 1)).backward()
+        opt.step()
+        opt.zero_grad()
+        balance.after_step(applied=True)
+        if step % 10 == 9:
+            windows.append(balance.metrics()["moe/load_max_mean"])
+    return windows
+
+
+def test_expert_bias_balances_a_skewed_router_within_200_steps():
+    """With the bias (aux-loss free, no other balancing; 0.003 a step) max/mean load starts above 2 and falls below
+    1.3 within 200 steps, and stays there; without it (rate 0) it stays above 2. Seen: 3.8 -> 1.1-1.3 from step 60."""
+    balanced, control = balance_run(0.003), balance_run(0.0)
+    assert balanced[0] > 2.0 and control[0] > 2.0
+    assert sum(balanced[-5:]) / 5 < 1.3 and max(balanced[-5:]) < 1.35, balanced
+    assert min(control) > 2.0, control
