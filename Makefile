@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints/cpu.txt
 STAMP := $(VENV)/.installed
-RUN_DIR ?= runs/demo
+MODEL ?=
+RUN_DIR ?= runs/demo$(if $(MODEL),_$(MODEL))
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: venv
-	RUN_DIR=$(RUN_DIR) PY=$(PY) bash scripts/demo.sh
+	RUN_DIR=$(RUN_DIR) PY=$(PY) bash scripts/demo.sh $(if $(MODEL),model=$(MODEL))
 
 test: venv
 	$(PY) -m pytest -q tests -m "not slow"

@@ -37,34 +37,44 @@ def router_scores(logits: torch.Tensor, score_func: str) -> torch.Tensor:
     return logits.softmax(-1) if score_func == "softmax" else logits.sigmoid()
 
 
-def route_torch(logits: torch.Tensor, bias: torch.Tensor | None, cfg: MoEConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights (T, K) fp32, experts (T, K) int64): the reference router.
-
-    Experts are chosen by score + ``bias`` (the bias only chooses), within the ``topk_group`` best groups when
-    ``n_group > 1`` (a group's score: the sum of its two best); the weights are the chosen scores, divided by their
-    sum with ``norm_topk_prob``, times ``routed_scaling_factor``."""
-    scores = router_scores(logits, cfg.score_func)
-    pick = scores if bias is None else scores + bias.float()
+def choose_torch(scores: torch.Tensor, bias: torch.Tensor | None, cfg: MoEConfig) -> torch.Tensor:
+    """Experts (T, K) int64 by score + ``bias`` (the bias only chooses), in descending order, within the
+    ``topk_group`` best groups when ``n_group > 1`` (a group's score: the sum of its two best): the reference of
+    ``kfm.model.kernels.router``."""
+    pick = scores.detach() if bias is None else scores.detach() + bias.float()
     if cfg.n_group > 1:
         tokens = pick.shape[0]
         grouped = pick.view(tokens, cfg.n_group, -1)
         best = grouped.topk(2, dim=-1).values.sum(-1).topk(cfg.topk_group, dim=-1).indices
         allowed = torch.zeros(tokens, cfg.n_group, dtype=torch.bool, device=pick.device).scatter_(1, best, True)
         pick = grouped.masked_fill(~allowed[..., None], float("-inf")).view(tokens, -1)
-    experts = pick.topk(cfg.top_k, dim=-1).indices
+    return pick.topk(cfg.top_k, dim=-1).indices
+
+
+def route_weights(scores: torch.Tensor, experts: torch.Tensor, cfg: MoEConfig) -> torch.Tensor:
+    """The weights (T, K) fp32 of the chosen experts: their scores, divided by their sum with ``norm_topk_prob``,
+    times ``routed_scaling_factor`` (differentiable in ``scores``)."""
     weights = scores.gather(1, experts)
     if cfg.norm_topk_prob:
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-    return weights * cfg.routed_scaling_factor, experts
+    return weights * cfg.routed_scaling_factor
+
+
+def route_torch(logits: torch.Tensor, bias: torch.Tensor | None, cfg: MoEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights (T, K) fp32, experts (T, K) int64): the reference router (``choose_torch``, ``route_weights``)."""
+    scores = router_scores(logits, cfg.score_func)
+    experts = choose_torch(scores, bias, cfg)
+    return route_weights(scores, experts, cfg), experts
 
 
 @dataclass
 class Dispatch:
-    """Where each (token, choice) pair goes: ``src`` (M,) the token of each permuted row, ``pos`` (T, K) the row of
-    each pair (-1: dropped), ``counts`` (E,) rows per expert, ``load`` (E,) pairs routed to each expert before any
-    drop, ``dropped`` the number of pairs dropped."""
+    """Where each (token, choice) pair goes: ``src`` (M,) the token of each permuted row, ``pairs`` (M,) its flat
+    pair index ``t * K + k``, ``pos`` (T, K) the row of each pair (-1: dropped), ``counts`` (E,) rows per expert,
+    ``load`` (E,) pairs routed to each expert before any drop, ``dropped`` the number of pairs dropped."""
 
     src: torch.Tensor
+    pairs: torch.Tensor
     pos: torch.Tensor
     counts: torch.Tensor
     load: torch.Tensor
@@ -82,12 +92,12 @@ def dispatch(experts: torch.Tensor, n_experts: int, capacity: int | None = None)
     rows = torch.arange(pairs, device=flat.device)
     if capacity is None:
         pos = torch.empty_like(flat).scatter_(0, order, rows)
-        return Dispatch(order // k, pos.view(tokens, k), load, load, torch.zeros((), dtype=torch.long,
-                                                                                  device=flat.device))
+        return Dispatch(order // k, order, pos.view(tokens, k), load, load,
+                        torch.zeros((), dtype=torch.long, device=flat.device))
     starts = load.cumsum(0) - load
     kept = order[rows - starts[flat[order]] < capacity]
     pos = torch.full_like(flat, -1).scatter_(0, kept, torch.arange(kept.numel(), device=flat.device))
-    return Dispatch(kept // k, pos.view(tokens, k), load.clamp(max=capacity), load,
+    return Dispatch(kept // k, kept, pos.view(tokens, k), load.clamp(max=capacity), load,
                     torch.tensor(pairs - kept.numel(), device=flat.device))
 
 
@@ -242,12 +252,13 @@ class MoE(nn.Module):
     def out_weights(self) -> list[torch.Tensor]:
         return [self.experts.w2, *(self.shared.out_weights() if self.shared is not None else [])]
 
-    def route(self, logits: torch.Tensor, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def choose(self, logits: torch.Tensor, scores: torch.Tensor, use_triton: bool) -> torch.Tensor:
         if use_triton:
-            from kfm.model.kernels.router import route
+            from kfm.model.kernels.router import route_choice
 
-            return route(logits, self.expert_bias, self.moe)
-        return route_torch(logits, self.expert_bias, self.moe)
+            m = self.moe
+            return route_choice(logits.detach(), self.expert_bias, m.top_k, m.score_func, m.n_group, m.topk_group)[1]
+        return choose_torch(scores, self.expert_bias, self.moe)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, m = x.shape, self.moe
@@ -255,7 +266,9 @@ class MoE(nn.Module):
         tokens = x2.shape[0]
         triton = self.kernels(x2)
         logits = self.router(x2)
-        weights, experts = self.route(logits, triton)
+        scores = router_scores(logits, m.score_func)
+        experts = self.choose(logits, scores, triton)
+        weights = route_weights(scores, experts, m)
         capacity = math.ceil(m.capacity_factor * tokens * m.top_k / m.n_experts) if m.capacity_factor else None
         plan = dispatch(experts, m.n_experts, capacity)
         kind = (x2.device.type, x2.dtype)
@@ -265,23 +278,22 @@ class MoE(nn.Module):
         if triton:
             from kfm.model.kernels.moe_dispatch import permute, unpermute
 
-            y = unpermute(self.experts(permute(x2, plan.src), plan.counts, self._gemm[kind], True), plan.pos,
-                          weights)
+            yp = self.experts(permute(x2, plan.src, plan.pos), plan.counts, self._gemm[kind], True)
+            y = unpermute(yp, plan.pos, weights, plan.src, plan.pairs)
         else:
             y = unpermute_torch(self.experts(x2[plan.src], plan.counts, self._gemm[kind], False), plan.pos, weights)
         if self.shared is not None:
             y = y + self.shared(x2)
         if self.training:
-            y = self._balance(y, logits, experts, plan, shape[0] if len(shape) == 3 else 1)
+            y = self._balance(y, logits, scores, experts, plan, shape[0] if len(shape) == 3 else 1)
         return y.view(shape)
 
-    def _balance(self, y: torch.Tensor, logits: torch.Tensor, experts: torch.Tensor, plan: Dispatch,
-                 rows: int) -> torch.Tensor:
+    def _balance(self, y: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor, experts: torch.Tensor,
+                 plan: Dispatch, rows: int) -> torch.Tensor:
         """With auxiliary losses, attach them to ``y``'s gradient; record this forward's statistics (not again
         when activation checkpointing recomputes it in the backward: the recomputation must save the same tensors,
         so only the statistics, taken without gradient, are skipped)."""
         m = self.moe
-        scores = router_scores(logits, m.score_func)
         aux = torch.zeros((), device=y.device)
         if m.seq_aux_loss_coef:
             aux = aux + m.seq_aux_loss_coef * balance_loss(scores, experts, rows, m.n_experts)

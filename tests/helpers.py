@@ -294,3 +294,14 @@ VARIANTS = {
     "exaone4_hybrid": dict(qk_norm=True, norm_placement="post", sliding_window=6, layer_pattern="LLLG",
                            rope_on_global_layers=False),
 }
+
+
+def moe_model_cfg(**moe) -> ModelConfig:
+    """A tiny MoE model: a dense first layer, then 8 experts (top-2, sigmoid, 2 groups, a shared expert, the bias)."""
+    from kfm.model.config import MoEConfig
+
+    base = dict(n_experts=8, top_k=2, expert_hidden_dim=24, n_shared_experts=1, first_k_dense=1,
+                score_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5, n_group=2, topk_group=1,
+                expert_bias=True)
+    return ModelConfig(vocab_size=256, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=48,
+                       max_seq_len=64, moe=MoEConfig(**{**base, **moe}))

@@ -14,6 +14,7 @@ from kfm.model import ModelConfig, Transformer
 from kfm.model.accounting import flops_per_token, num_params
 from kfm.model.config import ModelRuntime, MoEConfig
 from kfm.model.layers import KernelChoice
+from tests.helpers import moe_model_cfg
 from kfm.model.moe import (MoE, balance_loss, dispatch, expert_gemm_impl, expert_mm_grouped, expert_mm_loop, moe_layers, route_torch,
                            unpermute_torch)
 
@@ -24,14 +25,6 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 def close(a: torch.Tensor, b: torch.Tensor, dtype) -> bool:
     scale = b.float().abs().max().clamp(min=1e-6)
     return ((a.float() - b.float()).abs().max() / scale).item() < TOL[dtype]
-
-
-def moe_model_cfg(**moe) -> ModelConfig:
-    base = dict(n_experts=8, top_k=2, expert_hidden_dim=24, n_shared_experts=1, first_k_dense=1,
-                score_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5, n_group=2, topk_group=1,
-                expert_bias=True)
-    return ModelConfig(vocab_size=256, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=48,
-                       max_seq_len=64, moe=MoEConfig(**{**base, **moe}))
 
 
 COUNTS = {"zero, one and all but one": [0, 1, 0, 37, 0, 2], "all to one expert": [0, 0, 40, 0, 0, 0],
