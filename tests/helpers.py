@@ -305,3 +305,33 @@ def moe_model_cfg(**moe) -> ModelConfig:
                 expert_bias=True)
     return ModelConfig(vocab_size=256, dim=32, n_layers=3, n_heads=4, n_kv_heads=2, ffn_hidden_dim=48,
                        max_seq_len=64, moe=MoEConfig(**{**base, **moe}))
+
+
+def random_hf_moe(kind: str):
+    """A tiny Qwen3-MoE or EXAONE-MoE model written as `transformers` users write one (not derived from kfm's config):
+    dense first layer, 8 experts, (EXAONE) a shared expert, groups, the sliding-window pattern and a random bias; its
+    routers scaled up so that no choice is a near-tie."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    small = dict(vocab_size=768, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=32, max_position_embeddings=64, rms_norm_eps=1e-6, moe_intermediate_size=32,
+                 num_experts=8, norm_topk_prob=True)
+    if kind == "qwen3_moe":
+        c = transformers.Qwen3MoeConfig(**small, num_hidden_layers=3, num_experts_per_tok=3, mlp_only_layers=[0],
+                                        architectures=["Qwen3MoeForCausalLM"])
+    else:
+        c = transformers.ExaoneMoeConfig(**small, num_hidden_layers=4, num_experts_per_tok=2, num_shared_experts=1,
+                                         first_k_dense_replace=1, n_group=2, topk_group=1,
+                                         routed_scaling_factor=2.5, sliding_window=6, sliding_window_pattern=4,
+                                         architectures=["ExaoneMoeForCausalLM"])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(c).eval()
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn_like(b) * 0.05)
+        for name, p in model.named_parameters():
+            if name.endswith("mlp.gate.weight"):
+                p.mul_(20)
+    return model

@@ -14,7 +14,7 @@ from kfm.model.config import MoEConfig
 from kfm.train.cli.export_hf import export_checkpoint
 from kfm.train.hf.convert import from_hf_config, hf_architecture, to_hf_config, to_hf_state_dict
 from kfm.train.hf.load import hf_weight_tensors, load_hf_checkpoint
-from tests.helpers import random_model, save_checkpoint
+from tests.helpers import random_hf_moe, random_model, save_checkpoint
 
 QWEN3_MOE = dict(n_experts=8, top_k=3, expert_hidden_dim=32, first_k_dense=1, score_func="softmax",
                  norm_topk_prob=True)
@@ -72,36 +72,9 @@ def test_export_logits_and_greedy_tokens_equal(kind, arch, tiny_tokenizer, tmp_p
     assert torch.equal(ours, theirs)
 
 
-def hf_moe(kind: str):
-    """A tiny model written as `transformers` users write one (not derived from kfm's config)."""
-    import transformers
-
-    small = dict(vocab_size=768, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=32, max_position_embeddings=64, rms_norm_eps=1e-6, moe_intermediate_size=32,
-                 num_experts=8, norm_topk_prob=True)
-    if kind == "qwen3_moe":
-        c = transformers.Qwen3MoeConfig(**small, num_hidden_layers=3, num_experts_per_tok=3, mlp_only_layers=[0],
-                                        architectures=["Qwen3MoeForCausalLM"])
-    else:
-        c = transformers.ExaoneMoeConfig(**small, num_hidden_layers=4, num_experts_per_tok=2, num_shared_experts=1,
-                                         first_k_dense_replace=1, n_group=2, topk_group=1,
-                                         routed_scaling_factor=2.5, sliding_window=6, sliding_window_pattern=4,
-                                         architectures=["ExaoneMoeForCausalLM"])
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(c).eval()
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(torch.randn_like(b) * 0.05)
-        for name, p in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                p.mul_(20)
-    return model
-
-
 @pytest.mark.parametrize("kind", ["qwen3_moe", "exaone_moe"])
 def test_import_gives_the_same_logits_and_exports_back_unchanged(kind, tmp_path):
-    hf = hf_moe(kind)
+    hf = random_hf_moe(kind)
     hf.save_pretrained(str(tmp_path))
     cfg, sd = load_hf_checkpoint(tmp_path)
     assert cfg.moe.first_k_dense == 1 and cfg.moe.n_experts == 8
@@ -124,7 +97,7 @@ def test_import_gives_the_same_logits_and_exports_back_unchanged(kind, tmp_path)
 def test_an_incomplete_expert_set_is_named(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    hf_moe("qwen3_moe").save_pretrained(str(tmp_path))
+    random_hf_moe("qwen3_moe").save_pretrained(str(tmp_path))
     sd = load_file(str(tmp_path / "model.safetensors"))
     del sd["model.layers.2.mlp.experts.5.up_proj.weight"]
     save_file(sd, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})

@@ -13,7 +13,7 @@ from kfm.model.config import MoEConfig
 from kfm.model.moe import moe_layers
 from kfm.train.checkpoint.layout import read_state
 from kfm.train.loop.balance import ExpertBalance
-from tests.helpers import make_job, read_metrics, run_distributed, train_and_report
+from tests.helpers import make_job, random_hf_moe, read_metrics, run_distributed, train_and_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +84,44 @@ def test_expert_bias_balances_a_skewed_router_within_200_steps():
     assert balanced[0] > 2.0 and control[0] > 2.0
     assert sum(balanced[-5:]) / 5 < 1.3 and max(balanced[-5:]) < 1.35, balanced
     assert min(control) > 2.0, control
+
+
+def test_continued_pretraining_from_an_exaone_moe_model_is_recorded_as_an_import(run_dir, tiny_tokenizer, tmp_path):
+    """``trainer.init_from`` an ExaoneMoeForCausalLM directory: training starts from its weights (expert bias
+    included), the export loads in transformers with the trained weights, and provenance names the import."""
+    from transformers import AutoModelForCausalLM
+
+    from kfm.train.cli.export_hf import export_checkpoint
+    from kfm.train.hf.load import load_hf_checkpoint
+    from kfm.train.provenance.verify import verify
+
+    src = tmp_path / "src"
+    random_hf_moe("exaone_moe").save_pretrained(str(src))
+    job = make_job(run_dir, steps=4, init_from=str(src))
+    start, final, model_cfg = run_distributed(start_and_train, 2, job)[0]
+    _, expected = load_hf_checkpoint(src)
+    assert model_cfg.moe.n_shared_experts == 1 and model_cfg.layer_pattern == "LLLG"
+    for k, v in expected.items():
+        assert torch.equal(start[k], v), k
+    assert not torch.equal(final["layers.1.feed_forward.expert_bias"], expected["layers.1.feed_forward.expert_bias"])
+    out = export_checkpoint(run_dir / "checkpoints" / "step_0000004", tiny_tokenizer, run_dir / "hf")
+    report = verify(out, run_dir)
+    assert report.verified and not report.from_scratch, report.to_text()
+    assert [env["record"]["kind"] for env in report.chain] == ["import", "checkpoint", "export"]
+    assert report.origin["architecture"] == "ExaoneMoeForCausalLM"
+    hf = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
+    model = Transformer(model_cfg)
+    model.load_state_dict(final)
+    x = torch.randint(3, 768, (1, 20))
+    with torch.no_grad():
+        assert (hf(x).logits - model.eval()(x)).abs().max().item() < 1e-4
+
+
+def start_and_train(job):
+    from kfm.train.loop.trainer import Trainer
+    from kfm.train.parallel.distributed import init_distributed
+
+    trainer = Trainer(job, init_distributed())
+    start = trainer.engine.full_state_dict()
+    trainer.fit()
+    return start, trainer.engine.full_state_dict(), job.model
