@@ -6,7 +6,7 @@ For the tokens ``x`` (T, D) of a micro batch, one MoE layer computes::
     weights, experts = route(logits, bias)               (T, K): top-k by score (+ bias), groups, normalise, scale
     plan    = dispatch(experts)                          the (token, choice) pairs sorted by expert, stably
     xp      = x[plan.src]                                permute: each expert's tokens contiguous
-    yp      = W2_e (silu(W1_e xp) * W3_e xp)             one grouped GEMM per weight over the expert groups
+    yp      = W2_e (silu(W1_e xp) * W3_e xp)             grouped GEMMs over the expert groups (W1, W3 as one)
     y[t]    = sum_k weights[t, k] yp[plan.pos[t, k]]     unpermute, in fp32
     y      += shared(x)
 
@@ -172,13 +172,13 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """``n`` SwiGLU experts as three stacked weights in ``nn.Linear``'s (out, in) layout: ``w1``, ``w3`` (n, hidden,
-    dim) and ``w2`` (n, dim, hidden)."""
+    """``n`` SwiGLU experts as two stacked weights in ``nn.Linear``'s (out, in) layout: ``w13`` (n, 2 * hidden, dim),
+    each expert's gate rows (``w1``) then its up rows (``w3``), so one grouped GEMM computes both (as transformers'
+    MoE classes store ``gate_up_proj``), and ``w2`` (n, dim, hidden)."""
 
     def __init__(self, n: int, dim: int, hidden: int) -> None:
         super().__init__()
-        self.w1 = nn.Parameter(torch.empty(n, hidden, dim))
-        self.w3 = nn.Parameter(torch.empty(n, hidden, dim))
+        self.w13 = nn.Parameter(torch.empty(n, 2 * hidden, dim))
         self.w2 = nn.Parameter(torch.empty(n, dim, hidden))
 
     def forward(self, xp: torch.Tensor, counts: torch.Tensor, impl: str, triton_swiglu: bool) -> torch.Tensor:
@@ -186,7 +186,7 @@ class Experts(nn.Module):
             from kfm.model.kernels.grouped_gemm import grouped_mm as mm
         else:
             mm = expert_mm_grouped if impl == ExpertGemm.grouped_mm else expert_mm_loop
-        a, b = mm(xp, self.w1, counts), mm(xp, self.w3, counts)
+        a, b = mm(xp, self.w13, counts).chunk(2, dim=-1)
         if triton_swiglu:
             from kfm.model.kernels.swiglu import swiglu
 
@@ -247,7 +247,7 @@ class MoE(nn.Module):
     def in_weights(self) -> list[torch.Tensor]:
         """Router, experts' in-projections, shared experts' in-projections (``Transformer.init_weights``' order)."""
         shared = self.shared.in_weights() if self.shared is not None else []
-        return [self.router.weight, self.experts.w1, self.experts.w3, *shared]
+        return [self.router.weight, self.experts.w13, *shared]
 
     def out_weights(self) -> list[torch.Tensor]:
         return [self.experts.w2, *(self.shared.out_weights() if self.shared is not None else [])]
@@ -273,7 +273,7 @@ class MoE(nn.Module):
         plan = dispatch(experts, m.n_experts, capacity)
         kind = (x2.device.type, x2.dtype)
         if kind not in self._gemm:
-            widths = (x2.shape[-1], self.experts.w1.shape[1])
+            widths = (x2.shape[-1], self.experts.w2.shape[-1])
             self._gemm[kind] = expert_gemm_impl(self.gemm_setting, x2, triton, widths)
         if triton:
             from kfm.model.kernels.moe_dispatch import permute, unpermute

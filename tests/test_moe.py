@@ -106,7 +106,7 @@ def test_layer_implementations_agree_and_the_aux_loss_reaches_only_the_gradient(
         y_train = layer.train()(x)
         assert torch.equal(y, y_train)  # the auxiliary losses do not change the output...
         y_train.sum().backward()
-        grads[impl] = (y.detach(), x.grad, layer.router.weight.grad, layer.experts.w1.grad)
+        grads[impl] = (y.detach(), x.grad, layer.router.weight.grad, layer.experts.w13.grad)
         stats = layer.take_stats()
         assert stats["load"].sum().item() == 3 * 11 * 2 and stats["aux"].item() > 0
         assert layer.take_stats() is None

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from kfm.model.config import ModelConfig
-from kfm.train.hf.moe import (BIAS_KEYS, ROUTED_KEYS, SHARED_KEYS, fuse_experts, in_memory_layout, moe_architecture,
-                              moe_from_hf_config, moe_hf_config, split_experts)
+from kfm.train.hf.moe import (BIAS_KEYS, ROUTED_KEYS, SHARED_KEYS, in_memory_layout, moe_architecture,
+                              moe_from_hf_config, moe_hf_config)
 
 # kfm name pattern → HF name pattern; "{i}" is the layer index.
 LLAMA_KEYS: dict[str, str] = {
@@ -91,9 +91,8 @@ def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
 
 
 def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Hugging Face's in-memory names and layouts (MoE experts stacked, gate and up fused)."""
+    """Hugging Face's in-memory names (MoE experts stacked, gate and up fused, as kfm holds them)."""
     arch = hf_architecture(cfg)
-    sd = fuse_experts(sd)
     if arch == "ExaoneMoeForCausalLM" and not cfg.moe.expert_bias:  # the class always has the bias: zero
         sd.update({f"layers.{i}.feed_forward.expert_bias": torch.zeros(cfg.moe.n_experts)
                    for i in range(cfg.n_layers) if cfg.is_moe(i)})
@@ -107,15 +106,14 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
 def from_hf_tensors(items, cfg: ModelConfig):
     """kfm's (names, tensor) for a stream of a Hugging Face checkpoint's (key, tensor): derived buffers left out,
     tied embeddings under both names (an ``lm_head`` tied to them left out), MoE experts stacked from their
-    per-expert keys (as saved) or split from ``gate_up_proj`` (as held in memory)."""
+    per-expert keys (as saved) or taken as held in memory."""
     rules = _FROM_HF[hf_architecture(cfg)]
     items = ((k, v) for k, v in items if not k.endswith("rotary_emb.inv_freq"))
-    for key, value in in_memory_layout(items, cfg.moe.n_experts):
-        name = key if key.startswith("layers.") else _rename(key, rules)
-        for name, tensor in split_experts(name, value):
-            if cfg.tie_embeddings and name == "output.weight":
-                continue
-            yield ([name, "output.weight"] if cfg.tie_embeddings and name == "tok_embeddings.weight" else [name]), tensor
+    for key, tensor in in_memory_layout(items, cfg.moe.n_experts):
+        name = _rename(key, rules)
+        if cfg.tie_embeddings and name == "output.weight":
+            continue
+        yield ([name, "output.weight"] if cfg.tie_embeddings and name == "tok_embeddings.weight" else [name]), tensor
 
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:

@@ -1,11 +1,11 @@
 """Mixture-of-experts models ↔ Hugging Face: ``Qwen3MoeForCausalLM`` and ``ExaoneMoeForCausalLM``.
 
-kfm keeps each MoE layer's experts as three stacked weights (``experts.w1``, ``w3``: (E, hidden, dim); ``w2``:
-(E, dim, hidden)). Both classes hold them in memory as ``mlp.experts.gate_up_proj`` (E, 2*hidden, dim: gate rows
-then up rows) and ``mlp.experts.down_proj`` (E, dim, hidden); ``save_pretrained`` writes them per expert
+kfm keeps each MoE layer's experts as both classes hold them in memory: ``experts.w13`` is their
+``mlp.experts.gate_up_proj`` (E, 2*hidden, dim: gate rows then up rows), ``experts.w2`` their
+``mlp.experts.down_proj`` (E, dim, hidden). ``save_pretrained`` writes them per expert
 (``mlp.experts.{j}.gate_proj.weight`` ...), the layout of the published checkpoints, and ``from_pretrained``
 stacks them again (``transformers.conversion_mapping``, the ``qwen2_moe`` rules both classes use). Export goes
-through the in-memory layout; import reads either layout from the safetensors files.
+through the in-memory layout; import reads either layout from the safetensors files (``in_memory_layout``).
 
 What each class can express (``moe_problems``): Qwen3-MoE routes by softmax, with no shared experts, expert bias,
 expert groups or scaling factor, attention as Qwen3's (pre-norm, QK-norm, no window); EXAONE-MoE (K-EXAONE)
@@ -27,14 +27,12 @@ ROUTED_KEYS = {
     "layers.{i}.feed_forward.experts.w13": "model.layers.{i}.mlp.experts.gate_up_proj",
     "layers.{i}.feed_forward.experts.w2": "model.layers.{i}.mlp.experts.down_proj",
 }
-"""``experts.w13`` is ``w1`` and ``w3`` concatenated (``fuse_experts``); it exists only during conversion."""
 SHARED_KEYS = {f"layers.{{i}}.feed_forward.shared.{w}.weight": f"model.layers.{{i}}.mlp.shared_experts.{p}.weight"
                for w, p in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))}
 BIAS_KEYS = {"layers.{i}.feed_forward.expert_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias"}
 _SAVED_BIAS = re.compile(r"^model\.layers\.(\d+)\.mlp\.e_score_correction_bias$")
 """Where ``save_pretrained`` writes EXAONE-MoE's bias (``mlp.`` rather than ``mlp.gate.``, DeepSeek-V3's layout)."""
 _PER_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-_KFM_EXPERT = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
 
 
 def moe_problems(cfg: ModelConfig, arch: str) -> list[str]:
@@ -75,50 +73,37 @@ def moe_architecture(cfg: ModelConfig) -> str:
                      "to those of one class, or train without a Hugging Face export")
 
 
-def fuse_experts(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """kfm's state dict with each layer's ``experts.w1`` and ``experts.w3`` concatenated as ``experts.w13``."""
-    out = {}
-    for key, value in sd.items():
-        if key.endswith(".experts.w1"):
-            out[key[:-2] + "w13"] = torch.cat([value, sd[key[:-2] + "w3"]], dim=1)
-        elif not key.endswith(".experts.w3"):
-            out[key] = value
-    return out
-
-
-def split_experts(name: str, value: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
-    """``experts.w13`` back into ``w1`` and ``w3``; other tensors as they are."""
-    if name.endswith(".experts.w13"):
-        w1, w3 = value.chunk(2, dim=1)
-        yield name[:-3] + "w1", w1.contiguous()
-        yield name[:-3] + "w3", w3.contiguous()
-    else:
-        yield name, value
-
-
 def in_memory_layout(items: Iterable[tuple[str, torch.Tensor]], n_experts: int
                      ) -> Iterator[tuple[str, torch.Tensor]]:
-    """A saved checkpoint's tensors under the names the classes hold in memory: the expert bias moved back under
-    ``mlp.gate.``, and the per-expert weights (``mlp.experts.{j}.gate_proj.weight`` ...) held until a layer's
-    ``n_experts`` have come, then yielded stacked under kfm's name (``layers.{i}.feed_forward.experts.w1`` ...).
-    Files list a layer's tensors together, so about one layer's experts are held at a time."""
+    """A saved checkpoint's tensors under the names and layouts the classes hold in memory: the expert bias moved
+    back under ``mlp.gate.``, and the per-expert weights (``mlp.experts.{j}.gate_proj.weight`` ...) held until a
+    layer's ``n_experts`` gate and up (or down) projections have come, then yielded stacked as ``gate_up_proj`` (or
+    ``down_proj``). Files list a layer's tensors together, so about one layer's experts are held at a time."""
     waiting: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+
+    def stacked(layer: str, proj: str) -> torch.Tensor:
+        group = waiting.pop((layer, proj))
+        if sorted(group) != list(range(n_experts)):
+            raise ValueError(f"layer {layer} {proj}: expert indices {sorted(group)} are not 0..{n_experts - 1}")
+        return torch.stack([group[j] for j in range(n_experts)])
+
+    def complete(layer: str, proj: str) -> bool:
+        return len(waiting.get((layer, proj), ())) == n_experts
+
     for key, value in items:
         m = _PER_EXPERT.match(key)
         if not m:
             yield _SAVED_BIAS.sub(r"model.layers.\1.mlp.gate.e_score_correction_bias", key), value
             continue
         layer, expert, proj = m.groups()
-        group = waiting.setdefault((layer, proj), {})
-        group[int(expert)] = value
-        if len(group) == n_experts:
-            del waiting[(layer, proj)]
-            if sorted(group) != list(range(n_experts)):
-                raise ValueError(f"layer {layer} {proj}: expert indices {sorted(group)} are not 0..{n_experts - 1}")
-            yield (f"layers.{layer}.feed_forward.experts.{_KFM_EXPERT[proj]}",
-                   torch.stack([group[j] for j in range(n_experts)]))
+        waiting.setdefault((layer, proj), {})[int(expert)] = value
+        prefix = f"model.layers.{layer}.mlp.experts."
+        if proj == "down_proj" and complete(layer, proj):
+            yield prefix + "down_proj", stacked(layer, proj)
+        elif proj != "down_proj" and complete(layer, "gate_proj") and complete(layer, "up_proj"):
+            yield prefix + "gate_up_proj", torch.cat([stacked(layer, "gate_proj"), stacked(layer, "up_proj")], dim=1)
     if waiting:
-        (layer, proj), group = next(iter(waiting.items()))
+        (layer, proj), group = min(waiting.items(), key=lambda item: len(item[1]))
         raise ValueError(f"the checkpoint holds {len(group)} of the {n_experts} experts of layer {layer}'s {proj} "
                          f"(missing {sorted(set(range(n_experts)) - set(group))[:8]}): it is incomplete")
 
