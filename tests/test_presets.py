@@ -82,3 +82,14 @@ def test_seed_like_presets_have_the_published_sizes():
     assert round(sizes["exaone4_32b_like"] / 1e9, 1) == 32.0  # EXAONE 4.0 32B: 32.0B
     assert abs(sizes["qwen25_7b_like"] - 7.61e9) < 0.01e9  # Qwen2.5 7B: 7.61B
     assert round(sizes["hcx_seed_like_0_5b"] / 1e9, 2) == 0.57  # HyperCLOVA X SEED 0.5B: 0.57B
+
+
+def test_the_moe_docs_table_states_the_counts_and_flops_of_each_preset():
+    from kfm.model.accounting import flops_per_token
+
+    table = (PRESETS[0].parents[2] / "docs" / "moe.md").read_text()
+    for name in ("debug_moe", "qwen3_30b_a3b", "k_exaone_236b_like", "solar_open_100b_like"):
+        cfg = load(PRESETS[0].parent / f"{name}.yaml")
+        row = f"| {name} | {num_params(cfg):,} | {num_params(cfg, active=True):,} | " \
+              f"{flops_per_token(cfg, 4096) / 1e9:.2f} | {3 * flops_per_token(cfg, 4096, causal=True) / 1e9:.2f} |"
+        assert row in table, row
