@@ -292,15 +292,16 @@ class ModelRuntime:
     kernels: Kernels = Kernels.auto
     """RMSNorm (with the residual add), RoPE and SwiGLU: ``triton`` (kfm's kernels), ``torch`` (plain PyTorch) or
     ``auto`` (Triton on CUDA, PyTorch elsewhere; on CPU ``triton`` needs ``TRITON_INTERPRET=1``)."""
-    expert_gemm: ExpertGemm = ExpertGemm.auto
-    """The routed experts' matrix products: ``grouped_mm`` (``torch._grouped_mm``, one call for all experts, no host
-    synchronisation), ``triton`` (kfm's grouped GEMM), ``loop`` (one matmul per expert: the reference) or ``auto``
-    (``triton`` where the kernels run, else ``grouped_mm`` where the installed torch has it, else ``loop``)."""
     attention_backend: AttentionBackend = AttentionBackend.auto
     """``auto`` (by the features in use: SDPA for one causal document per row; with packed documents or a
     window flash-attn when installed and it can run the inputs, else kfm's Triton kernel on a GPU, else SDPA;
     ``kfm.model.attention`` says why), ``flash_attn``, ``triton``, ``flex`` (PyTorch FlexAttention) or ``sdpa``
     (PyTorch, explicit mask for documents/windows)."""
+
+    expert_gemm: ExpertGemm = ExpertGemm.auto
+    """The routed experts' matrix products: ``grouped_mm`` (``torch._grouped_mm``, one call for all experts, no host
+    synchronisation), ``triton`` (kfm's grouped GEMM), ``loop`` (one matmul per expert: the reference) or ``auto``
+    (``triton`` where the kernels run, else ``grouped_mm`` where the installed torch has it, else ``loop``)."""
 
     def __post_init__(self) -> None:
         self.kernels = choice(Kernels, self.kernels, "model_runtime.kernels")

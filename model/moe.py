@@ -290,9 +290,8 @@ class MoE(nn.Module):
 
     def _balance(self, y: torch.Tensor, logits: torch.Tensor, scores: torch.Tensor, experts: torch.Tensor,
                  plan: Dispatch, rows: int) -> torch.Tensor:
-        """With auxiliary losses, attach them to ``y``'s gradient; record this forward's statistics (not again
-        when activation checkpointing recomputes it in the backward: the recomputation must save the same tensors,
-        so only the statistics, taken without gradient, are skipped)."""
+        """With auxiliary losses, attach them to ``y``'s gradient; record this forward's statistics (not again when
+        activation checkpointing recomputes the forward in the backward)."""
         m = self.moe
         aux = torch.zeros((), device=y.device)
         if m.seq_aux_loss_coef:
@@ -301,22 +300,24 @@ class MoE(nn.Module):
             aux = aux + m.batch_aux_loss_coef * balance_loss(scores, experts, 1, m.n_experts)
         if m.z_loss_coef:
             aux = aux + m.z_loss_coef * torch.logsumexp(logits.float(), -1).pow(2).mean()
-        with torch.no_grad():
-            if in_backward():
-                return _AddToGradient.apply(y, aux * self.aux_loss_scale) if m.aux_losses and y.requires_grad else y
-            probs = scores / scores.sum(-1, keepdim=True)
-            entropy = -(probs * probs.clamp(min=1e-20).log()).sum()
-            new = {"load": plan.load.float(), "dropped": plan.dropped.float(),
-                   "tokens": torch.tensor(float(logits.shape[0]), device=y.device), "entropy": entropy,
-                   "aux": aux.detach().float(), "forwards": torch.ones((), device=y.device)}
-            if self.stats is None:
-                self.stats = new
-            else:
-                for key, value in new.items():
-                    self.stats[key] += value
+        if not in_backward():  # a recomputation must save the same tensors: only these, taken without gradient, skip
+            self._record(logits, scores, plan, aux)
         if m.aux_losses and y.requires_grad:
             y = _AddToGradient.apply(y, aux * self.aux_loss_scale)
         return y
+
+    @torch.no_grad()
+    def _record(self, logits: torch.Tensor, scores: torch.Tensor, plan: Dispatch, aux: torch.Tensor) -> None:
+        probs = scores / scores.sum(-1, keepdim=True)
+        entropy = -(probs * probs.clamp(min=1e-20).log()).sum()
+        new = {"load": plan.load.float(), "dropped": plan.dropped.float(),
+               "tokens": torch.tensor(float(logits.shape[0]), device=logits.device), "entropy": entropy,
+               "aux": aux.detach().float(), "forwards": torch.ones((), device=logits.device)}
+        if self.stats is None:
+            self.stats = new
+        else:
+            for key, value in new.items():
+                self.stats[key] += value
 
     def take_stats(self) -> dict[str, torch.Tensor] | None:
         """The statistics gathered since the last call (None if no training forward ran), and clear them."""

@@ -130,7 +130,7 @@ def test_balance_loss_is_one_when_balanced_and_grows_with_concentration():
 
 
 def test_statistics_come_from_training_forwards_once_even_with_activation_checkpointing():
-    cfg = moe_model_cfg()
+    cfg = moe_model_cfg(seq_aux_loss_coef=0.1, z_loss_coef=0.01)
     layer = MoE(cfg, ModelRuntime(), KernelChoice())
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.2)
@@ -139,8 +139,32 @@ def test_statistics_come_from_training_forwards_once_even_with_activation_checkp
         layer.eval()(x)
     assert layer.take_stats() is None
     layer.train()
+    layer(x).sum().backward()
+    plain = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    layer.take_stats()
     checkpoint(layer, x, use_reentrant=False).sum().backward()  # the forward runs again inside the backward
     assert layer.take_stats()["load"].sum().item() == 2 * 5 * 2
+    for a, b in zip((p.grad for p in layer.parameters()), plain):  # the auxiliary losses' gradient too
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_capacity_factor_drops_pairs_and_counts_them():
+    torch.manual_seed(0)
+    outs = {}
+    for factor in (0.0, 0.5):
+        layer = MoE(moe_model_cfg(capacity_factor=factor, n_group=1), ModelRuntime(), KernelChoice())
+        torch.manual_seed(1)
+        for p in layer.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        layer.expert_bias.zero_()
+        outs[factor] = layer.train()(torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(2)))
+        stats = layer.take_stats()
+        pairs, load = 4 * 16 * 2, stats["load"]
+        capacity = math.ceil(factor * 4 * 16 * 2 / 8)
+        expected = (load - capacity).clamp(min=0).sum().item() if factor else 0
+        assert stats["dropped"].item() == expected and load.sum().item() == pairs
+    assert stats["dropped"].item() > 0 and not torch.allclose(outs[0.0], outs[0.5])
 
 
 def test_expert_bias_moves_towards_equal_load():
