@@ -125,3 +125,20 @@ def start_and_train(job):
     start = trainer.engine.full_state_dict()
     trainer.fit()
     return start, trainer.engine.full_state_dict(), job.model
+
+
+def test_concentrated_load_is_reported_as_a_collapsing_router(caplog):
+    import logging
+
+    model = Transformer(moe_job(Path("."), 1).model)  # 4 experts, top-2: all tokens on two experts is 2x the mean
+    balance = ExpertBalance(model, accum=1, collapse_ratio=4.0)
+    layer = moe_layers(model)[0]
+    for load, warned in (([40.0, 40.0, 0.0, 0.0], True), ([25.0, 20.0, 20.0, 15.0], False)):
+        layer.stats = {"load": torch.tensor(load), **{k: torch.tensor(1.0) for k in
+                                                      ("dropped", "tokens", "entropy", "aux", "forwards")}}
+        balance.after_step(applied=True)
+        with caplog.at_level(logging.WARNING, logger="kfm.train"):
+            caplog.clear()
+            metrics = balance.metrics()
+        assert metrics["moe/load_max_mean/l1"] == max(load) / (sum(load) / 4)
+        assert ("MoE layer 1: load concentrates (max/mean expert load 2.00 > 1.50" in caplog.text) == warned

@@ -25,7 +25,7 @@ STATS = ("dropped", "tokens", "entropy", "aux", "forwards")
 class ExpertBalance:
     """``model``: the engine's model (wrapped or not); ``accum``: micro batches per step (the auxiliary losses'
     gradient is weighted by its inverse, as the language-model loss is); ``collapse_ratio``: the max/mean load
-    above which a layer is reported as collapsing."""
+    above which a layer is reported as collapsing (at most 3/4 of the largest possible, ``n_experts / top_k``)."""
 
     def __init__(self, model: torch.nn.Module, accum: int, collapse_ratio: float) -> None:
         self.layers = moe_layers(model)
@@ -65,10 +65,12 @@ class ExpertBalance:
             entropy.append(extra["entropy"] / max(extra["tokens"], 1.0) / math.log(n))
             aux.append(extra["aux"] / max(extra["forwards"], 1.0))
             out[f"moe/load_max_mean/l{layer.index}"] = ratio
-            if ratio > self.collapse_ratio:
-                log.warning("MoE layer %d: load concentrates (max/mean expert load %.2f > %.2f, %d experts): the router "
-                            "may be collapsing; raise model.moe.bias_update_rate or an auxiliary loss coefficient",
-                            layer.index, ratio, self.collapse_ratio, n)
+            limit = min(self.collapse_ratio, 0.75 * n / layer.moe.top_k)  # n / top_k: every token on the same experts
+            if ratio > limit:
+                log.warning("MoE layer %d: load concentrates (max/mean expert load %.2f > %.2f; %.0f when all tokens "
+                            "choose the same %d of the %d experts): the router may be collapsing; raise "
+                            "model.moe.bias_update_rate or an auxiliary loss coefficient", layer.index, ratio, limit,
+                            n / layer.moe.top_k, layer.moe.top_k, n)
         out |= {"moe/load_max_mean": max(ratios), "moe/dropped_frac": dropped / len(self.layers),
                 "moe/router_entropy": sum(entropy) / len(entropy), "moe/aux_loss": sum(aux)}
         biases = [layer.expert_bias.abs().mean().item() for layer in self.layers if layer.expert_bias is not None]
