@@ -128,7 +128,9 @@ class MoEConfig:
     seq_aux_loss_coef: float = 0.0
     """Sequence-wise balance loss (DeepSeek-V3 eq. 17-20), per row, averaged over the rows."""
     batch_aux_loss_coef: float = 0.0
-    """Balance loss over all the tokens of the micro batch (Switch Transformer's ``E * sum f_i P_i``)."""
+    """Global-batch balance loss (Qwen, arXiv 2501.11873): Switch Transformer's ``E * sum f_i P_i`` with the choice
+    frequencies ``f`` of the micro batch summed over all data-parallel ranks (the trainer gives the layers the
+    reduction), the scores ``P`` of this rank's tokens."""
     z_loss_coef: float = 0.0
     """Router z-loss (ST-MoE): the mean squared logsumexp of the router logits."""
 

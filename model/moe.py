@@ -21,6 +21,7 @@ data-parallel ranks), the loads and router statistics of the training forwards a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -194,14 +195,21 @@ class Experts(nn.Module):
         return mm(swiglu_torch(a, b), self.w2, counts)
 
 
-def balance_loss(scores: torch.Tensor, experts: torch.Tensor, rows: int, n_experts: int) -> torch.Tensor:
+def balance_loss(scores: torch.Tensor, experts: torch.Tensor, rows: int, n_experts: int,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """``mean over rows of sum_i f_i P_i``: per row, ``f_i`` the fraction of its (token, choice) pairs that chose
     expert i times ``E`` (1 everywhere when balanced), ``P_i`` the mean of its tokens' normalised scores for i
-    (DeepSeek-V3 eq. 17-20 with one row; Switch Transformer's loss with all tokens as one row)."""
+    (DeepSeek-V3 eq. 17-20 with one row per sequence; Switch Transformer's loss with all tokens as one row).
+    ``reduce`` (one row only) sums the choice counts and token count over the data-parallel ranks, so that ``f``
+    is the global batch's (Qwen's global-batch balance loss, arXiv 2501.11873); ``P`` stays local."""
     k = experts.shape[1]
     probs = scores / scores.sum(-1, keepdim=True)
     chosen = torch.zeros_like(probs).scatter_(1, experts, 1.0).view(rows, -1, n_experts)
-    f = chosen.sum(1) * n_experts / (k * chosen.shape[1])
+    counts, tokens = chosen.sum(1), torch.tensor(float(chosen.shape[1]), device=chosen.device)
+    if reduce is not None:
+        both = reduce(torch.cat([counts.reshape(-1), tokens.reshape(1)]))
+        counts, tokens = both[:-1].view(rows, n_experts), both[-1]
+    f = counts * n_experts / (k * tokens)
     return (f * probs.view(rows, -1, n_experts).mean(1)).sum(-1).mean()
 
 
@@ -242,6 +250,9 @@ class MoE(nn.Module):
         self.kernels, self.gemm_setting = kernels, runtime.expert_gemm
         self._gemm: dict[tuple, str] = {}
         self.aux_loss_scale = 1.0
+        self.reduce_load: Callable[[torch.Tensor], torch.Tensor] | None = None
+        """Sums a tensor over the data-parallel ranks (set by the trainer; the model itself knows no ranks): the
+        batch balance loss then counts the choices of the global batch."""
         self.stats: dict[str, torch.Tensor] | None = None
 
     def in_weights(self) -> list[torch.Tensor]:
@@ -297,7 +308,7 @@ class MoE(nn.Module):
         if m.seq_aux_loss_coef:
             aux = aux + m.seq_aux_loss_coef * balance_loss(scores, experts, rows, m.n_experts)
         if m.batch_aux_loss_coef:
-            aux = aux + m.batch_aux_loss_coef * balance_loss(scores, experts, 1, m.n_experts)
+            aux = aux + m.batch_aux_loss_coef * balance_loss(scores, experts, 1, m.n_experts, self.reduce_load)
         if m.z_loss_coef:
             aux = aux + m.z_loss_coef * torch.logsumexp(logits.float(), -1).pow(2).mean()
         if not in_backward():  # a recomputation must save the same tensors: only these, taken without gradient, skip

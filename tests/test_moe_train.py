@@ -1,6 +1,7 @@
 """Training mixture-of-experts models: the expert bias balances a skewed router, moves identically on every rank,
 is saved and resumed exactly on FSDP2 and DeepSpeed (ZeRO-3), and the load metrics are logged."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -142,3 +143,33 @@ def test_concentrated_load_is_reported_as_a_collapsing_router(caplog):
             metrics = balance.metrics()
         assert metrics["moe/load_max_mean/l1"] == max(load) / (sum(load) / 4)
         assert ("MoE layer 1: load concentrates (max/mean expert load 2.00 > 1.50" in caplog.text) == warned
+
+
+def global_batch_loss_on_a_rank():
+    import torch.distributed as dist
+
+    from kfm.model.moe import balance_loss, router_scores
+
+    rank = dist.get_rank()
+    cfg = moe_job(Path("."), 1).model
+    model = Transformer(dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, batch_aux_loss_coef=0.01)))
+    ExpertBalance(model, accum=1, collapse_ratio=4.0)  # gives the layers the reduction over the ranks
+    reduce = moe_layers(model)[0].reduce_load
+    g = torch.Generator().manual_seed(rank)  # each rank its own tokens, routed unevenly
+    scores = router_scores(torch.randn(12 + 4 * rank, 4, generator=g) + torch.tensor([2.0, 0, 0, -2.0]) * rank,
+                           "sigmoid")
+    experts = scores.topk(2, dim=-1).indices
+    return reduce is not None, balance_loss(scores, experts, 1, 4, reduce).item(), scores, experts
+
+
+def test_the_batch_balance_loss_counts_the_choices_of_the_global_batch():
+    results = run_distributed(global_batch_loss_on_a_rank, 2)
+    counts = sum(torch.zeros(4).index_add_(0, e.reshape(-1), torch.ones(e.numel())) for _, _, _, e in results)
+    tokens = sum(e.shape[0] for _, _, _, e in results)
+    f = counts * 4 / (2 * tokens)
+    for reduced, loss, scores, experts in results:
+        assert reduced
+        probs = (scores / scores.sum(-1, keepdim=True)).mean(0)
+        assert abs(loss - (f * probs).sum().item()) < 1e-6
+        own = torch.zeros(4).index_add_(0, experts.reshape(-1), torch.ones(experts.numel())) * 4 / experts.numel()
+        assert abs(loss - (own * probs).sum().item()) > 1e-3  # this rank's choices alone would give another loss

@@ -22,6 +22,13 @@ STATS = ("dropped", "tokens", "entropy", "aux", "forwards")
 """The per-layer statistics after the per-expert loads, in the order they are reduced."""
 
 
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over every rank (the data-parallel group is the world until other mesh dimensions land)."""
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t
+
+
 class ExpertBalance:
     """``model``: the engine's model (wrapped or not); ``accum``: micro batches per step (the auxiliary losses'
     gradient is weighted by its inverse, as the language-model loss is); ``collapse_ratio``: the max/mean load
@@ -32,6 +39,8 @@ class ExpertBalance:
         self.collapse_ratio = collapse_ratio
         for layer in self.layers:
             layer.aux_loss_scale = 1.0 / accum
+            if dist.is_initialized() and dist.get_world_size() > 1 and layer.moe.batch_aux_loss_coef:
+                layer.reduce_load = sum_over_ranks
         self.window: torch.Tensor | None = None
         """The summed statistics of the open logging window, (layers, experts + len(STATS))."""
 
