@@ -205,7 +205,7 @@ def balance_loss(scores: torch.Tensor, experts: torch.Tensor, rows: int, n_exper
     k = experts.shape[1]
     probs = scores / scores.sum(-1, keepdim=True)
     chosen = torch.zeros_like(probs).scatter_(1, experts, 1.0).view(rows, -1, n_experts)
-    counts, tokens = chosen.sum(1), torch.tensor(float(chosen.shape[1]), device=chosen.device)
+    counts, tokens = chosen.sum(1), chosen.new_full((), float(chosen.shape[1]))
     if reduce is not None:
         both = reduce(torch.cat([counts.reshape(-1), tokens.reshape(1)]))
         counts, tokens = both[:-1].view(rows, n_experts), both[-1]
@@ -322,8 +322,8 @@ class MoE(nn.Module):
         probs = scores / scores.sum(-1, keepdim=True)
         entropy = -(probs * probs.clamp(min=1e-20).log()).sum()
         new = {"load": plan.load.float(), "dropped": plan.dropped.float(),
-               "tokens": torch.tensor(float(logits.shape[0]), device=logits.device), "entropy": entropy,
-               "aux": aux.detach().float(), "forwards": torch.ones((), device=logits.device)}
+               "tokens": logits.new_full((), float(logits.shape[0])), "entropy": entropy,  # fills: no host copy
+               "aux": aux.detach().float(), "forwards": logits.new_ones(())}
         if self.stats is None:
             self.stats = new
         else:

@@ -32,11 +32,12 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
 class ExpertBalance:
     """``model``: the engine's model (wrapped or not); ``accum``: micro batches per step (the auxiliary losses'
     gradient is weighted by its inverse, as the language-model loss is); ``collapse_ratio``: the max/mean load
-    above which a layer is reported as collapsing (at most 3/4 of the largest possible, ``n_experts / top_k``)."""
+    above which a layer is reported as collapsing (at most 3/4 of the largest possible, ``n_experts / top_k``);
+    ``warn``: whether this rank reports it (every rank computes the same metrics)."""
 
-    def __init__(self, model: torch.nn.Module, accum: int, collapse_ratio: float) -> None:
+    def __init__(self, model: torch.nn.Module, accum: int, collapse_ratio: float, warn: bool = True) -> None:
         self.layers = moe_layers(model)
-        self.collapse_ratio = collapse_ratio
+        self.collapse_ratio, self.warn = collapse_ratio, warn
         for layer in self.layers:
             layer.aux_loss_scale = 1.0 / accum
             if dist.is_initialized() and dist.get_world_size() > 1 and layer.moe.batch_aux_loss_coef:
@@ -75,7 +76,7 @@ class ExpertBalance:
             aux.append(extra["aux"] / max(extra["forwards"], 1.0))
             out[f"moe/load_max_mean/l{layer.index}"] = ratio
             limit = min(self.collapse_ratio, 0.75 * n / layer.moe.top_k)  # n / top_k: every token on the same experts
-            if ratio > limit:
+            if ratio > limit and self.warn:
                 log.warning("MoE layer %d: load concentrates (max/mean expert load %.2f > %.2f; %.0f when all tokens "
                             "choose the same %d of the %d experts): the router may be collapsing; raise "
                             "model.moe.bias_update_rate or an auxiliary loss coefficient", layer.index, ratio, limit,

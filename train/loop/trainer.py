@@ -113,7 +113,7 @@ class Trainer:
         self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
         self.engine = build_engine(job, dist_info, self.accum, init_state)
         self.model = self.engine.model
-        self.balance = ExpertBalance(self.model, self.accum, tc.metrics.moe_collapse_ratio)
+        self.balance = ExpertBalance(self.model, self.accum, tc.metrics.moe_collapse_ratio, dist_info.is_main)
         """MoE models: the expert biases moved after every step, the load metrics."""
         self.ckpt_root = checkpoint_root(self.run_dir)
         self.step = self.skipped_steps = self.consecutive_spikes = self.rollbacks = 0
