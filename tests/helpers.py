@@ -335,3 +335,36 @@ def random_hf_moe(kind: str):
             if name.endswith("mlp.gate.weight"):
                 p.mul_(20)
     return model
+
+
+def count_step_syncs(job) -> int:
+    """In a 1-process group: kfm's own ``Tensor.item``/``Tensor.tolist`` calls during one training step (after one
+    to warm up), which is where a step waits for the device. (PyTorch's CPU AdamW reads its CPU step counters
+    with ``item``; those are not kfm's, and not device synchronisations.)"""
+    import sys
+    from pathlib import Path
+
+    from kfm.train.loop.trainer import Trainer
+    from kfm.train.parallel.distributed import init_distributed
+
+    root = Path(__file__).resolve().parents[1]
+    ours = tuple(str(root / d) for d in ("model", "train", "data_pipeline"))
+    trainer = Trainer(job, init_distributed(), hooks=[])
+    trainer.train_step()
+    calls, real = [], {m: getattr(torch.Tensor, m) for m in ("item", "tolist")}
+
+    def counted(fn):
+        def call(self, *a, **k):
+            if sys._getframe(1).f_code.co_filename.startswith(ours):
+                calls.append(sys._getframe(1).f_code.co_name)
+            return fn(self, *a, **k)
+        return call
+
+    try:
+        for m, fn in real.items():
+            setattr(torch.Tensor, m, counted(fn))
+        trainer.train_step()
+    finally:
+        for m, fn in real.items():
+            setattr(torch.Tensor, m, fn)
+    return trainer.accum, len(calls)

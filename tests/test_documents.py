@@ -10,7 +10,7 @@ from kfm.model import ModelConfig, Transformer
 from kfm.model.attention import Documents, as_documents, flat_cu_seqlens
 from kfm.model.config import ModelRuntime
 from kfm.model.kernels.flash_attention import document_bounds
-from tests.helpers import BASE, make_job, run_distributed
+from tests.helpers import BASE, count_step_syncs, make_job, run_distributed
 
 
 def packed_rows(seed=0, batch=3, seq=17):
@@ -72,39 +72,6 @@ def test_masks_are_built_once_per_batch_and_window_not_per_layer(backend, monkey
         assert len(built) == 2  # windows 5 and 0
         assert torch.allclose(out, model(tokens, cu_seqlens=rows), atol=1e-6)  # per-row input: same logits
     assert len(built) == 4
-
-
-def count_step_syncs(job) -> int:
-    """In a 1-process group: kfm's own ``Tensor.item``/``Tensor.tolist`` calls during one training step (after one
-    to warm up), which is where a step waits for the device. (PyTorch's CPU AdamW reads its CPU step counters
-    with ``item``; those are not kfm's, and not device synchronisations.)"""
-    import sys
-    from pathlib import Path
-
-    from kfm.train.loop.trainer import Trainer
-    from kfm.train.parallel.distributed import init_distributed
-
-    root = Path(__file__).resolve().parents[1]
-    ours = tuple(str(root / d) for d in ("model", "train", "data_pipeline"))
-    trainer = Trainer(job, init_distributed(), hooks=[])
-    trainer.train_step()
-    calls, real = [], {m: getattr(torch.Tensor, m) for m in ("item", "tolist")}
-
-    def counted(fn):
-        def call(self, *a, **k):
-            if sys._getframe(1).f_code.co_filename.startswith(ours):
-                calls.append(sys._getframe(1).f_code.co_name)
-            return fn(self, *a, **k)
-        return call
-
-    try:
-        for m, fn in real.items():
-            setattr(torch.Tensor, m, counted(fn))
-        trainer.train_step()
-    finally:
-        for m, fn in real.items():
-            setattr(torch.Tensor, m, fn)
-    return trainer.accum, len(calls)
 
 
 def test_a_step_syncs_with_the_host_twice_whatever_the_accumulation(run_dir):

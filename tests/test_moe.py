@@ -14,9 +14,9 @@ from kfm.model import ModelConfig, Transformer
 from kfm.model.accounting import flops_per_token, num_params
 from kfm.model.config import ModelRuntime, MoEConfig
 from kfm.model.layers import KernelChoice
+from kfm.model.moe import (MoE, balance_loss, dispatch, expert_gemm_impl, expert_mm_grouped, expert_mm_loop,
+                           moe_layers, route_torch, unpermute_torch)
 from tests.helpers import moe_model_cfg
-from kfm.model.moe import (MoE, balance_loss, dispatch, expert_gemm_impl, expert_mm_grouped, expert_mm_loop, moe_layers, route_torch,
-                           unpermute_torch)
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 """Per-dtype tolerance, relative to the largest magnitude of the reference."""
