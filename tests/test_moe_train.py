@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from kfm.model import ModelConfig, Transformer
+from kfm.model.accounting import num_params
 from kfm.model.config import MoEConfig
 from kfm.model.moe import moe_layers
 from kfm.train.checkpoint.layout import read_state
@@ -110,6 +111,9 @@ def test_continued_pretraining_from_an_exaone_moe_model_is_recorded_as_an_import
     assert report.verified and not report.from_scratch, report.to_text()
     assert [env["record"]["kind"] for env in report.chain] == ["import", "checkpoint", "export"]
     assert report.origin["architecture"] == "ExaoneMoeForCausalLM"
+    card = (out / "README.md").read_text()
+    active = f"{num_params(model_cfg, active=True):,} parameters active per token"
+    assert f"mixture of experts: 8 routed experts of 32 (top-2, sigmoid) + 1 shared from layer 1; {active}" in card
     hf = AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True).eval()
     model = Transformer(model_cfg)
     model.load_state_dict(final)

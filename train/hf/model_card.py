@@ -53,6 +53,9 @@ def model_card(cfg: ModelConfig, arch: str, state: dict, tokenizer_dir: Path, ev
         f"({cfg.n_kv_heads} key/value heads), feed-forward {cfg.ffn_hidden_dim}, context {cfg.max_seq_len}",
         f"- parameters: {num_params(cfg):,}; tied embeddings: {cfg.tie_embeddings}; RoPE theta {cfg.rope.theta:g} "
         f"({cfg.rope.scaling})",
+        *([f"- mixture of experts: {m.n_experts} routed experts of {m.expert_hidden_dim} (top-{m.top_k}, "
+           f"{m.score_func}) + {m.n_shared_experts} shared from layer {m.first_k_dense}; "
+           f"{num_params(cfg, active=True):,} parameters active per token"] if (m := cfg.moe).n_experts else []),
         "",
         "## Training",
         "",
