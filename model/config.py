@@ -123,8 +123,9 @@ class MoEConfig:
     bias_update_rate: float = 0.001
     """How far the bias moves per step: ``bias += rate * sign(mean load - load)`` (DeepSeek-V3's gamma)."""
     capacity_factor: float = 0.0
-    """0: dropless. Else each expert takes at most ``ceil(factor * tokens * top_k / n_experts)`` tokens of a micro
-    batch, in token order; the rest are dropped (counted in the metrics)."""
+    """0: dropless. Else, in training, each expert takes at most ``ceil(factor * tokens * top_k / n_experts)`` tokens
+    of a micro batch, in token order; the rest are dropped (counted in the metrics). Evaluation, generation and
+    exports are dropless (as the Hugging Face classes are)."""
     seq_aux_loss_coef: float = 0.0
     """Sequence-wise balance loss (DeepSeek-V3 eq. 17-20), per row, averaged over the rows."""
     batch_aux_loss_coef: float = 0.0

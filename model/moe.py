@@ -280,7 +280,9 @@ class MoE(nn.Module):
         scores = router_scores(logits, m.score_func)
         experts = self.choose(logits, scores, triton)
         weights = route_weights(scores, experts, m)
-        capacity = math.ceil(m.capacity_factor * tokens * m.top_k / m.n_experts) if m.capacity_factor else None
+        capacity = None  # dropless; a capacity applies in training only, so evaluation and exports see every token
+        if m.capacity_factor and self.training:
+            capacity = math.ceil(m.capacity_factor * tokens * m.top_k / m.n_experts)
         plan = dispatch(experts, m.n_experts, capacity)
         kind = (x2.device.type, x2.dtype)
         if kind not in self._gemm:

@@ -165,6 +165,9 @@ def test_a_capacity_factor_drops_pairs_and_counts_them():
         expected = (load - capacity).clamp(min=0).sum().item() if factor else 0
         assert stats["dropped"].item() == expected and load.sum().item() == pairs
     assert stats["dropped"].item() > 0 and not torch.allclose(outs[0.0], outs[0.5])
+    with torch.no_grad():  # evaluation is dropless
+        assert torch.allclose(layer.eval()(torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(2))),
+                              outs[0.0].detach(), atol=1e-6)
 
 
 def test_expert_bias_moves_towards_equal_load():
