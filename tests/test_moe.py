@@ -10,7 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from torch.utils.flop_counter import FlopCounterMode
 
-from kfm.model import ModelConfig, Transformer
+from kfm.model import Transformer
 from kfm.model.accounting import flops_per_token, num_params
 from kfm.model.config import ModelRuntime, MoEConfig
 from kfm.model.layers import KernelChoice
