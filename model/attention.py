@@ -162,16 +162,16 @@ def resolve_backend(backend: str, q: torch.Tensor, docs: Documents | None = None
     return backend
 
 
-def _sdpa(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
+def _sdpa(q, k, v, docs: Documents | None, window: int, scale: float | None = None) -> torch.Tensor:
     gqa = q.shape[1] != k.shape[1]
     if docs is None and not window:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa, scale=scale)
     seq = q.shape[2]
     if docs is None:
         mask = _causal_window_mask(seq, window, q.device)
     else:
         mask = docs.cached(("dense", window), lambda: attention_mask(seq, docs, window, q.device))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa, scale=scale)
 
 
 @functools.lru_cache(maxsize=16)
@@ -207,7 +207,7 @@ def _causal_block_mask(seq: int, window: int, device):
     return _block_mask(None, 1, seq, window, device)
 
 
-def _flex(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
+def _flex(q, k, v, docs: Documents | None, window: int, scale: float | None = None) -> torch.Tensor:
     """The block mask is built once per batch and window (once per shape and window without documents), not
     once per layer."""
     bsz, seq = q.shape[0], q.shape[2]
@@ -215,13 +215,33 @@ def _flex(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
         block = _causal_block_mask(seq, window, q.device)
     else:
         block = docs.cached(("block", window), lambda: _block_mask(docs.doc_ids, bsz, seq, window, q.device))
-    return _flex_attention(q.device.type)(q, k, v, block_mask=block, enable_gqa=q.shape[1] != k.shape[1])
+    return _flex_attention(q.device.type)(q, k, v, block_mask=block, enable_gqa=q.shape[1] != k.shape[1],
+                                          scale=scale)
 
 
-def _flash_attn(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
+def padded_values(fn):
+    """``fn`` for value heads narrower than q/k (latent attention: 128 vs 192): the values padded with zeros to
+    the q/k width, the output's extra columns (zero) cut off; the gradient of the padding is dropped by the slice.
+    For kernels that take one head width (flash-attn 2, kfm's Triton kernel)."""
+
+    @functools.wraps(fn)
+    def run(q, k, v, docs, window, scale=None):
+        width = v.shape[-1]
+        if width == q.shape[-1]:
+            return fn(q, k, v, docs, window, scale)
+        return fn(q, k, F.pad(v, (0, q.shape[-1] - width)), docs, window, scale)[..., :width]
+
+    return run
+
+
+@padded_values
+def _flash_attn(q, k, v, docs: Documents | None, window: int, scale: float | None = None) -> torch.Tensor:
     from flash_attn import flash_attn_varlen_func
 
     bsz, heads, seq, dim = q.shape
+    if dim > 256:
+        raise ValueError(f"flash-attn runs head widths up to 256, got {dim}: use model_runtime.attention_backend="
+                         "triton, flex or sdpa")
     if docs is None:
         cu = torch.arange(0, (bsz + 1) * seq, seq, device=q.device, dtype=torch.int32)
         longest = seq
@@ -232,16 +252,17 @@ def _flash_attn(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
         return x.transpose(1, 2).reshape(bsz * seq, x.shape[1], dim)
 
     out = flash_attn_varlen_func(flat(q), flat(k), flat(v), cu, cu, longest, longest, causal=True,
-                                 window_size=(window - 1, 0) if window else (-1, -1))
+                                 window_size=(window - 1, 0) if window else (-1, -1), softmax_scale=scale)
     return out.view(bsz, seq, heads, dim).transpose(1, 2)
 
 
-def _triton(q, k, v, docs: Documents | None, window: int) -> torch.Tensor:
+@padded_values
+def _triton(q, k, v, docs: Documents | None, window: int, scale: float | None = None) -> torch.Tensor:
     from kfm.model.kernels.flash_attention import flash_attention
 
     if docs is None:
-        return flash_attention(q, k, v, None, window)
-    return flash_attention(q, k, v, docs.doc_ids, window, bounds=docs.bounds())
+        return flash_attention(q, k, v, None, window, scale=scale)
+    return flash_attention(q, k, v, docs.doc_ids, window, bounds=docs.bounds(), scale=scale)
 
 
 BACKENDS = {"sdpa": _sdpa, "flex": _flex, "flash_attn": _flash_attn, "triton": _triton}
@@ -249,11 +270,13 @@ BACKENDS = {"sdpa": _sdpa, "flex": _flex, "flash_attn": _flash_attn, "triton": _
 
 def attention_impl(backend: str, q: torch.Tensor, docs: Documents | None = None, window: int = 0):
     """The function that runs ``backend`` for inputs like ``q`` (``auto`` resolved), called as
-    ``fn(q, k, v, docs, window)``; a layer resolves it once per kind of input and keeps it."""
+    ``fn(q, k, v, docs, window, scale=None)`` (scale of q k^T, default ``1/sqrt(q's head width)``; values may be
+    narrower than q and k); a layer resolves it once per kind of input and keeps it."""
     return BACKENDS[resolve_backend(backend, q, docs, window)]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, docs: Documents | None = None, window: int = 0,
-              backend: str = "auto") -> torch.Tensor:
-    """Attention of q (batch, heads, seq, dim) over k, v (batch, kv_heads, seq, dim); same shape as q."""
-    return attention_impl(backend, q, docs, window)(q, k, v, docs, window)
+              backend: str = "auto", scale: float | None = None) -> torch.Tensor:
+    """Attention of q (batch, heads, seq, dim) over k (batch, kv_heads, seq, dim) and v (batch, kv_heads, seq,
+    v_dim); (batch, heads, seq, v_dim)."""
+    return attention_impl(backend, q, docs, window)(q, k, v, docs, window, scale)

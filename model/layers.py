@@ -14,6 +14,7 @@ from torch import nn
 from kfm.model.attention import Documents, attention_impl
 from kfm.model.config import Kernels, ModelConfig, ModelRuntime
 from kfm.model.kernels import require_triton, triton_available
+from kfm.model.latent_attention import LatentAttention
 from kfm.model.rope import Rotary
 
 
@@ -127,6 +128,13 @@ class Attention(nn.Module):
         out = self._attention[kind](q, k, v, docs, self.window)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
 
+    def in_weights(self) -> list[torch.Tensor]:
+        """The projections drawn with the init's std (``Transformer.init_weights``), in draw order."""
+        return [self.wq.weight, self.wk.weight, self.wv.weight]
+
+    def norms(self) -> list[nn.Module]:
+        return [n for n in (self.q_norm, self.k_norm) if n is not None]
+
 
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
@@ -164,7 +172,10 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.post_norm = cfg.norm_placement == "post"
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, kernels)
-        self.attention = Attention(cfg, layer, runtime, kernels)
+        if cfg.mla.enabled:
+            self.attention = LatentAttention(cfg, layer, runtime, RMSNorm, kernels)
+        else:
+            self.attention = Attention(cfg, layer, runtime, kernels)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, kernels)
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_hidden_dim, kernels) if feed_forward is None else feed_forward
 

@@ -8,7 +8,7 @@ For the tokens ``x`` (T, D) of a micro batch, one MoE layer computes::
     xp      = x[plan.src]                                permute: each expert's tokens contiguous
     yp      = W2_e (silu(W1_e xp) * W3_e xp)             grouped GEMMs over the expert groups (W1, W3 as one)
     y[t]    = sum_k weights[t, k] yp[plan.pos[t, k]]     unpermute, in fp32
-    y      += shared(x)
+    y      += shared(x)                                  then RMSNorm(y) with ``post_norm`` (A.X K1)
 
 Every step has a plain PyTorch version here, the reference of its kernel in ``kfm.model.kernels``
 (``router``, ``moe_dispatch``, ``grouped_gemm``). Balancing state lives outside the gradient: the per-expert
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kfm.model.config import ExpertGemm, ModelConfig, MoEConfig, ModelRuntime
-from kfm.model.layers import FeedForward, KernelChoice, swiglu_torch
+from kfm.model.layers import FeedForward, KernelChoice, RMSNorm, swiglu_torch
 
 
 def router_scores(logits: torch.Tensor, score_func: str) -> torch.Tensor:
@@ -247,6 +247,7 @@ class MoE(nn.Module):
         self.experts = Experts(m.n_experts, cfg.dim, m.expert_hidden_dim)
         self.shared = (FeedForward(cfg.dim, m.n_shared_experts * m.expert_hidden_dim, kernels)
                        if m.n_shared_experts else None)
+        self.post_norm = RMSNorm(cfg.dim, cfg.norm_eps, kernels) if m.post_norm else None
         self.kernels, self.gemm_setting = kernels, runtime.expert_gemm
         self._gemm: dict[tuple, str] = {}
         self.aux_loss_scale = 1.0
@@ -297,6 +298,8 @@ class MoE(nn.Module):
             y = unpermute_torch(self.experts(x2[plan.src], plan.counts, self._gemm[kind], False), plan.pos, weights)
         if self.shared is not None:
             y = y + self.shared(x2)
+        if self.post_norm is not None:
+            y = self.post_norm(y)
         if self.training:
             y = self._balance(y, logits, scores, experts, plan, shape[0] if len(shape) == 3 else 1)
         return y.view(shape)

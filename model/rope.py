@@ -46,8 +46,7 @@ def inv_frequencies(head_dim: int, rope: RopeConfig, device=None) -> tuple[torch
     ramp = ((torch.arange(head_dim // 2, device=device, dtype=torch.float32) - low) / (high - low)).clamp(0.0, 1.0)
     keep = 1.0 - ramp
     scaled = inv_freq / rope.factor * (1 - keep) + inv_freq * keep
-    temperature = 0.1 * math.log(rope.factor) + 1.0 if rope.factor > 1 else 1.0
-    return scaled, temperature
+    return scaled, rope.attention_factor
 
 
 def rope_tables(head_dim: int, max_seq_len: int, rope: RopeConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,11 +12,13 @@ from kfm.model.config import ModelConfig, ModelRuntime
 from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy
 from kfm.model.layers import KernelChoice, RMSNorm, TransformerBlock
 from kfm.model.moe import MoE
+from kfm.model.mtp import MultiTokenPrediction, with_gradient_of
 from kfm.model.rope import Rotary, rope_tables
 
 
 class Transformer(nn.Module):
-    """Token embedding → ``n_layers`` blocks → RMSNorm → output projection.
+    """Token embedding → ``n_layers`` blocks → RMSNorm → output projection; in training with ``model.mtp``, the
+    multi-token prediction modules after the norm (``kfm.model.mtp``).
 
     Builds on the meta device (``with torch.device("meta")``); call ``init_weights``
     after materialising with ``to_empty``.
@@ -30,16 +32,20 @@ class Transformer(nn.Module):
         self.kernels = KernelChoice(self.runtime.kernels)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(
-            TransformerBlock(cfg, i, self.runtime, self.kernels,
-                             MoE(cfg, self.runtime, self.kernels, i) if cfg.is_moe(i) else None)
-            for i in range(cfg.n_layers))
+            TransformerBlock(cfg, i, self.runtime, self.kernels, self._feed_forward(i)) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, self.kernels)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(cfg.head_size, cfg.max_seq_len, cfg.rope)
+        self.mtp = (MultiTokenPrediction(cfg, self.runtime, self.kernels, self._feed_forward)
+                    if cfg.mtp.depth else None)
+        cos, sin = rope_tables(cfg.rope_dim, cfg.max_seq_len, cfg.rope)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _feed_forward(self, layer: int) -> nn.Module | None:
+        """Block ``layer``'s feed-forward layer when it is a mixture of experts (None: the block's dense one)."""
+        return MoE(self.cfg, self.runtime, self.kernels, layer) if self.cfg.is_moe(layer) else None
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None, assign=None) -> None:
@@ -58,12 +64,15 @@ class Transformer(nn.Module):
         def normal_(t: torch.Tensor, s: float) -> None:
             put(t, torch.randn(t.shape, generator=gen, dtype=torch.float32).mul_(s).to(t.dtype))
 
-        normal_(self.tok_embeddings.weight, std)
-        for layer in self.layers:
+        def ones_(norm: nn.Module) -> None:
+            put(norm.weight, torch.ones(norm.weight.shape, dtype=norm.weight.dtype))
+
+        def block_(layer: TransformerBlock) -> None:
             attn, ffn = layer.attention, layer.feed_forward
-            for lin in (attn.wq, attn.wk, attn.wv):
-                normal_(lin.weight, std)
-                if lin.bias is not None:
+            for w in attn.in_weights():
+                normal_(w, std)
+            for lin in (getattr(attn, "wq", None), getattr(attn, "wk", None), getattr(attn, "wv", None)):
+                if lin is not None and lin.bias is not None:
                     put(lin.bias, torch.zeros(lin.bias.shape, dtype=lin.bias.dtype))
             for w in ffn.in_weights():
                 normal_(w, std)
@@ -72,13 +81,22 @@ class Transformer(nn.Module):
                 normal_(w, out_std)
             if getattr(ffn, "expert_bias", None) is not None:
                 put(ffn.expert_bias, torch.zeros(ffn.expert_bias.shape, dtype=ffn.expert_bias.dtype))
-            for norm in (layer.attention_norm, layer.ffn_norm, attn.q_norm, attn.k_norm):
+            for norm in (layer.attention_norm, layer.ffn_norm, *attn.norms(), getattr(ffn, "post_norm", None)):
                 if norm is not None:
-                    put(norm.weight, torch.ones(norm.weight.shape, dtype=norm.weight.dtype))
-        put(self.norm.weight, torch.ones(self.norm.weight.shape, dtype=self.norm.weight.dtype))
+                    ones_(norm)
+
+        normal_(self.tok_embeddings.weight, std)
+        for layer in self.layers:
+            block_(layer)
+        ones_(self.norm)
         if not self.cfg.tie_embeddings:
             normal_(self.output.weight, std)
-        cos, sin = rope_tables(self.cfg.head_size, self.cfg.max_seq_len, self.cfg.rope, device=self.rope_cos.device)
+        for module in self.mtp.layers if self.mtp is not None else ():  # drawn last: the main model's draws stay
+            normal_(module.eh_proj.weight, std)
+            block_(module.block)
+            for norm in (module.enorm, module.hnorm, module.norm):
+                ones_(norm)
+        cos, sin = rope_tables(self.cfg.rope_dim, self.cfg.max_seq_len, self.cfg.rope, device=self.rope_cos.device)
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
@@ -92,6 +110,9 @@ class Transformer(nn.Module):
         (a 1-D tensor, as the loader's ``Batch.cu_seqlens_flat``), one tensor per row (a list), or a
         ``Documents``. They become a ``Documents`` once here, which every layer shares.
         """
+        return self._trunk(tokens, position_ids, cu_seqlens)[0]
+
+    def _trunk(self, tokens, position_ids, cu_seqlens) -> tuple[torch.Tensor, Rotary, Documents | None]:
         seq = tokens.shape[1]
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds model.max_seq_len={self.cfg.max_seq_len}")
@@ -100,7 +121,7 @@ class Transformer(nn.Module):
         docs = as_documents(cu_seqlens, tokens.shape[0], seq, tokens.device)
         for layer in self.layers:
             h = layer(h, rotary, docs)
-        return self.norm(h)
+        return self.norm(h), rotary, docs
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cu_seqlens: list[torch.Tensor] | torch.Tensor | Documents | None = None, targets: torch.Tensor | None = None,
@@ -109,10 +130,21 @@ class Transformer(nn.Module):
 
         With ``targets`` (batch, seq; ``-100`` ignored): the mean next-token cross-entropy (+ ``z_loss``)
         instead, computed ``loss_chunk`` tokens at a time (default: by vocabulary size) so the full
-        logits never exist.
+        logits never exist. In training with multi-token prediction, its loss reaches the gradient (weighted by
+        ``model.mtp.loss_weight / depth``) but not the returned value, and each depth's loss is recorded
+        (``self.mtp.take_stats``).
         """
-        h = self.hidden_states(tokens, position_ids, cu_seqlens)
+        h, rotary, docs = self._trunk(tokens, position_ids, cu_seqlens)
         if targets is None:
             return self.output(h)
-        return linear_cross_entropy(h, self.output.weight, targets, z_loss=z_loss, chunk=loss_chunk,
-                                    use_triton=self.kernels(h))
+
+        def loss_fn(hidden: torch.Tensor, tgt: torch.Tensor, z: float = z_loss) -> torch.Tensor:
+            return linear_cross_entropy(hidden, self.output.weight, tgt, z_loss=z, chunk=loss_chunk,
+                                        use_triton=self.kernels(hidden))
+
+        loss = loss_fn(h, targets)
+        if self.mtp is None or not self.training or not torch.is_grad_enabled():
+            return loss
+        losses = self.mtp.losses(h, tokens, targets, rotary, docs, self.tok_embeddings, loss_fn)
+        self.mtp.record(losses)
+        return with_gradient_of(loss, self.mtp.loss_weight / self.mtp.depth * sum(losses))

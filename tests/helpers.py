@@ -368,3 +368,20 @@ def count_step_syncs(job) -> int:
         for m, fn in real.items():
             setattr(torch.Tensor, m, fn)
     return trainer.accum, len(calls)
+
+
+def mla_model_cfg(mla: dict | None = None, moe: dict | None = None, **kw) -> ModelConfig:
+    """A tiny latent-attention model (DeepSeek-V3's shape in miniature, with awkward widths): 4 heads of q/k 14
+    (6 rotated) and v 10, a query latent of 20 and a key/value latent of 18; ``moe``: a dense first layer, then 8
+    sigmoid experts in 4 groups (2 kept), a shared expert, the bias."""
+    from kfm.model.config import LatentAttentionConfig, MoEConfig
+
+    latent = dict(kv_lora_rank=18, q_lora_rank=20, qk_rope_head_dim=6, v_head_dim=10)
+    base = dict(vocab_size=256, dim=48, n_layers=3, n_heads=4, n_kv_heads=4, head_dim=14, ffn_hidden_dim=64,
+                max_seq_len=64, norm_eps=1e-6, mla=LatentAttentionConfig(**{**latent, **(mla or {})}))
+    if moe is not None:
+        experts = dict(n_experts=8, top_k=2, expert_hidden_dim=24, n_shared_experts=1, first_k_dense=1,
+                       score_func="sigmoid", norm_topk_prob=True, routed_scaling_factor=2.5, n_group=4, topk_group=2,
+                       expert_bias=True)
+        base["moe"] = MoEConfig(**{**experts, **moe})
+    return ModelConfig(**{**base, **kw})

@@ -212,25 +212,24 @@ def _strides(q: torch.Tensor, k: torch.Tensor) -> tuple:
     return q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2)
 
 
-def _forward(q, k, v, doc_ids, start, window: int):
+def _forward(q, k, v, doc_ids, start, window: int, scale: float):
     bsz, heads, seq, dim = q.shape
     out = torch.empty_like(q)
     lse = torch.empty(bsz, heads, seq, dtype=torch.float32, device=q.device)
     blocks = _blocks(dim)
     grid = (triton.cdiv(seq, blocks["BLOCK_M"]), bsz * heads)
-    _fwd_kernel[grid](q, k, v, out, lse, doc_ids, start, 1.0 / math.sqrt(dim), seq, heads, k.shape[1],
+    _fwd_kernel[grid](q, k, v, out, lse, doc_ids, start, scale, seq, heads, k.shape[1],
                       *_strides(q, k), HEAD_DIM=dim, WINDOW=window, UPCAST=interpreting(), **blocks)
     return out, lse
 
 
-def _backward(q, k, v, out, lse, dout, doc_ids, start, end, window: int):
+def _backward(q, k, v, out, lse, dout, doc_ids, start, end, window: int, scale: float):
     bsz, heads, seq, dim = q.shape
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1).contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     blocks = _blocks(dim)
     common = dict(HEAD_DIM=dim, WINDOW=window, UPCAST=interpreting(), **blocks)
-    scale = 1.0 / math.sqrt(dim)
     _bwd_dkdv_kernel[(triton.cdiv(seq, blocks["BLOCK_N"]), bsz * k.shape[1])](
         q, k, v, dout, lse, delta, doc_ids, end, dk, dv, scale, seq, heads, k.shape[1], *_strides(q, k), **common)
     _bwd_dq_kernel[(triton.cdiv(seq, blocks["BLOCK_M"]), bsz * heads)](
@@ -240,25 +239,29 @@ def _backward(q, k, v, out, lse, dout, doc_ids, start, end, window: int):
 
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, doc_ids, start, end, window: int):
-        out, lse = _forward(q, k, v, doc_ids, start, window)
+    def forward(ctx, q, k, v, doc_ids, start, end, window: int, scale: float):
+        out, lse = _forward(q, k, v, doc_ids, start, window, scale)
         ctx.save_for_backward(q, k, v, out, lse, doc_ids, start, end)
-        ctx.window = window
+        ctx.window, ctx.scale = window, scale
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, doc_ids, start, end = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, out, lse, dout, doc_ids, start, end, ctx.window)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = _backward(q, k, v, out, lse, dout, doc_ids, start, end, ctx.window, ctx.scale)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None = None,
-                    window: int = 0, bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                    window: int = 0, bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    scale: float | None = None) -> torch.Tensor:
     """Attention of q (batch, heads, seq, dim) over k, v (batch, kv_heads, seq, dim) with the Triton kernels;
     ``doc_ids`` (batch, seq) keeps attention within documents, ``window`` > 0 limits it to the last ``window``.
     ``bounds``: ``document_bounds(doc_ids)`` when the caller has it already (the model computes it once per
-    batch, ``kfm.model.attention.Documents.bounds``), else computed here."""
+    batch, ``kfm.model.attention.Documents.bounds``), else computed here. ``scale``: of q k^T (default
+    ``1/sqrt(dim)``). Values as wide as q and k (a caller with narrower ones pads them)."""
+    if v.shape[-1] != q.shape[-1]:
+        raise ValueError(f"value heads ({v.shape[-1]} wide) must be as wide as q/k heads ({q.shape[-1]}): pad them")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if doc_ids is None:
@@ -266,4 +269,5 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: 
     doc_ids = doc_ids.to(torch.int32).contiguous()
     start, end = bounds if bounds is not None else document_bounds(doc_ids)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    return FlashAttentionFunction.apply(q, k, v, doc_ids, start, end, int(window))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return FlashAttentionFunction.apply(q, k, v, doc_ids, start, end, int(window), scale)
