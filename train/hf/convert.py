@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from kfm.model.config import ModelConfig
+from kfm.train.hf import deepseek
+from kfm.train.hf.deepseek import MLA_KEYS, MTP_KEYS, deepseek_problems, flatten_mtp, nest_mtp
 from kfm.train.hf.moe import (BIAS_KEYS, ROUTED_KEYS, SHARED_KEYS, in_memory_layout, moe_architecture,
                               moe_from_hf_config, moe_hf_config)
 
@@ -44,13 +46,22 @@ KEY_MAPS: dict[str, dict[str, str]] = {
     "Exaone4ForCausalLM": {**LLAMA_KEYS, **_QK_NORM, **_EXAONE4_NORMS},
     "Qwen3MoeForCausalLM": {**LLAMA_KEYS, **_QK_NORM, **ROUTED_KEYS},
     "ExaoneMoeForCausalLM": {**LLAMA_KEYS, **_QK_NORM, **ROUTED_KEYS, **SHARED_KEYS, **BIAS_KEYS},
+    deepseek.ARCH: {**LLAMA_KEYS, **MLA_KEYS, **ROUTED_KEYS, **SHARED_KEYS, **BIAS_KEYS, **MTP_KEYS},
 }
+MTP_ARCHITECTURES = (deepseek.ARCH,)
+"""The classes whose checkpoints hold multi-token prediction modules (as extra decoder layers)."""
 MOE_ARCHITECTURES = ("Qwen3MoeForCausalLM", "ExaoneMoeForCausalLM")
 KEY_MAP = LLAMA_KEYS
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
     """The stock ``transformers`` class ``cfg`` matches; a ValueError naming the feature if none does."""
+    if cfg.mla.enabled:
+        if problems := deepseek_problems(cfg):
+            raise ValueError(f"no stock transformers class can hold this latent-attention model: {deepseek.ARCH} "
+                             f"lacks {', '.join(problems)}. Change those settings, or train without a Hugging Face "
+                             "export")
+        return deepseek.ARCH
     if cfg.moe.n_experts:
         return moe_architecture(cfg)
     hybrid = "L" in cfg.layer_pattern
@@ -90,12 +101,29 @@ def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
     raise KeyError(f"no Hugging Face mapping for parameter {key!r}; add it to train/hf/convert.py KEY_MAPS")
 
 
-def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Hugging Face's in-memory names (MoE experts stacked, gate and up fused, as kfm holds them)."""
+def check_mtp_export(cfg: ModelConfig, drop_mtp: bool = False) -> None:
+    """A ValueError naming the way out when ``cfg`` has multi-token prediction modules that its class cannot
+    store (and ``drop_mtp`` does not leave them out)."""
     arch = hf_architecture(cfg)
-    if arch == "ExaoneMoeForCausalLM" and not cfg.moe.expert_bias:  # the class always has the bias: zero
+    if cfg.mtp.depth and not drop_mtp and arch not in MTP_ARCHITECTURES:
+        raise ValueError(f"model.mtp.depth={cfg.mtp.depth}: {arch} checkpoints cannot store multi-token prediction "
+                         f"modules ({', '.join(MTP_ARCHITECTURES)} can: latent attention). Export the main model "
+                         "alone with drop_mtp=true (the modules only serve speculative decoding), or train with "
+                         "model.mtp.depth=0")
+
+
+def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig, drop_mtp: bool = False
+                     ) -> dict[str, torch.Tensor]:
+    """Hugging Face's in-memory names (MoE experts stacked, gate and up fused, as kfm holds them); multi-token
+    prediction modules as the extra layers their class stores (or left out with ``drop_mtp``)."""
+    arch = hf_architecture(cfg)
+    check_mtp_export(cfg, drop_mtp)
+    sd = {k: v for k, v in sd.items() if not (drop_mtp and k.startswith("mtp."))}
+    sd = flatten_mtp(sd, cfg.n_layers)
+    if arch in ("ExaoneMoeForCausalLM", deepseek.ARCH) and not cfg.moe.expert_bias:  # the class always has one
+        layers = range(cfg.n_layers + (0 if drop_mtp else cfg.mtp.depth))
         sd.update({f"layers.{i}.feed_forward.expert_bias": torch.zeros(cfg.moe.n_experts)
-                   for i in range(cfg.n_layers) if cfg.is_moe(i)})
+                   for i in layers if cfg.is_moe(i)})
     rules = _TO_HF[arch]
     out = {_rename(k, rules): v for k, v in sd.items()}
     if cfg.tie_embeddings:
@@ -108,9 +136,10 @@ def from_hf_tensors(items, cfg: ModelConfig):
     tied embeddings under both names (an ``lm_head`` tied to them left out), MoE experts stacked from their
     per-expert keys (as saved) or taken as held in memory."""
     rules = _FROM_HF[hf_architecture(cfg)]
-    items = ((k, v) for k, v in items if not k.endswith("rotary_emb.inv_freq"))
+    items = ((k, v) for k, v in items
+             if not k.endswith("rotary_emb.inv_freq") and not deepseek.is_mtp_copy(k, cfg.n_layers))
     for key, tensor in in_memory_layout(items, cfg.moe.n_experts):
-        name = _rename(key, rules)
+        name = nest_mtp(_rename(key, rules), cfg.n_layers)
         if cfg.tie_embeddings and name == "output.weight":
             continue
         yield ([name, "output.weight"] if cfg.tie_embeddings and name == "tok_embeddings.weight" else [name]), tensor
@@ -131,6 +160,7 @@ def hf_rope_parameters(cfg: ModelConfig) -> dict:
         params.update(low_freq_factor=r.low_freq_factor, high_freq_factor=r.high_freq_factor)
     if r.scaling == "yarn":
         params.update(beta_fast=r.beta_fast, beta_slow=r.beta_slow)
+        params.update({k: getattr(r, k) for k in ("mscale", "mscale_all_dim") if getattr(r, k)})
     return params
 
 
@@ -171,6 +201,8 @@ def to_hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2, pad_id: int
         return transformers.Qwen2Config(**common, use_sliding_window=False)
     if arch in MOE_ARCHITECTURES:
         return moe_hf_config(cfg, arch, common)
+    if arch == deepseek.ARCH:
+        return deepseek.deepseek_hf_config(cfg, common)
     if arch == "Qwen3ForCausalLM":
         return transformers.Qwen3Config(**common, head_dim=cfg.head_size, attention_bias=False,
                                         use_sliding_window=False)
@@ -195,6 +227,10 @@ def _rope_from_hf(hf_cfg):
         r.low_freq_factor, r.high_freq_factor = float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
     if kind == "yarn":
         r.beta_fast, r.beta_slow = float(rope.get("beta_fast", 32.0)), float(rope.get("beta_slow", 1.0))
+        r.mscale, r.mscale_all_dim = float(rope.get("mscale") or 0.0), float(rope.get("mscale_all_dim") or 0.0)
+        if rope.get("attention_factor") is not None:
+            raise ValueError("yarn with an explicit attention_factor has no kfm counterpart (kfm derives it from "
+                             "factor, mscale and mscale_all_dim)")
     return r
 
 
@@ -235,6 +271,8 @@ def from_hf_config(hf_cfg) -> ModelConfig:
         tie_embeddings=bool(hf_cfg.tie_word_embeddings), init_std=getattr(hf_cfg, "initializer_range", 0.02),
         qkv_bias=arch == "Qwen2ForCausalLM", qk_norm=arch in ("Qwen3ForCausalLM", "Exaone4ForCausalLM"),
     )
+    if arch == deepseek.ARCH:
+        cfg.update(deepseek.deepseek_from_hf_config(hf_cfg), n_kv_heads=heads)
     if arch in MOE_ARCHITECTURES:
         moe = moe_from_hf_config(hf_cfg, arch)
         letters = moe.pop("letters", None)

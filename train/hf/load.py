@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from kfm.model.config import ModelConfig
+from kfm.model.config import ModelConfig, MTPConfig
 from kfm.train.hf.convert import from_hf_config, from_hf_state_dict, from_hf_tensors, hf_architecture
 
 INDEX = "model.safetensors.index.json"
@@ -51,7 +52,31 @@ def read_hf_config(hf_dir: str | Path) -> ModelConfig:
     arch = hf_architecture(cfg)
     if arch != hf_cfg.architectures[0]:
         raise ValueError(f"{hf_dir}: a {hf_cfg.architectures[0]} whose settings only {arch} has; not imported")
+    if cfg.mtp.depth:  # the config may promise modules (DeepseekV3Config's default is 1) that the files lack
+        extra = {int(m.group(1)) for key in weight_keys(hf_dir) if (m := re.match(r"^model\.layers\.(\d+)\.", key))
+                 and int(m.group(1)) >= cfg.n_layers}
+        if extra != set(range(cfg.n_layers, cfg.n_layers + len(extra))):
+            raise ValueError(f"{hf_dir}: multi-token prediction layers {sorted(extra)} do not follow the "
+                             f"{cfg.n_layers} decoder layers in order")
+        cfg.mtp = MTPConfig(depth=len(extra), loss_weight=cfg.mtp.loss_weight)
     return cfg
+
+
+def weight_files(hf_dir: Path) -> list[str]:
+    if (hf_dir / INDEX).is_file():
+        return sorted(set(json.loads((hf_dir / INDEX).read_text())["weight_map"].values()))
+    return ["model.safetensors"]
+
+
+def weight_keys(hf_dir: Path) -> list[str]:
+    """The tensor names of ``hf_dir``'s safetensors files, without reading the tensors."""
+    from safetensors import safe_open
+
+    keys = []
+    for name in weight_files(hf_dir):
+        with safe_open(str(hf_dir / name), "pt") as f:
+            keys.extend(f.keys())
+    return keys
 
 
 def load_hf_checkpoint(hf_dir: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -73,10 +98,7 @@ def hf_weight_tensors(hf_dir: str | Path, cfg: ModelConfig):
     from safetensors import safe_open
 
     hf_dir = Path(hf_dir)
-    if (hf_dir / INDEX).is_file():
-        files = sorted(set(json.loads((hf_dir / INDEX).read_text())["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
+    files = weight_files(hf_dir)
 
     def tensors():
         for name in files:

@@ -54,7 +54,8 @@ class MetricsHook(Hook):
                     "mfu": mfu(trainer.job.model, trainer.job.loader.seq_len, per_device, trainer.peak_flops),
                     "mfu_peak": trainer.peak_name,
                     "data_wait_s": trainer.data_wait, "skipped_steps": trainer.skipped_steps,
-                    "peak_memory_mb": peak_memory_mb(trainer.dist.device)} | trainer.balance.metrics()
+                    "peak_memory_mb": peak_memory_mb(trainer.dist.device)}
+        metrics |= trainer.balance.metrics() | trainer.mtp_losses.metrics()
         trainer.log_metrics(metrics)
         self._new_window(trainer)
 

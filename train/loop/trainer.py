@@ -23,6 +23,7 @@ from kfm.train.checkpoint.layout import checkpoint_root
 from kfm.train.checkpoint.manager import CheckpointManager
 from kfm.train.config import PretrainJob
 from kfm.train.loop.balance import ExpertBalance
+from kfm.train.loop.mtp_losses import MTPLosses
 from kfm.train.loop.events import Event, Hooks
 from kfm.train.loop.hooks import default_hooks
 from kfm.train.loop.init_from import initial_weights
@@ -115,6 +116,8 @@ class Trainer:
         self.model = self.engine.model
         self.balance = ExpertBalance(self.model, self.accum, tc.metrics.moe_collapse_ratio, dist_info.is_main)
         """MoE models: the expert biases moved after every step, the load metrics."""
+        self.mtp_losses = MTPLosses(self.model)
+        """Multi-token prediction: each depth's loss, logged apart from the training loss."""
         self.ckpt_root = checkpoint_root(self.run_dir)
         self.step = self.skipped_steps = self.consecutive_spikes = self.rollbacks = 0
         self.resumed = False
@@ -172,13 +175,14 @@ class Trainer:
         state."""
         return {"spikes": self.spikes.state_dict(), "consecutive_spikes": self.consecutive_spikes,
                 "rollbacks": self.rollbacks, "last": dict(self.last), "hooks": self.hooks.state_dict(),
-                "moe": self.balance.state_dict()}
+                "moe": self.balance.state_dict(), "mtp": self.mtp_losses.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.spikes.load_state_dict(state["spikes"])
         self.consecutive_spikes, self.rollbacks = state["consecutive_spikes"], state["rollbacks"]
         self.last = dict(state["last"])
         self.balance.load_state_dict(state.get("moe", {}), self.dist.device)  # checkpoints before MoE lack it
+        self.mtp_losses.load_state_dict(state.get("mtp", {}), self.dist.device)
         self.hook_state = state["hooks"]  # applied after the hooks' on_fit_start (which resets their windows)
 
     def maybe_resume(self) -> bool:
@@ -266,6 +270,7 @@ class Trainer:
             self.engine.backward(loss, last=last, discard=bool(skip))
         grad_norm, applied = self.engine.step(discard=bool(skip))
         self.balance.after_step(applied)
+        self.mtp_losses.after_step()
         if not applied:
             skip = skip or "gradient not finite"
             if not tc.stability.skip_nonfinite and skip == "gradient not finite":
