@@ -24,7 +24,7 @@ from kfm.train.checkpoint.reader import load_model_weights
 from kfm.train.hf.convert import hf_architecture
 from kfm.train.hf.export import check_tokenizer_vocab, export_model
 from kfm.train.hf.model_card import last_eval, model_card
-from kfm.train.provenance.digests import digest_tensors, parameter_groups
+from kfm.train.provenance.digests import digest_tensors, exported_groups
 from kfm.train.provenance.ledger import Ledger, code_version, envelope, export_file_hashes, now, read_chain, write_chain
 from kfm.train.provenance.signing import Signer
 from kfm.train.provenance.verify import verify as verify_export
@@ -37,10 +37,11 @@ from kfm.train.cli import CONFIG_DIR
 
 def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str = "float32",
                       max_new_tokens: int = 64, run_dir: Path | None = None, signing_key: str = "",
-                      verify: bool = True) -> Path:
+                      verify: bool = True, drop_mtp: bool = False) -> Path:
     """Export a training checkpoint (any backend and world size) or a consolidated ``.safetensors`` file
     (``python -m kfm.train.cli.consolidate``) to ``out_dir``; its provenance chain goes along, extended by an export
-    record (also appended to the ledger of ``run_dir``, by default the checkpoint's run), and is verified."""
+    record (also appended to the ledger of ``run_dir``, by default the checkpoint's run), and is verified.
+    ``drop_mtp``: leave the multi-token prediction modules out (for a class that cannot store them)."""
     if ckpt.suffix == ".safetensors":
         model, state, chain = load_consolidated(ckpt)
         cfg = model.cfg
@@ -53,12 +54,12 @@ def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str
         load_model_weights(ckpt, model)
         chain = read_chain(ckpt)
     run_dir = run_dir or ckpt.parent.parent  # <run_dir>/checkpoints/step_N
-    out = export_model(model, cfg, tokenizer_dir, out_dir, dtype, max_new_tokens)
+    out = export_model(model, cfg, tokenizer_dir, out_dir, dtype, max_new_tokens, drop_mtp)
     evals = last_eval(run_dir / "metrics.jsonl", state["step"])
     (out / "README.md").write_text(model_card(cfg, hf_architecture(cfg), state, tokenizer_dir, evals))
     log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
     if chain:
-        record_export(model, cfg, chain, out, run_dir, state["step"], dtype, ckpt, signing_key)
+        record_export(model, cfg, chain, out, run_dir, state["step"], dtype, ckpt, signing_key, drop_mtp)
         if verify:
             report = verify_export(out, run_dir)
             write_report(report, out)
@@ -69,11 +70,12 @@ def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str
     return out
 
 def record_export(model: Transformer, cfg: ModelConfig, chain: list[dict], out: Path, run_dir: Path, step: int,
-                  dtype: str, source: Path, signing_key: str = "") -> dict:
-    """The export record: the digest of the weights as written (cast to ``dtype``), chained to the checkpoint."""
+                  dtype: str, source: Path, signing_key: str = "", drop_mtp: bool = False) -> dict:
+    """The export record: the digest of the weights as written (cast to ``dtype``; without the multi-token
+    prediction modules with ``drop_mtp``), chained to the checkpoint."""
     cast = getattr(torch, dtype)
-    digest = digest_tensors((names, p.detach().to(cast)) for names, p in parameter_groups(model))
-    rec = {"kind": "export", "parent": chain[-1]["id"], "time": now(), "code": code_version(), "step": step,
+    digest = digest_tensors((names, p.detach().to(cast)) for names, p in exported_groups(model, drop_mtp))
+    rec = {"kind": "export", **({"drop_mtp": True} if drop_mtp and cfg.mtp.depth else {}), "parent": chain[-1]["id"], "time": now(), "code": code_version(), "step": step,
            "dtype": dtype, "architecture": hf_architecture(cfg), "source": str(source), "weights": digest.summary(),
            "files": export_file_hashes(out)}
     env = envelope(rec, Signer(signing_key) if signing_key else None)
@@ -120,6 +122,9 @@ class ExportJob:
     """Ed25519 private key (PEM) that signs the export's provenance record (``python -m kfm.train.cli.keygen``)."""
     verify: bool = True
     """Verify the provenance chain after exporting (``kfm.train.provenance.verify``) and put the report in the model card."""
+    drop_mtp: bool = False
+    """Leave the multi-token prediction modules out: needed for a class whose checkpoints cannot store them (every
+    one but ``DeepseekV3ForCausalLM``); they only serve speculative decoding."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
@@ -135,7 +140,7 @@ def main(cfg) -> None:
     consolidated = job.checkpoint.endswith(".safetensors")
     ckpt = Path(job.checkpoint) if consolidated else resolve_checkpoint(job.checkpoint, job.run_dir)
     export_checkpoint(ckpt, Path(job.tokenizer_dir), Path(job.out_dir), job.dtype, job.max_new_tokens,
-                      Path(job.run_dir) if consolidated else None, job.signing_key, job.verify)
+                      Path(job.run_dir) if consolidated else None, job.signing_key, job.verify, job.drop_mtp)
 
 
 if __name__ == "__main__":

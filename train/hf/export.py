@@ -18,6 +18,7 @@ from kfm.model import ModelConfig, Transformer
 from kfm.tokenizer.hf import load_sentencepiece, save_hf_tokenizer
 from kfm.train.hf.convert import add_transformers4_keys, check_mtp_export, to_hf_config, to_hf_state_dict
 from kfm.train.hf.deepseek import mtp_copies
+from kfm.train.hf.moe import saved_layout
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def write_extra_tensors(out_dir: Path, tensors: dict[str, torch.Tensor], dtype: 
     single-file export), so that loaders which read the index find them."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().to(dtype).contiguous() for k, v in tensors.items()}, str(out_dir / MTP_FILE),
+    save_file({k: v.detach().to(dtype, copy=True) for k, v in tensors.items()}, str(out_dir / MTP_FILE),
               metadata={"format": "pt"})
     index_path = out_dir / "model.safetensors.index.json"
     if index_path.is_file():
@@ -76,7 +77,7 @@ def export_model(model: Transformer, cfg: ModelConfig, tokenizer_dir: Path, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     hf.to(getattr(torch, dtype)).save_pretrained(str(out_dir), safe_serialization=True, max_shard_size="5GB")
     if extra:
-        extra |= mtp_copies(cfg, model.tok_embeddings.weight, model.output.weight)
+        extra = saved_layout(extra) | mtp_copies(cfg, model.tok_embeddings.weight, model.output.weight)
         write_extra_tensors(out_dir, extra, getattr(torch, dtype))
     add_transformers4_keys(out_dir / "config.json", cfg, dtype)
     GenerationConfig(bos_token_id=sp.bos_id(), eos_token_id=sp.eos_id(), pad_token_id=sp.pad_id(),

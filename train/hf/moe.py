@@ -108,6 +108,23 @@ def in_memory_layout(items: Iterable[tuple[str, torch.Tensor]], n_experts: int
                          f"(missing {sorted(set(range(n_experts)) - set(group))[:8]}): it is incomplete")
 
 
+def saved_layout(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``in_memory_layout`` undone, for tensors written beside ``save_pretrained``'s (multi-token prediction
+    layers): stacked experts split per expert, the bias under ``mlp.`` as ``save_pretrained`` writes it."""
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(".mlp.experts.gate_up_proj"):
+            prefix, half = key.removesuffix("gate_up_proj"), value.shape[1] // 2
+            for j, w in enumerate(value):
+                out[f"{prefix}{j}.gate_proj.weight"], out[f"{prefix}{j}.up_proj.weight"] = w[:half], w[half:]
+        elif key.endswith(".mlp.experts.down_proj"):
+            prefix = key.removesuffix("down_proj")
+            out.update({f"{prefix}{j}.down_proj.weight": w for j, w in enumerate(value)})
+        else:
+            out[key.replace(".mlp.gate.e_score_correction_bias", ".mlp.e_score_correction_bias")] = value
+    return out
+
+
 def moe_hf_config(cfg: ModelConfig, arch: str, common: dict):
     """The ``transformers`` config of a MoE ``cfg`` (``common``: the keys every class shares)."""
     import transformers

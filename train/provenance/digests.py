@@ -95,6 +95,13 @@ def parameter_groups(model: nn.Module) -> list[tuple[list[str], nn.Parameter]]:
     return list(groups.values())
 
 
+def exported_groups(model: nn.Module, drop_mtp: bool = False) -> list[tuple[list[str], nn.Parameter]]:
+    """``parameter_groups``, without the multi-token prediction modules with ``drop_mtp`` (an export that leaves
+    them out)."""
+    groups = parameter_groups(model)
+    return [(names, p) for names, p in groups if not (drop_mtp and names[0].startswith("mtp."))]
+
+
 def module_tensors(model: nn.Module) -> Iterator[tuple[list[str], torch.Tensor]]:
     """(names, full tensor) per parameter of a plain, DDP or FSDP2/HSDP model; collective for sharded ones."""
     for names, p in parameter_groups(model):

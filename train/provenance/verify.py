@@ -35,7 +35,7 @@ import torch
 
 from kfm.model import ModelConfig, Transformer
 from kfm.train.hf.load import hf_weight_tensors, read_hf_config
-from kfm.train.provenance.digests import WeightsDigest, digest_tensors, init_digest, parameter_groups
+from kfm.train.provenance.digests import WeightsDigest, digest_tensors, exported_groups, init_digest
 from kfm.train.provenance.ledger import (
     CHAIN,
     ORIGIN_KINDS,
@@ -210,7 +210,7 @@ def check_export_weights(hf_dir: Path, run_dir: Path, chain: list[dict], report:
     if parent.get("kind") != "checkpoint":
         report.fail(f"the export's parent is {describe(parent) if parent else 'missing'}, not a checkpoint")
         return
-    if rec.get("dtype") == "float32":
+    if rec.get("dtype") == "float32" and not rec.get("drop_mtp"):
         if rec["weights"]["sha256"] != parent["weights"]["sha256"]:
             report.fail(f"the export record's weights ({rec['weights']['sha256'][:16]}...) are not those of "
                         f"{describe(parent)} ({parent['weights']['sha256'][:16]}...)")
@@ -218,16 +218,17 @@ def check_export_weights(hf_dir: Path, run_dir: Path, chain: list[dict], report:
     ckpt = run_dir / "checkpoints" / f"step_{parent['step']:07d}"
     carried = read_jsonl(ckpt / PROVENANCE_DIR / CHAIN) if (ckpt / PROVENANCE_DIR / CHAIN).is_file() else []
     if not carried or carried[-1]["id"] != rec["parent"]:
-        report.warn(f"the {rec.get('dtype')} cast was not re-checked: {describe(parent)} is no longer in {ckpt.parent}")
+        report.warn(f"the {rec.get('dtype')} export was not re-checked: {describe(parent)} is no longer in {ckpt.parent}")
         return
     from kfm.train.checkpoint.reader import load_model_weights
 
     model = Transformer(ModelConfig.from_dict(parent["config"]["model"]))
     load_model_weights(ckpt, model)
     dtype = getattr(torch, rec["dtype"])
-    cast = digest_tensors((names, p.detach().to(dtype)) for names, p in parameter_groups(model))
+    cast = digest_tensors((names, p.detach().to(dtype)) for names, p in exported_groups(model, rec.get("drop_mtp")))
     if cast.sha256 != rec["weights"]["sha256"]:
-        report.fail(f"the export's weights are not {describe(parent)}'s cast to {rec['dtype']}")
+        report.fail(f"the export's weights are not {describe(parent)}'s cast to {rec['dtype']}"
+                    + (" without its multi-token prediction modules" if rec.get("drop_mtp") else ""))
 
 
 def check_export_files(hf_dir: Path, chain: list[dict], report: Report) -> None:
