@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # bench/kernels.py would shadow the `kernels` package transformers imports: drop bench/ from the path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
+from bench.isolated import median_runs, peak_rss_mb, rss_mb  # noqa: E402
 
 CASES = {  # name: (dim, experts, top_k, expert hidden, layers or 0 for one block, batch, seq, timed steps)
     "block16": (512, 16, 4, 512, 0, 4, 512, 3),
@@ -44,11 +42,6 @@ def describe(name: str) -> str:
     dim, experts, top_k, hidden, layers, batch, seq, _ = CASES[name]
     what = f"{layers}-layer model, vocab {VOCAB}" if layers else "one MoE block"
     return f"{name}: {what}, dim {dim}, {experts} experts of {hidden}, top-{top_k}, {batch} x {seq} tokens"
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def build(name: str, impl: str):
@@ -116,7 +109,7 @@ def worker(name: str, impl: str) -> dict:
     for _ in range(steps):
         step()
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     _, _, _, _, _, batch, seq, _ = CASES[name]
     return {"tokens_per_s": steps * batch * seq / seconds, "peak_mb": peak, "step_mb": peak - before,
             "max_diff": diff}
@@ -138,13 +131,7 @@ def main() -> None:
     print("| case | implementation | fwd+bwd tokens/s | peak RSS MB | step memory MB | speed vs HF | step memory vs HF "
           "| max diff |\n|---|---|---:|---:|---:|---:|---:|---:|")
     for name in args.cases:
-        results: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
-        for _ in range(args.rounds):
-            for impl in IMPLS:
-                out = subprocess.run([sys.executable, __file__, f"--worker={impl}", f"--case={name}"], check=True,
-                                     capture_output=True, text=True).stdout
-                results[impl].append(json.loads(out.strip().splitlines()[-1]))
-        med = {w: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for w, rs in results.items()}
+        med = median_runs(__file__, IMPLS, name, args.rounds)
         base = med["hf-grouped_mm"]
         for impl in IMPLS:
             m = med[impl]

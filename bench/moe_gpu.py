@@ -14,14 +14,13 @@ ms and TFLOP/s (3 x 2 x tokens x top_k x dim x expert hidden x 3 matrices). Resu
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
+from bench.gpu_timing import device_line, time_ms  # noqa: E402
 
 CASES = {  # name: (tokens, dim, experts, top_k, expert hidden)
     "qwen3_30b_a3b": (8192, 2048, 128, 8, 768),
@@ -30,27 +29,6 @@ CASES = {  # name: (tokens, dim, experts, top_k, expert hidden)
     "debug_moe": (8192, 128, 8, 2, 96),
 }
 TINY = {"tiny": (64, 64, 4, 2, 32)}
-
-
-def time_ms(fn, iters: int, device) -> float:
-    import torch
-
-    if device.type != "cuda":
-        import time
-
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        return (time.perf_counter() - t0) * 1e3 / iters
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def run_case(name, shape, args, device, dtype) -> list[str]:
@@ -131,16 +109,10 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.tiny:
         args.iters, args.warmup = 1, 0
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    driver = ""
-    if device.type == "cuda":
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True).stdout.strip()
-    import triton
-
+    name, versions = device_line(device)
     lines = [f"# MoE grouped GEMM and block on {name}", "",
-             f"`python bench/moe_gpu.py{' --tiny' if args.tiny else ''}`: {dtype}, torch {torch.__version__}, "
-             f"triton {triton.__version__}, driver {driver or 'n/a'}; median of {args.iters} fwd+bwd after "
+             f"`python bench/moe_gpu.py{' --tiny' if args.tiny else ''}`: {dtype}, {versions}; "
+             f"median of {args.iters} fwd+bwd after "
              f"{args.warmup} warm-up; router skew {args.skew}", "",
              "| case | implementation | ms (fwd+bwd) | TFLOP/s | max rel. error vs loop |", "|---|---|---:|---:|---:|"]
     for case, shape in (TINY if args.tiny else CASES).items():

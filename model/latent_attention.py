@@ -93,5 +93,6 @@ class LatentAttention(nn.Module):
         kind = (q.device.type, q.dtype, docs is None)
         if kind not in self._attention:
             self._attention[kind] = attention_impl(self.backend, q, docs, self.window)
+        # v is a view into the decompressed [k_nope; v]: a copy keeps half of it alive for the backward, not all
         out = self._attention[kind](q, k, v.contiguous(), docs, self.window, self.scale)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))

@@ -10,7 +10,9 @@ from kfm.model.attention import Documents
 from kfm.model.config import MTPConfig
 from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy_reference
 from kfm.model.rope import Rotary
-from tests.helpers import make_job, mla_model_cfg, read_metrics, run_distributed, train_and_report
+from kfm.train.cli.export_hf import export_checkpoint
+from kfm.train.provenance.verify import verify
+from tests.helpers import count_step_syncs, make_job, mla_model_cfg, read_metrics, run_distributed, train_and_report
 
 
 def reference_mtp_loss(model: Transformer, tokens, targets, positions, docs):
@@ -69,7 +71,7 @@ def test_the_loss_stays_the_next_token_loss_and_the_gradient_carries_the_mtp_los
     assert model.mtp.take_stats() is None
 
 
-def test_the_mtp_losses_are_logged_apart_and_fall_in_training(run_dir):
+def test_the_mtp_losses_are_logged_apart_fall_in_training_and_export_verified_without_them(run_dir, tiny_tokenizer):
     job = make_job(run_dir, steps=24, metrics={"log_every": 4})
     job.model = ModelConfig.from_dict({**job.model.to_dict(), "mtp": {"depth": 2, "loss_weight": 0.3}})
     run_distributed(train_and_report, 1, job)
@@ -77,3 +79,21 @@ def test_the_mtp_losses_are_logged_apart_and_fall_in_training(run_dir):
     assert len(first) == len(second) == 6
     assert first[-1] < first[0] - 0.5 and second[-1] < second[0] - 0.3, (first, second)
     assert len(read_metrics(run_dir, "train_loss")) == 6
+
+    ckpt = run_dir / "checkpoints" / "step_0000024"  # a Llama-class model cannot store the modules
+    with pytest.raises(ValueError, match="drop_mtp=true"):
+        export_checkpoint(ckpt, tiny_tokenizer, run_dir / "hf")
+    export_checkpoint(ckpt, tiny_tokenizer, run_dir / "hf", drop_mtp=True)
+    report = verify(run_dir / "hf", run_dir)  # the export's weights: the checkpoint's without the modules
+    assert report.verified and report.verdict.startswith("VERIFIED: trained from scratch"), report.to_text()
+
+
+def test_an_mtp_step_adds_no_host_synchronisation(run_dir):
+    """Two MTP depths, 1 or 4 micro batches: still the step's 2 synchronisations (loss with stop flag, gradient
+    norm). The chunked cross-entropy, run once per depth, counts its tokens on the device."""
+    for accum in (1, 4):
+        job = make_job(run_dir / f"accum{accum}", steps=2, global_batch_size=4 * accum)
+        job.model = ModelConfig.from_dict({**job.model.to_dict(), "mtp": {"depth": 2}})
+        job.data_dir = str(run_dir / "data")
+        (got_accum, n), = run_distributed(count_step_syncs, 1, job)
+        assert (got_accum, n) == (accum, 2)

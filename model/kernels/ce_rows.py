@@ -12,7 +12,7 @@ CE_BLOCK = 1024
 
 
 @triton.jit
-def _ce_rows_kernel(LOGITS, TARGETS, LOSS, stride, vocab, z_loss, scale, ignore_index,
+def _ce_rows_kernel(LOGITS, TARGETS, LOSS, stride, vocab, z_loss, SCALE, ignore_index,
                     WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     base = LOGITS + row * stride
@@ -31,7 +31,7 @@ def _ce_rows_kernel(LOGITS, TARGETS, LOSS, stride, vocab, z_loss, scale, ignore_
     picked = tl.load(base + t_safe).to(tl.float32)
     tl.store(LOSS + row, tl.where(keep, lse - picked + z_loss * lse * lse, 0.0))
     if WRITE_GRAD:  # d loss / d logits, over the logits in place
-        coef = tl.where(keep, scale, 0.0)
+        coef = tl.where(keep, tl.load(SCALE), 0.0)
         for start in range(0, vocab, BLOCK):
             offs = start + cols
             ok = offs < vocab
@@ -41,7 +41,8 @@ def _ce_rows_kernel(LOGITS, TARGETS, LOSS, stride, vocab, z_loss, scale, ignore_
             tl.store(base + offs, g, mask=ok)
 
 
-def ce_rows_triton(logits, t, keep, ignore_index: int, z_loss: float, scale: float, write_grad: bool):
+def ce_rows_triton(logits, t, keep, ignore_index: int, z_loss: float, scale: torch.Tensor, write_grad: bool):
+    """``scale``: a 0-d fp32 device tensor (1 / the tokens counted), read by the kernel: no host synchronisation."""
     loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     _ce_rows_kernel[(logits.shape[0],)](logits, t, loss, logits.stride(0), logits.shape[1], z_loss, scale,
                                         ignore_index, WRITE_GRAD=write_grad, BLOCK=CE_BLOCK)

@@ -30,7 +30,7 @@ def linear_cross_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, t
     return cross_entropy_loss((hidden @ weight.T)[None], targets[None], ignore_index, z_loss)
 
 
-def _ce_rows_torch(logits, t, keep, ignore_index: int, z_loss: float, scale: float, write_grad: bool):
+def _ce_rows_torch(logits, t, keep, ignore_index: int, z_loss: float, scale: torch.Tensor, write_grad: bool):
     """Summed loss of the rows of an fp32 logits chunk; with ``write_grad`` the logits become their gradient."""
     lse = torch.logsumexp(logits, dim=-1)
     safe_t = torch.where(keep, t, 0)
@@ -48,8 +48,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, ignore_index: int, z_loss: float, chunk: int, use_triton: bool):
         n = hidden.shape[0]
         valid = targets != ignore_index
-        count = int(valid.sum())
-        scale = 1.0 / max(count, 1)
+        scale = 1.0 / valid.sum().clamp(min=1).float()  # a device tensor: no host synchronisation
         needs_h, needs_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if needs_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None

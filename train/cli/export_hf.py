@@ -9,6 +9,7 @@ reads the checkpoint, adds the export record to the chain and the ledger, and ve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from kfm.model import ModelConfig, Transformer
+from kfm.model.config import MTPConfig
 from kfm.train.checkpoint.layout import read_state, resolve_checkpoint
 from kfm.train.checkpoint.reader import load_model_weights
 from kfm.train.hf.convert import hf_architecture
@@ -56,7 +58,8 @@ def export_checkpoint(ckpt: Path, tokenizer_dir: Path, out_dir: Path, dtype: str
     run_dir = run_dir or ckpt.parent.parent  # <run_dir>/checkpoints/step_N
     out = export_model(model, cfg, tokenizer_dir, out_dir, dtype, max_new_tokens, drop_mtp)
     evals = last_eval(run_dir / "metrics.jsonl", state["step"])
-    (out / "README.md").write_text(model_card(cfg, hf_architecture(cfg), state, tokenizer_dir, evals))
+    card_cfg = dataclasses.replace(cfg, mtp=MTPConfig()) if drop_mtp else cfg  # what the export holds
+    (out / "README.md").write_text(model_card(card_cfg, hf_architecture(cfg), state, tokenizer_dir, evals))
     log.info("exported %s (step %d) to %s", ckpt, state["step"], out_dir)
     if chain:
         record_export(model, cfg, chain, out, run_dir, state["step"], dtype, ckpt, signing_key, drop_mtp)

@@ -56,6 +56,12 @@ def model_card(cfg: ModelConfig, arch: str, state: dict, tokenizer_dir: Path, ev
         *([f"- mixture of experts: {m.n_experts} routed experts of {m.expert_hidden_dim} (top-{m.top_k}, "
            f"{m.score_func}) + {m.n_shared_experts} shared from layer {m.first_k_dense}; "
            f"{num_params(cfg, active=True):,} parameters active per token"] if (m := cfg.moe).n_experts else []),
+        *([f"- latent attention: key/value latent {a.kv_lora_rank}, query latent {a.q_lora_rank or 'none'}, q/k heads "
+           f"of {cfg.head_size - a.qk_rope_head_dim} + {a.qk_rope_head_dim} rotated, value heads of {a.v_head_dim}"]
+          if (a := cfg.mla).enabled else []),
+        *([f"- multi-token prediction: {cfg.mtp.depth} module(s) as decoder layers {cfg.n_layers} and up (DeepSeek-V3's "
+           "layout, for speculative decoding; `transformers` ignores them when loading)"]
+          if cfg.mtp.depth and arch == "DeepseekV3ForCausalLM" else []),
         "",
         "## Training",
         "",
