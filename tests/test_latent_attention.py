@@ -194,3 +194,19 @@ def test_yarn_with_deepseek_mscale_scales_the_softmax_and_the_rotation():
     assert rope.softmax_factor == pytest.approx((0.1 * math.log(40.0) + 1) ** 2)
     with pytest.raises(ValueError, match="belong to yarn scaling"):
         RopeConfig(mscale=1.0)
+
+
+def test_a_latent_attention_model_with_windowed_layers_keeps_packed_documents_apart():
+    """VAETKI's layout in miniature (latent attention, a window on all but every third layer, MoE): a row of packed
+    documents gives each document the logits it gets alone."""
+    cfg = mla_model_cfg(moe={}, sliding_window=4, layer_pattern="LLG", n_layers=3)
+    model = Transformer(cfg).eval()
+    model.init_weights(seed=0)
+    lengths = [7, 1, 12]
+    tokens = torch.randint(0, cfg.vocab_size, (1, sum(lengths)), generator=torch.Generator().manual_seed(0))
+    cu = torch.tensor([0, 7, 8, 20])
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    with torch.no_grad():
+        packed = model(tokens, positions, [cu])
+        alone = torch.cat([model(part) for part in tokens.split(lengths, dim=1)], dim=1)
+    assert (packed - alone).abs().max().item() < 1e-5

@@ -14,7 +14,8 @@ from kfm.train.hf.convert import hf_architecture, to_hf_config
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
 EXPECTED_ARCH = {"exaone4_32b_like": "Exaone4ForCausalLM", "qwen25_7b_like": "Qwen2ForCausalLM",
                  "qwen3_30b_a3b": "Qwen3MoeForCausalLM", "k_exaone_236b_like": "ExaoneMoeForCausalLM",
-                 "debug_moe": "ExaoneMoeForCausalLM", "deepseek_v3_671b": "DeepseekV3ForCausalLM"}
+                 "debug_moe": "ExaoneMoeForCausalLM", "deepseek_v3_671b": "DeepseekV3ForCausalLM",
+                 "debug_mla": "DeepseekV3ForCausalLM"}
 NOT_EXPORTED = {"solar_open_100b_like": ("SolarOpenForCausalLM", "no stock transformers MoE class"),
                 "ax_k1_519b_like": ("AXK1ForCausalLM", "a norm after the MoE layer"),
                 "vaetki_112b_like": (None, "DeepseekV3ForCausalLM lacks sliding-window layers")}
