@@ -24,19 +24,27 @@ from kfm.train.config import Backend, ParallelismConfig
 from kfm.train.parallel.distributed import DTYPES, DistInfo
 
 
+def blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
+    """(list, index) of every unit wrapped one by one: the transformer blocks, then the multi-token prediction
+    modules (each a block with its norms and projection)."""
+    units = [(model.layers, i) for i in range(len(model.layers))]
+    mtp = getattr(model, "mtp", None)
+    return units + ([(mtp.layers, k) for k in range(len(mtp.layers))] if mtp is not None else [])
+
+
 def apply_activation_checkpointing(model: nn.Module, mode: str, every: int) -> None:
     """``full``: recompute every block's activations in the backward; ``selective``: every ``every``-th block."""
     if mode == "none":
         return
-    for i, block in enumerate(model.layers):
-        if mode == "full" or i % every == 0:
-            model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+    for n, (units, i) in enumerate(blocks(model)):
+        if mode == "full" or n % every == 0:
+            units[i] = checkpoint_wrapper(units[i], preserve_rng_state=False)
 
 
 def apply_compile(model: nn.Module) -> None:
     """Compile each block on its own (all blocks share one compiled graph)."""
-    for i, block in enumerate(model.layers):
-        model.layers[i] = torch.compile(block, fullgraph=False)
+    for units, i in blocks(model):
+        units[i] = torch.compile(units[i], fullgraph=False)
 
 
 def build_mesh(pc: ParallelismConfig, info: DistInfo):
@@ -62,8 +70,8 @@ def apply_data_parallel(model: nn.Module, pc: ParallelismConfig, info: DistInfo,
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[pc.param_dtype], reduce_dtype=torch.float32)
     # Pinned host memory speeds up copies to and from a GPU (and needs one to exist).
     offload = CPUOffloadPolicy(pin_memory=info.device.type == "cuda") if pc.cpu_offload else OffloadPolicy()
-    for block in model.layers:
-        fully_shard(block, mesh=mesh, mp_policy=policy, offload_policy=offload)
+    for units, i in blocks(model):
+        fully_shard(units[i], mesh=mesh, mp_policy=policy, offload_policy=offload)
     fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
     return model
 
