@@ -12,17 +12,14 @@ concatenate the rotated part into a new key tensor). fp32, causal, one document 
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # bench/kernels.py would shadow the `kernels` package transformers imports: drop bench/ from the path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
-from bench.isolated import median_runs, peak_rss_mb, rss_mb  # noqa: E402
+from bench.isolated import main, timed_steps  # noqa: E402
 
 CASES = {  # name: (dim, heads, q rank, kv rank, rope dim, q/k head, v head, batch, seq, timed steps)
     "v2lite": (2048, 16, 0, 512, 64, 192, 128, 1, 1024, 3),
@@ -83,7 +80,6 @@ def build(name: str, impl: str):
 def worker(name: str, impl: str) -> dict:
     import torch
 
-    steps = CASES[name][-1]
     step, output, module = build(name, impl)
     _, reference, _ = build(name, "kfm-sdpa")
     with torch.no_grad():
@@ -97,45 +93,13 @@ def worker(name: str, impl: str) -> dict:
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         output()
-    before = rss_mb()
-    step()  # warm-up
-    module.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - t0
-    peak = peak_rss_mb()
-    batch, seq = CASES[name][7], CASES[name][8]
-    return {"tokens_per_s": steps * batch * seq / seconds, "peak_mb": peak, "step_mb": peak - before,
-            "saved_mb": sum(saved.values()) / 2**20, "max_diff": diff}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--worker", choices=IMPLS)
-    ap.add_argument("--case", choices=list(CASES))
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.case, args.worker)))
-        return
-    print(f"fp32, {args.rounds} alternating rounds per case (each run a fresh process), medians; step memory = peak "
-          "RSS - RSS after building (allocator transients of the backward included); saved = the tensors the "
-          "forward keeps for the backward (exact, by storage); ratios against transformers' SDPA path; max diff: "
-          "output against kfm's on the same weights\n")
-    print("| case | implementation | fwd+bwd tokens/s | peak RSS MB | step memory MB | saved for backward MB | speed vs HF "
-          "| step memory vs HF | saved vs HF | max diff |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name in args.cases:
-        med = median_runs(__file__, IMPLS, name, args.rounds)
-        base = med["hf-sdpa"]
-        for impl in IMPLS:
-            m = med[impl]
-            print(f"| {describe(name)} | {impl} | {m['tokens_per_s']:.0f} | {m['peak_mb']:.0f} | {m['step_mb']:.0f} | "
-                  f"{m['saved_mb']:.0f} | {m['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
-                  f"{m['step_mb'] / base['step_mb']:.2f}x | {m['saved_mb'] / base['saved_mb']:.2f}x | "
-                  f"{m['max_diff']:.1e} |", flush=True)
+    batch, seq, steps = CASES[name][7:]
+    return timed_steps(step, module, steps, batch * seq) | {"saved_mb": sum(saved.values()) / 2**20,
+                                                            "max_diff": diff}
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, __file__, CASES, IMPLS, "hf-sdpa", describe, worker,
+         "step memory = peak RSS - RSS after building (allocator transients of the backward included); saved = the "
+         "tensors the forward keeps for the backward (exact, by storage); ratios against transformers' SDPA path; "
+         "max diff: output against kfm's on the same weights", extra=(("saved for backward MB", "saved_mb"),))

@@ -14,14 +14,13 @@ versions.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
-from bench.gpu_timing import device_line, time_ms  # noqa: E402
+from bench.gpu_timing import gpu_main, time_ms  # noqa: E402
 
 CASES = {  # name: (dim, heads, q rank, kv rank, rope dim, q/k head, v head, batch, seq)
     "deepseek_v3_layer": (7168, 128, 1536, 512, 64, 192, 128, 1, 4096),
@@ -95,36 +94,9 @@ def run_case(name, shape, args, device, dtype) -> list[str]:
     return rows
 
 
-def main() -> None:
-    import torch
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU check under TRITON_INTERPRET=1")
-    args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if args.tiny:
-        args.iters, args.warmup = 1, 0
-    name, versions = device_line(device)
-    lines = [f"# Latent attention on {name}", "",
-             f"`python bench/mla_gpu.py{' --tiny' if args.tiny else ''}`: {dtype}, {versions}; median of "
-             f"{args.iters} fwd+bwd after {args.warmup} warm-up; errors relative to the largest value of the float32 "
-             "SDPA reference (output, input gradient); TFLOP/s counts the full score matrix (fwd + 2x bwd)", "",
-             "| case | backend | ms (fwd+bwd) | attention TFLOP/s | out rel. error | dx rel. error |",
-             "|---|---|---:|---:|---:|---:|"]
-    for case, shape in (TINY if args.tiny else CASES).items():
-        lines += run_case(case, shape, args, device, dtype)
-        print("\n".join(lines[-2 * len(BACKENDS):]), flush=True)
-    out = Path(args.out) / f"mla_gpu_{name.replace(' ', '_').lower()}.md"
-    if not args.tiny:
-        out.write_text("\n".join(lines) + "\n")
-        print(f"written to {out}")
-    else:
-        print("\n".join(lines))
-
-
 if __name__ == "__main__":
-    main()
+    gpu_main(__doc__, __file__, "Latent attention",
+             ["case", "backend", "ms (fwd+bwd)", "attention TFLOP/s", "out rel. error", "dx rel. error"], CASES, TINY,
+             run_case, iters=10, warmup=2,
+             note=lambda args: "; errors relative to the largest value of the float32 SDPA reference (output, input "
+                               "gradient); TFLOP/s counts the full score matrix (fwd + 2x bwd)")

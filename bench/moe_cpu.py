@@ -13,17 +13,14 @@ over the experts that received tokens). fp32 throughout; the model case uses PyT
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # bench/kernels.py would shadow the `kernels` package transformers imports: drop bench/ from the path
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
-from bench.isolated import median_runs, peak_rss_mb, rss_mb  # noqa: E402
+from bench.isolated import main, timed_steps  # noqa: E402
 
 CASES = {  # name: (dim, experts, top_k, expert hidden, layers or 0 for one block, batch, seq, timed steps)
     "block16": (512, 16, 4, 512, 0, 4, 512, 3),
@@ -96,49 +93,16 @@ def build(name: str, impl: str):
 def worker(name: str, impl: str) -> dict:
     import torch
 
-    steps = CASES[name][-1]
     step, output, module = build(name, impl)
     _, reference, _ = build(name, "kfm-loop")
     with torch.no_grad():
         diff = (output() - reference()).abs().max().item()
     del reference
-    before = rss_mb()
-    step()  # warm-up
-    module.zero_grad(set_to_none=True)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - t0
-    peak = peak_rss_mb()
-    _, _, _, _, _, batch, seq, _ = CASES[name]
-    return {"tokens_per_s": steps * batch * seq / seconds, "peak_mb": peak, "step_mb": peak - before,
-            "max_diff": diff}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--worker", choices=IMPLS)
-    ap.add_argument("--case", choices=list(CASES))
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.case, args.worker)))
-        return
-    print(f"fp32, {args.rounds} alternating rounds per case (each run a fresh process), medians; step memory = peak "
-          "RSS - RSS after building (weights included in neither); ratios against transformers' default "
-          "(hf-grouped_mm); max diff: output against kfm's per-expert loop on the same weights\n")
-    print("| case | implementation | fwd+bwd tokens/s | peak RSS MB | step memory MB | speed vs HF | step memory vs HF "
-          "| max diff |\n|---|---|---:|---:|---:|---:|---:|---:|")
-    for name in args.cases:
-        med = median_runs(__file__, IMPLS, name, args.rounds)
-        base = med["hf-grouped_mm"]
-        for impl in IMPLS:
-            m = med[impl]
-            print(f"| {describe(name)} | {impl} | {m['tokens_per_s']:.0f} | {m['peak_mb']:.0f} | {m['step_mb']:.0f} | "
-                  f"{m['tokens_per_s'] / base['tokens_per_s']:.2f}x | {m['step_mb'] / base['step_mb']:.2f}x | "
-                  f"{m['max_diff']:.1e} |", flush=True)
+    _, _, _, _, _, batch, seq, steps = CASES[name]
+    return timed_steps(step, module, steps, batch * seq) | {"max_diff": diff}
 
 
 if __name__ == "__main__":
-    main()
+    main(__doc__, __file__, CASES, IMPLS, "hf-grouped_mm", describe, worker,
+         "step memory = peak RSS - RSS after building (weights included in neither); ratios against transformers' "
+         "default (hf-grouped_mm); max diff: output against kfm's per-expert loop on the same weights")

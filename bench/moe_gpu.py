@@ -13,14 +13,13 @@ ms and TFLOP/s (3 x 2 x tokens x top_k x dim x expert hidden x 3 matrices). Resu
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
-from bench.gpu_timing import device_line, time_ms  # noqa: E402
+from bench.gpu_timing import gpu_main, time_ms  # noqa: E402
 
 CASES = {  # name: (tokens, dim, experts, top_k, expert hidden)
     "qwen3_30b_a3b": (8192, 2048, 128, 8, 768),
@@ -95,36 +94,7 @@ def run_case(name, shape, args, device, dtype) -> list[str]:
     return rows
 
 
-def main() -> None:
-    import torch
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--skew", type=float, default=0.0)
-    ap.add_argument("--tiny", action="store_true", help="tiny shapes, for a CPU check under TRITON_INTERPRET=1")
-    args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if args.tiny:
-        args.iters, args.warmup = 1, 0
-    name, versions = device_line(device)
-    lines = [f"# MoE grouped GEMM and block on {name}", "",
-             f"`python bench/moe_gpu.py{' --tiny' if args.tiny else ''}`: {dtype}, {versions}; "
-             f"median of {args.iters} fwd+bwd after "
-             f"{args.warmup} warm-up; router skew {args.skew}", "",
-             "| case | implementation | ms (fwd+bwd) | TFLOP/s | max rel. error vs loop |", "|---|---|---:|---:|---:|"]
-    for case, shape in (TINY if args.tiny else CASES).items():
-        lines += run_case(case, shape, args, device, dtype)
-        print("\n".join(lines[-6:]), flush=True)
-    out = Path(args.out) / f"moe_gpu_{name.replace(' ', '_').lower()}.md"
-    if not args.tiny:
-        out.write_text("\n".join(lines) + "\n")
-        print(f"written to {out}")
-    else:
-        print("\n".join(lines))
-
-
 if __name__ == "__main__":
-    main()
+    gpu_main(__doc__, __file__, "MoE grouped GEMM and block",
+             ["case", "implementation", "ms (fwd+bwd)", "TFLOP/s", "max rel. error vs loop"], CASES, TINY, run_case,
+             options=(("--skew", dict(type=float, default=0.0)),), note=lambda args: f"; router skew {args.skew}")

@@ -326,14 +326,19 @@ def random_hf_moe(kind: str):
                                          routed_scaling_factor=2.5, sliding_window=6, sliding_window_pattern=4,
                                          architectures=["ExaoneMoeForCausalLM"])
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(c).eval()
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(torch.randn_like(b) * 0.05)
-        for name, p in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                p.mul_(20)
+    return spread_routers(AutoModelForCausalLM.from_config(c).eval())
+
+
+@torch.no_grad()
+def spread_routers(model):
+    """A `transformers` MoE model with a random expert bias that changes the choice and its routers scaled up so
+    that no choice is a near-tie (a tie would let rounding pick another expert in each implementation)."""
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            b.copy_(torch.randn_like(b) * 0.05)
+    for name, p in model.named_parameters():
+        if name.endswith("mlp.gate.weight"):
+            p.mul_(20)
     return model
 
 

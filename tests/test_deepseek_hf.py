@@ -18,7 +18,7 @@ from kfm.train.cli.export_hf import export_checkpoint
 from kfm.train.hf.convert import from_hf_config, hf_architecture, to_hf_config, to_hf_state_dict
 from kfm.train.hf.load import hf_weight_tensors, load_hf_checkpoint
 from kfm.train.hf.moe import in_memory_layout
-from tests.helpers import mla_model_cfg, random_model, save_checkpoint
+from tests.helpers import mla_model_cfg, random_model, save_checkpoint, spread_routers
 
 MTP_OWN = {"enorm": "enorm", "hnorm": "hnorm", "eh_proj": "eh_proj", "shared_head.norm": "post_norm"}
 
@@ -108,15 +108,7 @@ def random_hf_deepseek():
         v_head_dim=12, n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=1, n_group=4, topk_group=2,
         first_k_dense_replace=1, max_position_embeddings=64, architectures=["DeepseekV3ForCausalLM"])
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(c).eval()
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(torch.randn_like(b) * 0.05)
-        for name, p in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                p.mul_(20)
-    return model
+    return spread_routers(AutoModelForCausalLM.from_config(c).eval())
 
 
 def test_import_gives_the_same_logits_and_exports_back_unchanged(tmp_path):
