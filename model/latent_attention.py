@@ -58,6 +58,9 @@ class LatentAttention(nn.Module):
         self.kv_norm = norm(m.kv_lora_rank, LATENT_NORM_EPS, kernels)
         self.wkv_b = nn.Linear(m.kv_lora_rank, heads * (self.nope_dim + self.v_dim), bias=False)
         self.wo = nn.Linear(heads * self.v_dim, cfg.dim, bias=False)
+        self.shared_key = nn.Identity()
+        """Marks the rotated key all heads share (a no-op): a tensor-parallel rank holds some of the heads, so the
+        parallelisation sums this key's gradient over the ranks here (``kfm.train.parallel.parallelize``)."""
         self.window = cfg.sliding_window if cfg.is_local(layer) else 0
         self.scale = cfg.rope.softmax_factor / math.sqrt(self.qk_dim)
         self.backend = runtime.attention_backend
@@ -82,12 +85,12 @@ class LatentAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotary: Rotary, docs: Documents | None = None) -> torch.Tensor:
         bsz, seq, _ = x.shape
-        q = self.queries(x).view(bsz, seq, self.n_heads, self.qk_dim).transpose(1, 2)
+        q = self.queries(x).view(bsz, seq, -1, self.qk_dim).transpose(1, 2)  # -1: a tensor-parallel rank's heads
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
         latent, k_rope = self.wkv_a(x).split([self.kv_rank, self.rope_dim], dim=-1)
-        kv = self.wkv_b(self.kv_norm(latent)).view(bsz, seq, self.n_heads, self.nope_dim + self.v_dim)
+        kv = self.wkv_b(self.kv_norm(latent)).view(bsz, seq, -1, self.nope_dim + self.v_dim)
         k_nope, v = kv.transpose(1, 2).split([self.nope_dim, self.v_dim], dim=-1)
-        k_rope = self.rotate(k_rope.unsqueeze(1), rotary).expand(-1, self.n_heads, -1, -1)
+        k_rope = self.shared_key(self.rotate(k_rope.unsqueeze(1), rotary)).expand(-1, q.shape[1], -1, -1)
         q = torch.cat([q_nope, self.rotate(q_rope, rotary)], dim=-1)
         k = torch.cat([k_nope, k_rope], dim=-1)
         kind = (q.device.type, q.dtype, docs is None)

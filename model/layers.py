@@ -36,6 +36,8 @@ class KernelChoice:
         self._by_device: dict[str, bool] = {}
 
     def __call__(self, x: torch.Tensor) -> bool:
+        if type(x) is not torch.Tensor:  # a tensor subclass (a DTensor under tensor parallelism): plain PyTorch
+            return False
         kind = x.device.type
         if kind not in self._by_device:
             self._by_device[kind] = use_triton(self.setting, x)
@@ -109,9 +111,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotary: Rotary, docs: Documents | None = None) -> torch.Tensor:
         bsz, seq, _ = x.shape
-        q = self.wq(x).view(bsz, seq, self.n_heads, self.head_dim)
-        k = self.wk(x).view(bsz, seq, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(bsz, seq, self.n_kv_heads, self.head_dim)
+        # heads as the projections give them (-1): a tensor-parallel rank holds a whole part of them
+        q = self.wq(x).view(bsz, seq, -1, self.head_dim)
+        k = self.wk(x).view(bsz, seq, -1, self.head_dim)
+        v = self.wv(x).view(bsz, seq, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         triton_rope = self.use_rope and self.kernels(x)

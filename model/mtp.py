@@ -8,7 +8,7 @@ Module k (1..D) of a batch of ``tokens`` t (batch, seq) with the main model's fi
 
 with the main model's embedding and output head. Position i takes part while t[i + k] lies in the sequence and,
 with packed documents, in i's document; the others are ignored (target -100). The loss is
-``loss_weight / D * sum_k CE_k``. Each module's block attends over the whole sequence like a global layer, and is a
+``loss_weight / D * sum_k (CE_k summed over the positions taking part) / (next-token targets)``. Each module's block attends over the whole sequence like a global layer, and is a
 mixture of experts in a MoE model, as ``transformers``' ``MtpModel`` builds it. Checkpoints store module k as
 decoder layer ``n_layers + k - 1`` with ``enorm``, ``hnorm``, ``eh_proj`` and ``shared_head.norm`` beside the
 block (DeepSeek-V3's layout), which serving engines read for speculative decoding.
@@ -60,10 +60,14 @@ class MultiTokenPrediction(nn.Module):
         self.stats: torch.Tensor | None = None
 
     def losses(self, h: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor, rotary: Rotary,
-               docs: Documents | None, embed: nn.Embedding, loss_fn) -> list[torch.Tensor]:
-        """Each depth's mean loss; ``h``: the main model's final hidden states, ``loss_fn(h, targets)`` the main
-        head's chunked cross-entropy."""
-        out = []
+               docs: Documents | None, embed: nn.Embedding, loss_fn) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each depth's mean loss over the positions that take part, and the training term: ``loss_weight / depth``
+        times the depths' summed losses over those positions divided by the number of next-token targets (as
+        Megatron-LM normalises its MTP loss). Dividing by a depth's own count instead would weight a micro batch
+        by how many of its positions reach k tokens ahead, which depends on how a batch is split into micro batches
+        and ranks (documents end in different places); this way every layout trains alike. ``h``: the main model's
+        final hidden states, ``loss_fn(h, targets)`` the main head's chunked cross-entropy."""
+        out, total = [], h.new_zeros((), dtype=torch.float32)
         doc_ids = docs.doc_ids if docs is not None else None
         for k, module in enumerate(self.layers, start=1):
             ahead = shifted(tokens, k, 0)
@@ -72,7 +76,9 @@ class MultiTokenPrediction(nn.Module):
                 tgt = tgt.masked_fill(shifted(doc_ids, k, -1) != doc_ids, -100)
             h = module(embed(ahead), h, rotary, docs)
             out.append(loss_fn(h, tgt))
-        return out
+            total = total + out[-1] * (tgt != -100).sum()
+        count = (targets != -100).sum().clamp(min=1)
+        return out, self.loss_weight / self.depth * total / count
 
     def record(self, losses: list[torch.Tensor]) -> None:
         new = torch.stack([loss.detach().float() for loss in losses] + [losses[0].new_ones((), dtype=torch.float32)])

@@ -130,8 +130,8 @@ class Transformer(nn.Module):
 
         With ``targets`` (batch, seq; ``-100`` ignored): the mean next-token cross-entropy (+ ``z_loss``)
         instead, computed ``loss_chunk`` tokens at a time (default: by vocabulary size) so the full
-        logits never exist. In training with multi-token prediction, its loss reaches the gradient (weighted by
-        ``model.mtp.loss_weight / depth``) but not the returned value, and each depth's loss is recorded
+        logits never exist. In training with multi-token prediction, its loss reaches the gradient
+        (``kfm.model.mtp.MultiTokenPrediction.losses``) but not the returned value, and each depth's loss is recorded
         (``self.mtp.take_stats``).
         """
         h, rotary, docs = self._trunk(tokens, position_ids, cu_seqlens)
@@ -145,6 +145,6 @@ class Transformer(nn.Module):
         loss = loss_fn(h, targets)
         if self.mtp is None or not self.training or not torch.is_grad_enabled():
             return loss
-        losses = self.mtp.losses(h, tokens, targets, rotary, docs, self.tok_embeddings, loss_fn)
+        losses, term = self.mtp.losses(h, tokens, targets, rotary, docs, self.tok_embeddings, loss_fn)
         self.mtp.record(losses)
-        return with_gradient_of(loss, self.mtp.loss_weight / self.mtp.depth * sum(losses))
+        return with_gradient_of(loss, term)

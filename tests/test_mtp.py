@@ -16,14 +16,15 @@ from tests.helpers import count_step_syncs, make_job, mla_model_cfg, read_metric
 
 
 def reference_mtp_loss(model: Transformer, tokens, targets, positions, docs):
-    """Main loss + lambda / D * sum_k CE_k, each depth's inputs and ignored targets built position by position."""
+    """Main loss + lambda / D * sum_k (CE_k summed over the positions taking part) / (next-token targets), each
+    depth's inputs and ignored targets built position by position."""
     cfg = model.cfg
     h = model.hidden_states(tokens, positions, docs)
     main = linear_cross_entropy_reference(h.flatten(0, 1), model.output.weight, targets.flatten())
     rotary = Rotary(model.rope_cos, model.rope_sin, positions, tokens.shape[1])
     doc = docs.doc_ids if docs is not None else torch.zeros_like(tokens)
     rows, seq = tokens.shape
-    extra = []
+    extra, summed = [], []
     for k, module in enumerate(model.mtp.layers, start=1):
         ahead = torch.zeros_like(tokens)
         tgt = torch.full_like(targets, -100)
@@ -34,7 +35,8 @@ def reference_mtp_loss(model: Transformer, tokens, targets, positions, docs):
                     tgt[r, i] = targets[r, i + k]
         h = module(model.tok_embeddings(ahead), h, rotary, docs)
         extra.append(linear_cross_entropy_reference(h.flatten(0, 1), model.output.weight, tgt.flatten()))
-    return main, main + cfg.mtp.loss_weight / cfg.mtp.depth * sum(extra), extra
+        summed.append(extra[-1] * (tgt != -100).sum())  # over the positions taking part
+    return main, main + cfg.mtp.loss_weight / cfg.mtp.depth * sum(summed) / targets.numel(), extra
 
 
 @pytest.mark.parametrize("cfg", [

@@ -11,7 +11,7 @@ class MTPConfig:
     last layer; module k takes each position's hidden state from the one before (the main model's final one for
     k = 1) and the embedding of the token k positions ahead, each RMS-normalised, concatenated, projected back to
     ``model.dim``, through one transformer block and a norm, and predicts the token k + 1 ahead with the shared
-    output head. Trained with the main loss (weight ``loss_weight / depth`` on the sum of the modules' losses),
+    output head. Trained with the main loss (weight ``loss_weight / depth`` on the modules' summed losses per next-token target),
     used for speculative decoding after training, never in the main model's forward."""
 
     depth: int = 0

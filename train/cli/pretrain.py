@@ -24,6 +24,7 @@ from kfm.train.cli import CONFIG_DIR
 from kfm.train.config import PretrainJob
 from kfm.train.loop.trainer import EXIT_REQUEUE, Trainer
 from kfm.train.parallel.distributed import init_distributed
+from kfm.train.parallel.layout import check_layout
 
 register_schemas("pretrain_job_schema")
 
@@ -36,6 +37,7 @@ with a traceback."""
 
 @record  # under torchrun: this rank's traceback goes into the launcher's failure report (and the job log)
 def train(job: PretrainJob) -> None:
+    check_layout(job.trainer.parallelism, job.model, int(os.environ.get("WORLD_SIZE", 1)))  # before any group starts
     info = init_distributed()
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)

@@ -33,6 +33,10 @@ class ParallelismConfig:
     """``selective``: checkpoint one block in this many."""
     compile: bool = False
     """``torch.compile`` each block."""
+    tp: int = 1
+    """Tensor-parallel degree: the ranks that hold one model replica together (attention heads and the
+    feed-forward width split over them, Megatron-LM's column/row plan); the rest of the ranks are data parallel.
+    Must divide the world size, the heads and the feed-forward width (``kfm.train.parallel.layout``)."""
 
     def __post_init__(self) -> None:
         self.backend = choice(Backend, self.backend, "trainer.parallelism.backend")
@@ -41,6 +45,8 @@ class ParallelismConfig:
                                                "trainer.parallelism.activation_checkpointing")
         if self.ac_every < 1 or self.hsdp_replicas < 0:
             raise ValueError("trainer.parallelism.ac_every must be >= 1 and hsdp_replicas >= 0")
+        if self.tp < 1:
+            raise ValueError(f"trainer.parallelism.tp must be >= 1, got {self.tp}")
         if self.zero_stage not in (1, 2, 3):
             raise ValueError(f"trainer.parallelism.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
         if self.cpu_offload and self.backend not in (Backend.fsdp2, Backend.hsdp):

@@ -24,6 +24,7 @@ from kfm.train.checkpoint.manager import CheckpointManager
 from kfm.train.config import PretrainJob
 from kfm.train.loop.balance import ExpertBalance
 from kfm.train.loop.mtp_losses import MTPLosses
+from kfm.train.parallel.layout import check_layout
 from kfm.train.loop.events import Event, Hooks
 from kfm.train.loop.hooks import default_hooks
 from kfm.train.loop.init_from import initial_weights
@@ -89,7 +90,9 @@ class Trainer:
         data_dir = Path(job.data_dir) if job.data_dir else self.run_dir / "data"
         tc = job.trainer
         verify = job.loader.verify_checksums
-        self.val_sets, self.val_tokens, manifest = held_out_sources(data_dir, job.loader.seq_len, dist_info.world,
+        self.layout = check_layout(tc.parallelism, job.model, dist_info.world)
+        """Which ranks read different samples (data parallel) and which hold one replica together."""
+        self.val_sets, self.val_tokens, manifest = held_out_sources(data_dir, job.loader.seq_len, self.layout.dp,
                                                                     verify)
         stream = MixtureStream(data_dir, job.loader.seq_len, job.loader.mixture(), tc.seed, verify)
         self.recorder = Recorder(job, dist_info, data_dir, manifest, stream)
@@ -103,15 +106,17 @@ class Trainer:
         check_tokenizer(self.run_dir, manifest, data_dir)
         token_bytes = data_dir / TOKEN_BYTES
         self.token_bytes = torch.from_numpy(np.load(token_bytes)).long() if token_bytes.is_file() else None
-        world_batch = tc.local_batch_size * dist_info.world
+        self.layout = check_layout(tc.parallelism, job.model, dist_info.world)  # init_from may change the model
+        dp, dp_rank = self.layout.dp, self.layout.dp_rank(dist_info.rank)
+        world_batch = tc.local_batch_size * dp
         self.global_batch = tc.global_batch_size or world_batch
         if self.global_batch % world_batch:
             raise ValueError(
                 f"trainer.global_batch_size={self.global_batch} is not divisible by trainer.local_batch_size "
-                f"({tc.local_batch_size}) x data-parallel ranks ({dist_info.world}) = {world_batch}: choose a "
+                f"({tc.local_batch_size}) x data-parallel ranks ({dp}) = {world_batch}: choose a "
                 "multiple of it, or change the micro batch or the number of ranks")
         self.accum = self.global_batch // world_batch
-        self.loader = DistributedLoader(stream, tc.local_batch_size, dist_info.rank, dist_info.world)
+        self.loader = DistributedLoader(stream, tc.local_batch_size, dp_rank, dp)
         self.engine = build_engine(job, dist_info, self.accum, init_state)
         self.model = self.engine.model
         self.balance = ExpertBalance(self.model, self.accum, tc.metrics.moe_collapse_ratio, dist_info.is_main)
@@ -291,8 +296,8 @@ class Trainer:
         tc = self.job.trainer
         nats = torch.zeros((), dtype=torch.float64, device=self.dist.device)  # summed on the device: no sync
         tokens = nbytes = 0
-        for batch in validation_batches(windows, tc.local_batch_size, self.dist.rank, self.dist.world,
-                                        tc.validation.batches):
+        dp_rank, dp = self.layout.dp_rank(self.dist.rank), self.layout.dp
+        for batch in validation_batches(windows, tc.local_batch_size, dp_rank, dp, tc.validation.batches):
             n = batch.targets.numel()
             nats += self.loss(batch, z_loss=0.0).detach().to(torch.float64) * n
             tokens += n

@@ -70,6 +70,28 @@ def build_model(job: PretrainJob, info: DistInfo) -> nn.Module:
     return model
 
 
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
+    """The gradients' global L2 norm (one host synchronisation), and the gradients scaled to at most ``max_norm``.
+    Under tensor parallelism the gradients live on different meshes (a block's on data x tensor parallel, a
+    replicated norm's on data parallel only), which one ``clip_grad_norm_`` cannot stack: each mesh's gradients
+    are reduced on their own and the norms combined."""
+    grads = [p.grad for p in params if p.grad is not None]
+    meshes = {g.device_mesh for g in grads if isinstance(g, DTensor)}
+    if len(meshes) <= 1:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+    groups: dict = {}
+    for g in grads:
+        groups.setdefault(g.device_mesh if isinstance(g, DTensor) else None, []).append(g)
+    norms = [torch.nn.utils.get_total_norm(group) for group in groups.values()]
+    total = torch.stack([n.full_tensor() if isinstance(n, DTensor) else n for n in norms]).norm().item()
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0 and math.isfinite(total):
+        for g in grads:
+            g.mul_(coef)
+    return total
+
+
 class TorchEngine:
     """FSDP2 / HSDP / DDP with a torch AdamW; checkpoints are DCP directories (any world size on load)."""
 
@@ -99,8 +121,7 @@ class TorchEngine:
             self.optimizer.zero_grad(set_to_none=True)
             return float("nan"), False
         clip = self.job.optim.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
-        norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+        norm = clip_grad_norm(list(self.model.parameters()), clip if clip > 0 else float("inf"))
         applied = math.isfinite(norm)
         if applied:
             self.optimizer.step()

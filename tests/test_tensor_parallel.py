@@ -1,0 +1,97 @@
+"""Tensor parallelism on gloo CPU processes: every step's loss equals the one-process run (fp32, rel 1e-5) and the
+final weights gathered from the layout equal its weights, for grouped-query attention with QK-norm and for latent
+attention, alone (TP2) and under FSDP2 (FSDP2 x TP2, 4 processes); checkpoints reshard between layouts; bad
+layouts are refused before any process group starts, naming the numbers and layouts that work."""
+
+import shutil
+
+import pytest
+import torch
+
+from kfm.model import ModelConfig
+from kfm.model.config import MTPConfig
+from kfm.train.config import ParallelismConfig
+from kfm.train.parallel.layout import check_layout
+from tests.helpers import make_job, mla_model_cfg, moe_model_cfg, read_metrics, run_distributed, train_and_report
+
+GQA = ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_hidden_dim=96,
+                  max_seq_len=64, qk_norm=True, norm_eps=1e-6, mtp=MTPConfig(depth=1))
+MLA = mla_model_cfg(vocab_size=768, n_layers=2)
+
+
+def train(run_dir, data, model, world, steps=6, global_batch=0, local_batch=4, **parallelism):
+    job = make_job(run_dir, steps=steps, global_batch_size=global_batch, metrics={"log_every": 1},
+                   checkpoint={"every": 3}, parallelism=parallelism)
+    job.model, job.data_dir = model, str(data)
+    job.trainer.local_batch_size = local_batch
+    # AdamW turns a near-zero gradient into a whole step of its sign, so rounding noise (~1e-10 where a gradient's
+    # parts cancel) would move such elements by +-lr in one layout and not the other: eps 1e-6 lets them rest.
+    job.optim.lr, job.optim.eps = 2e-3, 1e-6
+    weights = run_distributed(train_and_report, world, job)[0][1]
+    return read_metrics(run_dir, "train_loss"), weights
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal within fp32 rounding of 6 training steps: the tensor's relative difference below 1e-5."""
+    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item() < 1e-5
+
+
+def assert_same_run(ours, reference):
+    (losses, weights), (ref_losses, ref_weights) = ours, reference
+    assert len(losses) == len(ref_losses) >= 5
+    for step, (a, b) in enumerate(zip(losses, ref_losses)):
+        assert abs(a - b) <= 1e-5 * abs(b), (step, a, b)
+    assert weights.keys() == ref_weights.keys()
+    for key, value in ref_weights.items():
+        assert close(weights[key], value), key
+
+
+@pytest.mark.parametrize("model", [GQA, MLA], ids=["gqa_qknorm_mtp", "mla"])
+def test_tp2_equals_one_process_and_its_checkpoint_resumes_under_fsdp2(model, run_dir):
+    data = run_dir / "data"
+    reference = train(run_dir / "one", data, model, 1)
+    assert_same_run(train(run_dir / "tp2", data, model, 2, tp=2), reference)
+    # resharding: the TP2 run's step-3 checkpoint resumed as FSDP2 over 2 ranks (2 samples each: the same global
+    # batch) continues as the 1-process run
+    shutil.copytree(run_dir / "tp2", run_dir / "resharded", ignore=shutil.ignore_patterns("step_0000006"))
+    (run_dir / "resharded" / "metrics.jsonl").unlink()
+    losses, weights = train(run_dir / "resharded", data, model, 2, local_batch=2)
+    assert len(losses) == 3
+    for a, b in zip(losses, reference[0][3:]):
+        assert abs(a - b) <= 1e-5 * abs(b), (a, b)
+    for key, value in reference[1].items():
+        assert close(weights[key], value), key
+
+
+def test_fsdp2_x_tp2_on_four_processes_equals_one_process(run_dir):
+    data = run_dir / "data"
+    reference = train(run_dir / "one", data, GQA, 1, global_batch=8)  # 2 micro batches: the 2 replicas' batches
+    assert_same_run(train(run_dir / "fsdp2xtp2", data, GQA, 4, global_batch=8, tp=2), reference)
+
+
+@pytest.mark.parametrize("world, change, message", [
+    (4, dict(tp=3), r"tp=3 does not divide the 4 ranks: valid on 4 ranks: tp=1 \(x4 data parallel\), tp=2 \(x2"),
+    (8, dict(tp=8), r"tp=8 must divide model.n_heads=4, model.n_kv_heads=2 .* valid on 8 ranks: tp=1 .*, "
+                    r"tp=2 \(x4 data parallel\)"),
+    (2, dict(tp=2, backend="deepspeed"), r"DeepSpeed stays data-parallel \(ZeRO\)"),
+    (2, dict(tp=2, backend="ddp"), r"with fsdp2 or hsdp, not ddp"),
+])
+def test_bad_layouts_are_refused_naming_the_numbers_and_a_valid_layout(world, change, message):
+    with pytest.raises(ValueError, match=message):
+        check_layout(ParallelismConfig(**change), GQA, world)
+    with pytest.raises(ValueError, match="MoE layers .* no tensor-parallel plan yet"):
+        check_layout(ParallelismConfig(tp=2), moe_model_cfg(), 2)
+    assert check_layout(ParallelismConfig(tp=2), GQA, 4).dp == 2
+
+
+def test_the_pretrain_command_refuses_a_bad_layout_before_starting_a_process_group(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WORLD_SIZE": "4"}  # as torchrun would set it; no MASTER_ADDR: no group could start
+    out = subprocess.run([sys.executable, "-m", "kfm.train.cli.pretrain", f"run_dir={tmp_path}",
+                          "trainer.parallelism.tp=3"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode != 0
+    assert "trainer.parallelism.tp=3 does not divide the 4 ranks" in out.stderr, out.stderr[-2000:]
+    assert "init_process_group" not in out.stderr

@@ -1,0 +1,76 @@
+"""The layout of the ranks (``trainer.parallelism``): which ranks hold one model replica together (tensor parallel)
+and which hold replicas of each other (data parallel), checked against the world size and the model before any
+process group starts.
+
+Ranks are numbered data-parallel-major: rank = dp_index * tp + tp_index, so the ``tp`` ranks of a replica are
+neighbours (on one node, over NVLink, as Megatron-LM and torchtitan place them). The data loader splits batches by
+the data-parallel index only: the ranks of one replica read the same samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfm.model.config import ModelConfig
+from kfm.train.config import Backend, ParallelismConfig
+
+
+@dataclass(frozen=True)
+class Layout:
+    world: int
+    tp: int = 1
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel replicas: the ranks that read different samples."""
+        return self.world // self.tp
+
+    def dp_rank(self, rank: int) -> int:
+        return rank // self.tp
+
+    def tp_rank(self, rank: int) -> int:
+        return rank % self.tp
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def tp_limits(cfg: ModelConfig) -> dict[str, int]:
+    """What a tensor-parallel degree must divide: the heads each rank computes whole, the feed-forward width."""
+    limits = {"model.n_heads": cfg.n_heads, "model.ffn_hidden_dim": cfg.ffn_hidden_dim}
+    if not cfg.mla.enabled:
+        limits["model.n_kv_heads"] = cfg.n_kv_heads
+    return limits
+
+
+def valid_tps(cfg: ModelConfig, world: int) -> list[int]:
+    """The tensor-parallel degrees ``cfg`` can run at on ``world`` ranks."""
+    return [t for t in _divisors(world) if all(v % t == 0 for v in tp_limits(cfg).values())]
+
+
+def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int) -> Layout:
+    """The layout ``trainer.parallelism`` asks for on ``world`` ranks; a ValueError naming the numbers and the
+    layouts that would work otherwise."""
+    tp = pc.tp
+    ok = ", ".join(f"tp={t} (x{world // t} data parallel)" for t in valid_tps(cfg, world))
+    if world % tp:
+        raise ValueError(f"trainer.parallelism.tp={tp} does not divide the {world} ranks: valid on {world} ranks: "
+                         f"{ok}")
+    bad = [f"{key}={value}" for key, value in tp_limits(cfg).items() if value % tp]
+    if bad:
+        raise ValueError(f"trainer.parallelism.tp={tp} must divide {', '.join(bad)} (each rank computes whole heads "
+                         f"and an equal part of the feed-forward layer): valid on {world} ranks: {ok}")
+    if tp > 1:
+        if pc.backend == Backend.deepspeed:
+            raise ValueError(f"trainer.parallelism.tp={tp}: DeepSpeed stays data-parallel (ZeRO) in kfm; use "
+                             "trainer.parallelism.backend=fsdp2 (or hsdp) for tensor parallelism")
+        if pc.backend == Backend.ddp:
+            raise ValueError(f"trainer.parallelism.tp={tp}: combine tensor parallelism with fsdp2 or hsdp, not ddp")
+        if cfg.moe.n_experts:
+            raise ValueError(f"trainer.parallelism.tp={tp}: the MoE layers of model {cfg.name!r} have no tensor-parallel "
+                             "plan yet (expert parallelism is coming); train it with tp=1")
+        if pc.backend == Backend.hsdp and pc.hsdp_replicas and (world // tp) % pc.hsdp_replicas:
+            raise ValueError(f"trainer.parallelism.hsdp_replicas={pc.hsdp_replicas} does not divide the {world // tp} "
+                             f"data-parallel ranks left by tp={tp}")
+    return Layout(world, tp)
