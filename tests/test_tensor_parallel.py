@@ -95,3 +95,19 @@ def test_the_pretrain_command_refuses_a_bad_layout_before_starting_a_process_gro
     assert out.returncode != 0
     assert "trainer.parallelism.tp=3 does not divide the 4 ranks" in out.stderr, out.stderr[-2000:]
     assert "init_process_group" not in out.stderr
+
+
+def test_launch_checks_the_layout_against_the_allocation():
+    from kfm.train.cli.launch import LaunchError, check_allocation_layout
+    from kfm.train.config import ClusterConfig
+
+    job = make_job("runs/x")
+    job.model, job.cluster = GQA, ClusterConfig(name="h100_node", gpus_per_node=8)
+    job.trainer.parallelism.tp = 2
+    check_allocation_layout(job, nnodes=2)  # 16 ranks: tp 2 x 8 data parallel
+    job.trainer.parallelism.tp = 16
+    with pytest.raises(LaunchError, match=r"tp=16 does not divide the 8 processes of a node .* use tp in 1, 2, 4, 8"):
+        check_allocation_layout(job, nnodes=2)
+    job.trainer.parallelism.tp = 8
+    with pytest.raises(LaunchError, match=r"tp=8 must divide model.n_heads=4.*\(the allocation: 2 nodes x 8 processes\)"):
+        check_allocation_layout(job, nnodes=2)

@@ -4,7 +4,8 @@
 
 ``scripts/slurm/pretrain.sbatch`` runs this on the batch host with the same Hydra overrides as the
 training, so a bad config fails here, in seconds, with the message in the job log. It checks that
-it runs inside a Slurm allocation and that the node has the GPUs the cluster profile names, then
+it runs inside a Slurm allocation, that the node has the GPUs the cluster profile names and that the parallel layout
+(``trainer.parallelism``) fits the allocation's ranks, then
 prints ``NNODES``, ``NPROC_PER_NODE``, ``MASTER_ADDR``, ``MASTER_PORT``, ``RDZV_ID`` and ``RUN_DIR``
 and ``export`` lines for the profile's environment (variables already set are kept).
 """
@@ -24,6 +25,7 @@ from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.config import ClusterConfig, PretrainJob
 from kfm.train.parallel.distributed import free_port
+from kfm.train.parallel.layout import check_layout
 
 REQUIRED_SLURM = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES")
 
@@ -69,6 +71,22 @@ def launch_plan(cluster: ClusterConfig, run_dir: str, environ: dict[str, str], g
     }
 
 
+def check_allocation_layout(job: PretrainJob, nnodes: int) -> None:
+    """The parallel layout of ``job`` (``trainer.parallelism``) against the allocation: the world size is
+    ``nnodes`` x ``cluster.nproc_per_node``, and a replica's tensor-parallel ranks share a node (NVLink), so ``tp``
+    divides the processes of a node."""
+    per_node, tp = job.cluster.nproc_per_node, job.trainer.parallelism.tp
+    if per_node % tp:
+        fits = ", ".join(str(t) for t in range(1, per_node + 1) if per_node % t == 0)
+        raise LaunchError(f"trainer.parallelism.tp={tp} does not divide the {per_node} processes of a node "
+                          f"(cluster={job.cluster.name}): a replica's tensor-parallel ranks must share a node; use "
+                          f"tp in {fits}")
+    try:
+        check_layout(job.trainer.parallelism, job.model, nnodes * per_node)
+    except ValueError as err:
+        raise LaunchError(f"{err} (the allocation: {nnodes} nodes x {per_node} processes)") from None
+
+
 def shell_lines(plan: dict[str, str], env: dict[str, str], environ: dict[str, str]) -> list[str]:
     lines = [f"{k}={shlex.quote(v)}" for k, v in plan.items()]
     lines += [f"export {k}={shlex.quote(environ.get(k, v))}" for k, v in env.items()]
@@ -84,6 +102,7 @@ def main(cfg) -> None:
     environ = dict(os.environ)
     try:
         plan = launch_plan(job.cluster, job.run_dir, environ, visible_gpus(environ) if job.cluster.gpus_per_node else 0)
+        check_allocation_layout(job, int(plan["NNODES"]))
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
