@@ -28,8 +28,13 @@ MOE = ["model=debug_moe", "model.moe.bias_update_rate=0.01", "model.moe.seq_aux_
 """The debug MoE preset, its expert bias moving fast enough to matter within the run."""
 
 
+LAYOUTS = {"+moe": MOE, "+tp2": ["trainer.parallelism.tp=2"]}
+"""Variants of a backend: the debug MoE preset, or tensor parallelism over the 2 processes."""
+
+
 def command(run_dir: Path, backend: str) -> list[str]:
-    model, backend = (MOE, backend.removesuffix("+moe")) if backend.endswith("+moe") else ([], backend)
+    suffix = next((s for s in LAYOUTS if backend.endswith(s)), "")
+    model, backend = LAYOUTS.get(suffix, []), backend.removesuffix(suffix)
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
             "-m", "kfm.train.cli.pretrain", f"run_dir={run_dir}", "model.vocab_size=768", "model.dim=128", "model.n_layers=4",
             "model.n_heads=4", "model.n_kv_heads=2", "model.ffn_hidden_dim=352", "model.max_seq_len=64",
@@ -83,7 +88,8 @@ def kill_at(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
 
 @pytest.mark.parametrize("backend", ["fsdp2", "deepspeed",
                                      # ~45 s; the bias's exact resume also runs in make test (tests/test_moe_train.py)
-                                     pytest.param("fsdp2+moe", marks=pytest.mark.slow)])
+                                     pytest.param("fsdp2+moe", marks=pytest.mark.slow),
+                                     pytest.param("fsdp2+tp2", marks=pytest.mark.slow)])  # ~60 s
 def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_dir, backend):
     import shutil
 
