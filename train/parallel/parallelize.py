@@ -9,8 +9,9 @@ decompression, and the key/value decompression) and the feed-forward's gate and 
 output columns, the attention output and the feed-forward's down projection by input rows, so each rank computes
 whole heads and a slice of the feed-forward width and one all-reduce per sublayer restores the residual stream.
 Per-head QK-norms see only their rank's heads: their weights become replicated DTensors whose gradients DTensor
-sums over the ranks; latent attention's rotated key, shared by all heads, has its gradient summed likewise. Embeddings, block norms, the output projection and the loss stay replicated (every rank of
-a replica computes them alike).
+sums over the ranks; latent attention's rotated key, shared by all heads, has its gradient summed likewise.
+Embeddings, block norms, the output projection and the loss stay replicated (every rank of a replica computes them
+alike).
 
 Data parallelism is FSDP2 (``fully_shard`` per block, then the root), HSDP (the same on a 2-D
 mesh: replicate across ``hsdp_replicas`` groups, shard within each), or DDP. For DeepSpeed the last
@@ -108,15 +109,18 @@ def build_mesh(pc: ParallelismConfig, info: DistInfo):
     if pc.backend in (Backend.ddp, Backend.deepspeed):
         return None
     dp = info.world // pc.tp
-    tp = ((pc.tp,), ("tp",)) if pc.tp > 1 else ((), ())
-    if pc.backend != Backend.hsdp:
-        return init_device_mesh(device_type, (dp, *tp[0]), mesh_dim_names=("shard", *tp[1]))
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world)) // pc.tp
-    replicas = pc.hsdp_replicas or max(1, dp // max(local, 1))
-    if dp % replicas:
-        raise ValueError(f"trainer.parallelism.hsdp_replicas={replicas} does not divide the {dp} data-parallel ranks")
-    return init_device_mesh(device_type, (replicas, dp // replicas, *tp[0]),
-                            mesh_dim_names=("replicate", "shard", *tp[1]))
+    dims = [(dp, "shard")]  # (size, name), outermost first
+    if pc.backend == Backend.hsdp:  # by default one replica group per node
+        per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", info.world)) // pc.tp, 1)
+        replicas = pc.hsdp_replicas or max(1, dp // per_node)
+        if dp % replicas:
+            raise ValueError(f"trainer.parallelism.hsdp_replicas={replicas} does not divide the {dp} data-parallel "
+                             "ranks")
+        dims = [(replicas, "replicate"), (dp // replicas, "shard")]
+    if pc.tp > 1:
+        dims.append((pc.tp, "tp"))
+    return init_device_mesh(device_type, tuple(size for size, _ in dims),
+                            mesh_dim_names=tuple(name for _, name in dims))
 
 
 def dp_mesh(mesh):
