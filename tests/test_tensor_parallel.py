@@ -63,10 +63,13 @@ def test_tp2_equals_one_process_and_its_checkpoint_resumes_under_fsdp2(model, ru
         assert close(weights[key], value), key
 
 
-def test_fsdp2_x_tp2_on_four_processes_equals_one_process(run_dir):
+def test_fsdp2_and_hsdp_x_tp2_on_four_processes_equal_one_process(run_dir):
+    """FSDP2 x TP2 (mesh shard 2 x tp 2) and HSDP x TP2 (replicate 2 x shard 1 x tp 2), 4 processes each."""
     data = run_dir / "data"
     reference = train(run_dir / "one", data, GQA, 1, global_batch=8)  # 2 micro batches: the 2 replicas' batches
     assert_same_run(train(run_dir / "fsdp2xtp2", data, GQA, 4, global_batch=8, tp=2), reference)
+    assert_same_run(train(run_dir / "hsdpxtp2", data, GQA, 4, global_batch=8, tp=2, backend="hsdp", hsdp_replicas=2),
+                    reference)
 
 
 @pytest.mark.parametrize("world, change, message", [
