@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 from bench.isolated import main, timed_steps  # noqa: E402
+from bench.mla_layer import latent_layer  # noqa: E402
 
 CASES = {  # name: (dim, heads, q rank, kv rank, rope dim, q/k head, v head, batch, seq, timed steps)
     "v2lite": (2048, 16, 0, 512, 64, 192, 128, 1, 1024, 3),
@@ -43,20 +44,10 @@ def build(name: str, impl: str):
     from transformers import DeepseekV3Config
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention, DeepseekV3RotaryEmbedding
 
-    from kfm.model.config import LatentAttentionConfig, ModelConfig, ModelRuntime
-    from kfm.model.latent_attention import LatentAttention
-    from kfm.model.layers import KernelChoice, RMSNorm
     from kfm.model.rope import Rotary, rope_tables
 
     dim, heads, q_rank, kv_rank, rope, qk, v, batch, seq, _ = CASES[name]
-    cfg = ModelConfig(dim=dim, n_heads=heads, n_kv_heads=heads, head_dim=qk, max_seq_len=seq, norm_eps=1e-6,
-                      mla=LatentAttentionConfig(kv_lora_rank=kv_rank, q_lora_rank=q_rank, qk_rope_head_dim=rope,
-                                                v_head_dim=v))
-    torch.manual_seed(0)
-    ours = LatentAttention(cfg, 0, ModelRuntime(attention_backend="sdpa"), RMSNorm, KernelChoice())
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.normal_(std=0.02) if p.ndim == 2 else p.uniform_(0.5, 1.5)
+    cfg, ours = latent_layer(dim, heads, q_rank, kv_rank, rope, qk, v, seq, std=0.02)
     x = torch.randn(batch, seq, dim, generator=torch.Generator().manual_seed(1)).requires_grad_()
     if impl == "kfm-sdpa":
         cos, sin = rope_tables(cfg.rope_dim, seq, cfg.rope)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 from bench.gpu_timing import gpu_main, time_ms  # noqa: E402
+from bench.mla_layer import latent_layer  # noqa: E402
 
 CASES = {  # name: (dim, heads, q rank, kv rank, rope dim, q/k head, v head, batch, seq)
     "deepseek_v3_layer": (7168, 128, 1536, 512, 64, 192, 128, 1, 4096),
@@ -34,20 +35,10 @@ def run_case(name, shape, args, device, dtype) -> list[str]:
     import torch
 
     from kfm.model.attention import Documents
-    from kfm.model.config import LatentAttentionConfig, ModelConfig, ModelRuntime
-    from kfm.model.latent_attention import LatentAttention
-    from kfm.model.layers import KernelChoice, RMSNorm
     from kfm.model.rope import Rotary, rope_tables
 
     dim, heads, q_rank, kv_rank, rope, qk, v, batch, seq = shape
-    cfg = ModelConfig(dim=dim, n_heads=heads, n_kv_heads=heads, head_dim=qk, max_seq_len=seq, norm_eps=1e-6,
-                      mla=LatentAttentionConfig(kv_lora_rank=kv_rank, q_lora_rank=q_rank, qk_rope_head_dim=rope,
-                                                v_head_dim=v))
-    torch.manual_seed(0)
-    layer = LatentAttention(cfg, 0, ModelRuntime(attention_backend="sdpa"), RMSNorm, KernelChoice())
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(std=dim ** -0.5) if p.ndim == 2 else p.uniform_(0.5, 1.5)
+    cfg, layer = latent_layer(dim, heads, q_rank, kv_rank, rope, qk, v, seq, std=dim ** -0.5)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, seq, dim, generator=g)
     dy = torch.randn(batch, seq, dim, generator=g)
