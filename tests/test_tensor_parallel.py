@@ -51,6 +51,7 @@ def test_tp2_equals_one_process_and_its_checkpoint_resumes_under_fsdp2(model, ru
     data = run_dir / "data"
     reference = train(run_dir / "one", data, model, 1)
     assert_same_run(train(run_dir / "tp2", data, model, 2, tp=2), reference)
+    assert_same_run(train(run_dir / "tp2sp", data, model, 2, tp=2, sequence_parallel=True), reference)
     # resharding: the TP2 run's step-3 checkpoint resumed as FSDP2 over 2 ranks (2 samples each: the same global
     # batch) continues as the 1-process run
     shutil.copytree(run_dir / "tp2", run_dir / "resharded", ignore=shutil.ignore_patterns("step_0000006"))
@@ -61,6 +62,29 @@ def test_tp2_equals_one_process_and_its_checkpoint_resumes_under_fsdp2(model, ru
         assert abs(a - b) <= 1e-5 * abs(b), (a, b)
     for key, value in reference[1].items():
         assert close(weights[key], value), key
+
+
+def residual_stream_under_sequence_parallel():
+    """(type, placements, local shape) of block 0's output, and the logits' shape, with TP2 + sequence parallel."""
+    from kfm.model import Transformer
+    from kfm.train.parallel.distributed import DistInfo
+    from kfm.train.parallel.parallelize import build_mesh, parallelize
+
+    pc = ParallelismConfig(tp=2, sequence_parallel=True)
+    info = DistInfo(torch.distributed.get_rank(), 2, 0, torch.device("cpu"))
+    model = Transformer(GQA)
+    model.init_weights(seed=0)
+    parallelize(model, pc, info, build_mesh(pc, info))
+    seen = []
+    model.layers[0].register_forward_hook(lambda m, a, out: seen.append(out))
+    logits = model(torch.randint(0, 768, (3, 16)))
+    out = seen[0]
+    return type(out).__name__, [str(p) for p in out.placements], tuple(out.to_local().shape), tuple(logits.shape)
+
+
+def test_sequence_parallel_shards_the_residual_stream_by_position():
+    for kind, placements, local, logits in run_distributed(residual_stream_under_sequence_parallel, 2):
+        assert (kind, placements, local, logits) == ("DTensor", ["S(1)"], (3, 8, 64), (3, 16, 768))
 
 
 def test_fsdp2_and_hsdp_x_tp2_on_four_processes_equal_one_process(run_dir):
@@ -78,10 +102,13 @@ def test_fsdp2_and_hsdp_x_tp2_on_four_processes_equal_one_process(run_dir):
                     r"tp=2 \(x4 data parallel\)"),
     (2, dict(tp=2, backend="deepspeed"), r"DeepSpeed stays data-parallel \(ZeRO\)"),
     (2, dict(tp=2, backend="ddp"), r"with fsdp2 or hsdp, not ddp"),
+    (4, dict(tp=2, sequence_parallel=True), r"loader.seq_len=31 is not divisible by 2; use loader.seq_len=30 or 32"),
 ])
 def test_bad_layouts_are_refused_naming_the_numbers_and_a_valid_layout(world, change, message):
     with pytest.raises(ValueError, match=message):
-        check_layout(ParallelismConfig(**change), GQA, world)
+        check_layout(ParallelismConfig(**change), GQA, world, seq_len=31)
+    with pytest.raises(ValueError, match="sequence_parallel=true .* set trainer.parallelism.tp > 1 too"):
+        ParallelismConfig(sequence_parallel=True)
     with pytest.raises(ValueError, match="MoE layers .* no tensor-parallel plan yet"):
         check_layout(ParallelismConfig(tp=2), moe_model_cfg(), 2)
     assert check_layout(ParallelismConfig(tp=2), GQA, 4).dp == 2

@@ -82,7 +82,7 @@ def check_allocation_layout(job: PretrainJob, nnodes: int) -> None:
                           f"(cluster={job.cluster.name}): a replica's tensor-parallel ranks must share a node; use "
                           f"tp in {fits}")
     try:
-        check_layout(job.trainer.parallelism, job.model, nnodes * per_node)
+        check_layout(job.trainer.parallelism, job.model, nnodes * per_node, job.loader.seq_len)
     except ValueError as err:
         raise LaunchError(f"{err} (the allocation: {nnodes} nodes x {per_node} processes)") from None
 

@@ -37,7 +37,8 @@ with a traceback."""
 
 @record  # under torchrun: this rank's traceback goes into the launcher's failure report (and the job log)
 def train(job: PretrainJob) -> None:
-    check_layout(job.trainer.parallelism, job.model, int(os.environ.get("WORLD_SIZE", 1)))  # before any group starts
+    check_layout(job.trainer.parallelism, job.model, int(os.environ.get("WORLD_SIZE", 1)),  # before any group starts
+                 job.loader.seq_len)
     info = init_distributed()
     if not info.is_main:
         logging.getLogger().setLevel(logging.WARNING)

@@ -37,6 +37,11 @@ class ParallelismConfig:
     """Tensor-parallel degree: the ranks that hold one model replica together (attention heads and the
     feed-forward width split over them, Megatron-LM's column/row plan); the rest of the ranks are data parallel.
     Must divide the world size, the heads and the feed-forward width (``kfm.train.parallel.layout``)."""
+    sequence_parallel: bool = False
+    """With ``tp`` > 1: the residual stream between the sublayers (norms, residual adds, dropout-free) sharded
+    over the ``tp`` ranks by sequence position (Megatron-LM's sequence parallelism): activation memory there drops
+    ``tp``-fold; each sublayer's all-reduce becomes an all-gather before it and a reduce-scatter after it (the same
+    bytes). Needs the sequence length divisible by ``tp``."""
 
     def __post_init__(self) -> None:
         self.backend = choice(Backend, self.backend, "trainer.parallelism.backend")
@@ -47,6 +52,9 @@ class ParallelismConfig:
             raise ValueError("trainer.parallelism.ac_every must be >= 1 and hsdp_replicas >= 0")
         if self.tp < 1:
             raise ValueError(f"trainer.parallelism.tp must be >= 1, got {self.tp}")
+        if self.sequence_parallel and self.tp == 1:
+            raise ValueError("trainer.parallelism.sequence_parallel=true shards the sequence over the tensor-parallel "
+                             "ranks: set trainer.parallelism.tp > 1 too")
         if self.zero_stage not in (1, 2, 3):
             raise ValueError(f"trainer.parallelism.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
         if self.cpu_offload and self.backend not in (Backend.fsdp2, Backend.hsdp):

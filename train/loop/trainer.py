@@ -90,7 +90,7 @@ class Trainer:
         data_dir = Path(job.data_dir) if job.data_dir else self.run_dir / "data"
         tc = job.trainer
         verify = job.loader.verify_checksums
-        self.layout = check_layout(tc.parallelism, job.model, dist_info.world)
+        self.layout = check_layout(tc.parallelism, job.model, dist_info.world, job.loader.seq_len)
         """Which ranks read different samples (data parallel) and which hold one replica together."""
         self.val_sets, self.val_tokens, manifest = held_out_sources(data_dir, job.loader.seq_len, self.layout.dp,
                                                                     verify)
@@ -106,7 +106,7 @@ class Trainer:
         check_tokenizer(self.run_dir, manifest, data_dir)
         token_bytes = data_dir / TOKEN_BYTES
         self.token_bytes = torch.from_numpy(np.load(token_bytes)).long() if token_bytes.is_file() else None
-        self.layout = check_layout(tc.parallelism, job.model, dist_info.world)  # init_from may change the model
+        self.layout = check_layout(tc.parallelism, job.model, dist_info.world, job.loader.seq_len)  # init_from may change the model
         dp, dp_rank = self.layout.dp, self.layout.dp_rank(dist_info.rank)
         world_batch = tc.local_batch_size * dp
         self.global_batch = tc.global_batch_size or world_batch

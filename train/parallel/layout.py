@@ -49,9 +49,9 @@ def valid_tps(cfg: ModelConfig, world: int) -> list[int]:
     return [t for t in _divisors(world) if all(v % t == 0 for v in tp_limits(cfg).values())]
 
 
-def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int) -> Layout:
-    """The layout ``trainer.parallelism`` asks for on ``world`` ranks; a ValueError naming the numbers and the
-    layouts that would work otherwise."""
+def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int, seq_len: int | None = None) -> Layout:
+    """The layout ``trainer.parallelism`` asks for on ``world`` ranks (training sequences of ``seq_len`` tokens);
+    a ValueError naming the numbers and the layouts that would work otherwise."""
     tp = pc.tp
     ok = ", ".join(f"tp={t} (x{world // t} data parallel)" for t in valid_tps(cfg, world))
     if world % tp:
@@ -73,4 +73,8 @@ def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int) -> Layout:
         if pc.backend == Backend.hsdp and pc.hsdp_replicas and (world // tp) % pc.hsdp_replicas:
             raise ValueError(f"trainer.parallelism.hsdp_replicas={pc.hsdp_replicas} does not divide the {world // tp} "
                              f"data-parallel ranks left by tp={tp}")
+        if pc.sequence_parallel and seq_len is not None and seq_len % tp:
+            raise ValueError(f"trainer.parallelism.sequence_parallel=true splits each sequence into tp={tp} equal parts: "
+                             f"loader.seq_len={seq_len} is not divisible by {tp}; use loader.seq_len="
+                             f"{seq_len - seq_len % tp} or {seq_len + tp - seq_len % tp}")
     return Layout(world, tp)

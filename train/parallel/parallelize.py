@@ -11,7 +11,10 @@ whole heads and a slice of the feed-forward width and one all-reduce per sublaye
 Per-head QK-norms see only their rank's heads: their weights become replicated DTensors whose gradients DTensor
 sums over the ranks; latent attention's rotated key, shared by all heads, has its gradient summed likewise.
 Embeddings, block norms, the output projection and the loss stay replicated (every rank of a replica computes them
-alike).
+alike). With ``trainer.parallelism.sequence_parallel`` (Megatron-LM's sequence parallelism, Korthikanti et al.
+2022) the residual stream and the block norms are split by sequence position instead: each all-reduce becomes a
+reduce-scatter after the sublayer and an all-gather before the next, so the activations between sublayers take
+1/tp of the memory; the final norm's output is gathered for the output projection and the loss.
 
 Data parallelism is FSDP2 (``fully_shard`` per block, then the root), HSDP (the same on a 2-D
 mesh: replicate across ``hsdp_replicas`` groups, shard within each), or DDP. For DeepSpeed the last
@@ -29,7 +32,9 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel, parallelize_module
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel, SequenceParallel,
+                                               parallelize_module)
 from torch.nn.parallel import DistributedDataParallel
 
 from kfm.train.config import Backend, ParallelismConfig
@@ -44,18 +49,50 @@ def blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
     return units + ([(mtp.layers, k) for k in range(len(mtp.layers))] if mtp is not None else [])
 
 
-def tensor_parallel_plan(block: nn.Module) -> dict:
-    """``parallelize_module``'s plan for one transformer block (dense feed-forward; GQA or latent attention)."""
-    attn, col, row = block.attention, ColwiseParallel(), RowwiseParallel()
+def tensor_parallel_plan(block: nn.Module, sequence_parallel: bool = False) -> dict:
+    """``parallelize_module``'s plan for one transformer block (dense feed-forward; GQA or latent attention).
+
+    With ``sequence_parallel`` the block's input and output are DTensors sharded by sequence position
+    (``Shard(1)``): the block norms run on a rank's positions (their weights replicated DTensors), each sublayer
+    all-gathers its input and its row-parallel output is reduce-scattered back to positions."""
+    attn = block.attention
     if getattr(attn, "wkv_b", None) is not None:  # latent attention: the latents stay whole on every rank
         names = ["wkv_b", "wq" if attn.wq is not None else "wq_b"]
     else:
         names = ["wq", "wk", "wv"]
+    col = ColwiseParallel()
+    row = RowwiseParallel(output_layouts=Shard(1), use_local_output=False) if sequence_parallel else RowwiseParallel()
     plan = {f"attention.{n}": col for n in names} | {"attention.wo": row}
     for norm in ("q_norm", "k_norm"):
         if getattr(attn, norm, None) is not None and not hasattr(attn, "wkv_b"):
             plan[f"attention.{norm}"] = SequenceParallel(sequence_dim=2, use_local_output=True)  # a rank's heads
-    return plan | {"feed_forward.w1": col, "feed_forward.w3": col, "feed_forward.w2": row}
+    plan |= {"feed_forward.w1": col, "feed_forward.w3": col, "feed_forward.w2": row}
+    if sequence_parallel:
+        def gather(others: int) -> PrepareModuleInput:  # the hidden states whole; rotary tables, documents as given
+            return PrepareModuleInput(input_layouts=(Shard(1),) + (None,) * others,
+                                      desired_input_layouts=(Replicate(),) + (None,) * others, use_local_output=True)
+
+        norms = SequenceParallel(use_local_output=False)
+        plan |= {"attention_norm": norms, "ffn_norm": norms, "attention": gather(2), "feed_forward": gather(0)}
+    return plan
+
+
+def _to_positions(mesh):
+    """A forward pre-hook: a plain tensor (batch, seq, dim) that every rank holds whole becomes the rank's
+    sequence positions as a ``Shard(1)`` DTensor (no communication; its gradient is all-gathered)."""
+
+    def hook(module, args):
+        x, *rest = args
+        if isinstance(x, DTensor):
+            return None
+        return (DTensor.from_local(x, mesh, [Replicate()], run_check=False).redistribute(mesh, [Shard(1)]), *rest)
+
+    return hook
+
+
+def _to_whole(module, args, out):
+    """A forward hook: a ``Shard(1)`` DTensor back to the whole plain tensor on every rank (all-gather)."""
+    return out.redistribute(out.device_mesh, [Replicate()]).to_local() if isinstance(out, DTensor) else out
 
 
 class _SumGradient(torch.autograd.Function):
@@ -74,15 +111,26 @@ class _SumGradient(torch.autograd.Function):
         return grad, None
 
 
-def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
-    """Every block (a multi-token prediction module's block too) split over ``tp_mesh``."""
+def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = False) -> None:
+    """Every block (a multi-token prediction module's block too) split over ``tp_mesh``.
+
+    With ``sequence_parallel``, the residual stream is sharded by position from the first block's input (the
+    embedding's output, split without communication) to the final norm, whose output is all-gathered for the
+    output projection and the loss; a multi-token prediction block shards its input and gathers its output."""
     group = tp_mesh.get_group()
     for units, i in blocks(model):
         block = getattr(units[i], "block", units[i])
-        parallelize_module(block, tp_mesh, tensor_parallel_plan(block))
+        parallelize_module(block, tp_mesh, tensor_parallel_plan(block, sequence_parallel))
+        if sequence_parallel:
+            block.register_forward_pre_hook(_to_positions(tp_mesh))
+            if block is not units[i]:  # a multi-token prediction module: its norms and projection see whole tensors
+                block.register_forward_hook(_to_whole)
         shared_key = getattr(block.attention, "shared_key", None)  # latent attention's rotated key
         if shared_key is not None:
             shared_key.register_forward_hook(lambda module, args, out: _SumGradient.apply(out, group))
+    if sequence_parallel:
+        parallelize_module(model.norm, tp_mesh, SequenceParallel(use_local_output=False))
+        model.norm.register_forward_hook(_to_whole)
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str, every: int) -> None:
@@ -151,7 +199,7 @@ def parallelize(model: nn.Module, pc: ParallelismConfig, info: DistInfo, mesh=No
     """Tensor parallelism → activation checkpointing → compile → data parallelism, per ``trainer.parallelism``, on
     ``mesh`` (``build_mesh``); returns the model to train."""
     if pc.tp > 1:
-        apply_tensor_parallel(model, mesh["tp"])
+        apply_tensor_parallel(model, mesh["tp"], pc.sequence_parallel)
     apply_activation_checkpointing(model, pc.activation_checkpointing, pc.ac_every)
     if pc.compile:
         apply_compile(model)
