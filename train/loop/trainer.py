@@ -106,7 +106,8 @@ class Trainer:
         check_tokenizer(self.run_dir, manifest, data_dir)
         token_bytes = data_dir / TOKEN_BYTES
         self.token_bytes = torch.from_numpy(np.load(token_bytes)).long() if token_bytes.is_file() else None
-        self.layout = check_layout(tc.parallelism, job.model, dist_info.world, job.loader.seq_len)  # init_from may change the model
+        # init_from may change the model
+        self.layout = check_layout(tc.parallelism, job.model, dist_info.world, job.loader.seq_len)
         dp, dp_rank = self.layout.dp, self.layout.dp_rank(dist_info.rank)
         world_batch = tc.local_batch_size * dp
         self.global_batch = tc.global_batch_size or world_batch
