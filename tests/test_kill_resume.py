@@ -28,8 +28,9 @@ MOE = ["model=debug_moe", "model.moe.bias_update_rate=0.01", "model.moe.seq_aux_
 """The debug MoE preset, its expert bias moving fast enough to matter within the run."""
 
 
-LAYOUTS = {"+moe": MOE, "+tp2": ["trainer.parallelism.tp=2"]}
-"""Variants of a backend: the debug MoE preset, or tensor parallelism over the 2 processes."""
+LAYOUTS = {"+moe": MOE, "+tp2": ["trainer.parallelism.tp=2"], "+ep2": [*MOE, "trainer.parallelism.ep=2"]}
+"""Variants of a backend: the debug MoE preset, tensor parallelism over the 2 processes, or the MoE preset with its
+experts split over them."""
 
 
 def command(run_dir: Path, backend: str) -> list[str]:
@@ -89,7 +90,8 @@ def kill_at(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
 @pytest.mark.parametrize("backend", ["fsdp2", "deepspeed",
                                      # ~45 s; the bias's exact resume also runs in make test (tests/test_moe_train.py)
                                      pytest.param("fsdp2+moe", marks=pytest.mark.slow),
-                                     pytest.param("fsdp2+tp2", marks=pytest.mark.slow)])  # ~60 s
+                                     pytest.param("fsdp2+tp2", marks=pytest.mark.slow),  # ~60 s
+                                     pytest.param("fsdp2+ep2", marks=pytest.mark.slow)])
 def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_dir, backend):
     import shutil
 
@@ -99,7 +101,7 @@ def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_
     assert ref.wait(timeout=600) == 0, (reference_dir / "train.log").read_text()[-3000:]
     reference = dict(logged_losses(reference_dir))
     assert sorted(reference) == list(range(1, STEPS + 1))
-    if backend.endswith("+moe"):  # the expert bias moved, and is compared at every step below
+    if backend.endswith(("+moe", "+ep2")):  # the expert bias moved, and is compared at every step below
         assert all(r[2] is not None for r in reference.values()) and reference[STEPS][2] > 0.01
 
     rng = random.Random(f"kill-{backend}")

@@ -37,6 +37,11 @@ class ParallelismConfig:
     """Tensor-parallel degree: the ranks that hold one model replica together (attention heads and the
     feed-forward width split over them, Megatron-LM's column/row plan); the rest of the ranks are data parallel.
     Must divide the world size, the heads and the feed-forward width (``kfm.train.parallel.layout``)."""
+    ep: int = 1
+    """Expert-parallel degree: each MoE layer's routed experts split over this many data-parallel ranks, tokens
+    sent to their experts' ranks by all-to-all (``kfm.train.parallel.expert_parallel``). Must divide the
+    data-parallel ranks and the number of experts; FSDP2 shards the expert weights over the remaining
+    data-parallel ranks."""
     sequence_parallel: bool = False
     """With ``tp`` > 1: the residual stream between the sublayers (norms, residual adds, dropout-free) sharded
     over the ``tp`` ranks by sequence position (Megatron-LM's sequence parallelism): activation memory there drops
@@ -50,8 +55,8 @@ class ParallelismConfig:
                                                "trainer.parallelism.activation_checkpointing")
         if self.ac_every < 1 or self.hsdp_replicas < 0:
             raise ValueError("trainer.parallelism.ac_every must be >= 1 and hsdp_replicas >= 0")
-        if self.tp < 1:
-            raise ValueError(f"trainer.parallelism.tp must be >= 1, got {self.tp}")
+        if self.tp < 1 or self.ep < 1:
+            raise ValueError(f"trainer.parallelism.tp and ep must be >= 1, got tp={self.tp}, ep={self.ep}")
         if self.sequence_parallel and self.tp == 1:
             raise ValueError("trainer.parallelism.sequence_parallel=true shards the sequence over the tensor-parallel "
                              "ranks: set trainer.parallelism.tp > 1 too")

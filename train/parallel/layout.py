@@ -4,7 +4,9 @@ process group starts.
 
 Ranks are numbered data-parallel-major: rank = dp_index * tp + tp_index, so the ``tp`` ranks of a replica are
 neighbours (on one node, over NVLink, as Megatron-LM and torchtitan place them). The data loader splits batches by
-the data-parallel index only: the ranks of one replica read the same samples.
+the data-parallel index only: the ranks of one replica read the same samples. Expert parallelism (``ep``) splits
+the data-parallel ranks further: groups of ``ep`` neighbouring data-parallel ranks hold one copy of the experts
+between them (each reads its own samples), and FSDP2 shards the expert weights over the ``dp / ep`` groups.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kfm.train.config import Backend, ParallelismConfig
 class Layout:
     world: int
     tp: int = 1
+    ep: int = 1
 
     @property
     def dp(self) -> int:
@@ -30,6 +33,11 @@ class Layout:
 
     def tp_rank(self, rank: int) -> int:
         return rank % self.tp
+
+    @property
+    def efsdp(self) -> int:
+        """The data-parallel ranks that shard one expert's weights (FSDP2): dp / ep."""
+        return self.dp // self.ep
 
 
 def _divisors(n: int) -> list[int]:
@@ -69,7 +77,7 @@ def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int, seq_len: i
             raise ValueError(f"trainer.parallelism.tp={tp}: combine tensor parallelism with fsdp2 or hsdp, not ddp")
         if cfg.moe.n_experts:
             raise ValueError(f"trainer.parallelism.tp={tp}: the MoE layers of model {cfg.name!r} have no tensor-parallel "
-                             "plan yet (expert parallelism is coming); train it with tp=1")
+                             "plan yet: train it with tp=1, its experts spread by trainer.parallelism.ep")
         if pc.backend == Backend.hsdp and pc.hsdp_replicas and (world // tp) % pc.hsdp_replicas:
             raise ValueError(f"trainer.parallelism.hsdp_replicas={pc.hsdp_replicas} does not divide the {world // tp} "
                              f"data-parallel ranks left by tp={tp}")
@@ -77,4 +85,23 @@ def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int, seq_len: i
             raise ValueError(f"trainer.parallelism.sequence_parallel=true splits each sequence into tp={tp} equal parts: "
                              f"loader.seq_len={seq_len} is not divisible by {tp}; use loader.seq_len="
                              f"{seq_len - seq_len % tp} or {seq_len + tp - seq_len % tp}")
-    return Layout(world, tp)
+    return Layout(world, tp, check_expert_layout(pc, cfg, world // tp))
+
+
+def check_expert_layout(pc: ParallelismConfig, cfg: ModelConfig, dp: int) -> int:
+    """``trainer.parallelism.ep`` against the model and the ``dp`` data-parallel ranks."""
+    ep = pc.ep
+    if ep == 1:
+        return ep
+    experts = cfg.moe.n_experts
+    if not experts:
+        raise ValueError(f"trainer.parallelism.ep={ep}: model {cfg.name!r} has no mixture-of-experts layers; use ep=1")
+    ok = [e for e in _divisors(dp) if experts % e == 0]
+    if dp % ep or experts % ep:
+        raise ValueError(f"trainer.parallelism.ep={ep} must divide the {dp} data-parallel ranks and "
+                         f"model.moe.n_experts={experts}: use ep in {', '.join(map(str, ok))}")
+    if pc.backend != Backend.fsdp2:
+        raise ValueError(f"trainer.parallelism.ep={ep} runs with backend fsdp2 (expert weights sharded over the "
+                         f"remaining data-parallel ranks), not {pc.backend.value}; set "
+                         "trainer.parallelism.backend=fsdp2")
+    return ep

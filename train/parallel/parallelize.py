@@ -1,7 +1,9 @@
 """Parallelism applied to a plain model from outside, in one fixed order (as torchtitan does):
 
-    tensor parallelism → activation checkpointing (none / full / selective) → torch.compile per block →
-    data parallelism
+    tensor parallelism → expert parallelism → activation checkpointing (none / full / selective) →
+    torch.compile per block → data parallelism
+
+Expert parallelism (``trainer.parallelism.ep``): ``kfm.train.parallel.expert_parallel``.
 
 Tensor parallelism (``trainer.parallelism.tp``) follows Megatron-LM's plan with DTensor's ``parallelize_module``:
 in every block the query/key/value projections (latent attention: the full-rank query or the query
@@ -39,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kfm.train.config import Backend, ParallelismConfig
 from kfm.train.parallel.distributed import DTYPES, DistInfo
+from kfm.train.parallel.expert_parallel import apply_expert_parallel, expert_modules
 
 
 def blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
@@ -171,6 +174,13 @@ def build_mesh(pc: ParallelismConfig, info: DistInfo):
                             mesh_dim_names=tuple(name for _, name in dims))
 
 
+def expert_mesh(mesh, ep: int):
+    """The data-parallel ranks unflattened into ``efsdp x ep`` (neighbouring ranks share the experts), from the
+    job's one mesh."""
+    dp = dp_mesh(mesh)
+    return dp._unflatten(0, (dp.size() // ep, ep), ("efsdp", "ep"))
+
+
 def dp_mesh(mesh):
     """The data-parallel part of the job's mesh (what FSDP2/HSDP shard and replicate over)."""
     names = tuple(n for n in mesh.mesh_dim_names if n != "tp")
@@ -179,7 +189,10 @@ def dp_mesh(mesh):
     return mesh[names] if len(names) > 1 else mesh[names[0]]
 
 
-def apply_data_parallel(model: nn.Module, pc: ParallelismConfig, info: DistInfo, mesh) -> nn.Module:
+def apply_data_parallel(model: nn.Module, pc: ParallelismConfig, info: DistInfo, mesh, experts_mesh=None
+                        ) -> nn.Module:
+    """FSDP2 / HSDP / DDP (DeepSpeed: nothing here); expert weights, with ``experts_mesh`` (``expert_mesh``), sharded
+    over its ``efsdp`` dimension."""
     if pc.backend == Backend.deepspeed:
         return model  # sharded by deepspeed.initialize (kfm.train.parallel.deepspeed_engine)
     if pc.backend == Backend.ddp:
@@ -188,7 +201,11 @@ def apply_data_parallel(model: nn.Module, pc: ParallelismConfig, info: DistInfo,
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[pc.param_dtype], reduce_dtype=torch.float32)
     # Pinned host memory speeds up copies to and from a GPU (and needs one to exist).
     offload = CPUOffloadPolicy(pin_memory=info.device.type == "cuda") if pc.cpu_offload else OffloadPolicy()
-    mesh = dp_mesh(mesh)
+    dp = dp_mesh(mesh)
+    if experts_mesh is not None:  # the experts first: the blocks then shard what is left of them
+        for experts in expert_modules(model):
+            fully_shard(experts, mesh=experts_mesh["efsdp"], mp_policy=policy, offload_policy=offload)
+    mesh = dp
     for units, i in blocks(model):
         fully_shard(units[i], mesh=mesh, mp_policy=policy, offload_policy=offload)
     fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
@@ -196,11 +213,14 @@ def apply_data_parallel(model: nn.Module, pc: ParallelismConfig, info: DistInfo,
 
 
 def parallelize(model: nn.Module, pc: ParallelismConfig, info: DistInfo, mesh=None) -> nn.Module:
-    """Tensor parallelism → activation checkpointing → compile → data parallelism, per ``trainer.parallelism``, on
-    ``mesh`` (``build_mesh``); returns the model to train."""
+    """Tensor parallelism → expert parallelism → activation checkpointing → compile → data parallelism, per
+    ``trainer.parallelism``, on ``mesh`` (``build_mesh``); returns the model to train."""
     if pc.tp > 1:
         apply_tensor_parallel(model, mesh["tp"], pc.sequence_parallel)
+    experts_mesh = expert_mesh(mesh, pc.ep) if pc.ep > 1 else None
+    if experts_mesh is not None:
+        apply_expert_parallel(model, experts_mesh["ep"])
     apply_activation_checkpointing(model, pc.activation_checkpointing, pc.ac_every)
     if pc.compile:
         apply_compile(model)
-    return apply_data_parallel(model, pc, info, mesh)
+    return apply_data_parallel(model, pc, info, mesh, experts_mesh)
