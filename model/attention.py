@@ -101,6 +101,18 @@ def _check_flat(cu: torch.Tensor, batch: int, seq_len: int) -> None:
                          f"hold every row's end, got {cu.tolist()[:16]}{' ...' if len(cu) > 16 else ''}")
 
 
+def documents_from_positions(position_ids: torch.Tensor) -> Documents:
+    """The ``Documents`` of a packed batch from its positions alone (a document starts where its position is 0, and
+    every row starts one), as the loader numbers them: for code that passes only tensors split along the batch
+    (pipeline micro batches). Reading the boundaries' count synchronises with the device once."""
+    batch, seq = position_ids.shape
+    starts = position_ids == 0
+    starts[:, 0] = True
+    flat = starts.reshape(-1).nonzero().squeeze(1)
+    cu = torch.cat([flat, flat.new_full((1,), batch * seq)]).to(torch.int32)
+    return Documents(cu, batch, seq, position_ids.device)
+
+
 def as_documents(cu_seqlens, batch: int, seq_len: int, device=None) -> Documents | None:
     """``Documents`` from what a caller passes the model: per-row ``cu_seqlens`` (a list), the flat ones (a 1-D
     tensor, as the loader gives them), a ``Documents`` already built, or ``None`` (one document per row)."""

@@ -112,16 +112,27 @@ class Transformer(nn.Module):
         """
         return self._trunk(tokens, position_ids, cu_seqlens)[0]
 
-    def _trunk(self, tokens, position_ids, cu_seqlens) -> tuple[torch.Tensor, Rotary, Documents | None]:
-        seq = tokens.shape[1]
+    def context(self, batch: int, seq: int, device, position_ids: torch.Tensor | None = None,
+                cu_seqlens=None) -> tuple[Rotary, Documents | None]:
+        """What every block reads besides the hidden states: the rotary tables at the tokens' positions and the
+        document boundaries (see ``hidden_states``)."""
         if seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {seq} exceeds model.max_seq_len={self.cfg.max_seq_len}")
+        return Rotary(self.rope_cos, self.rope_sin, position_ids, seq), as_documents(cu_seqlens, batch, seq, device)
+
+    def _trunk(self, tokens, position_ids, cu_seqlens) -> tuple[torch.Tensor, Rotary, Documents | None]:
+        rotary, docs = self.context(tokens.shape[0], tokens.shape[1], tokens.device, position_ids, cu_seqlens)
         h = self.tok_embeddings(tokens)
-        rotary = Rotary(self.rope_cos, self.rope_sin, position_ids, seq)
-        docs = as_documents(cu_seqlens, tokens.shape[0], seq, tokens.device)
         for layer in self.layers:
             h = layer(h, rotary, docs)
         return self.norm(h), rotary, docs
+
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor, z_loss: float = 0.0,
+                  loss_chunk: int | None = None) -> torch.Tensor:
+        """The mean next-token cross-entropy (+ ``z_loss``) of the final normed hidden states ``h``, computed
+        ``loss_chunk`` tokens at a time so the full logits never exist."""
+        return linear_cross_entropy(h, self.output.weight, targets, z_loss=z_loss, chunk=loss_chunk,
+                                    use_triton=self.kernels(h))
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cu_seqlens: list[torch.Tensor] | torch.Tensor | Documents | None = None, targets: torch.Tensor | None = None,
@@ -139,8 +150,7 @@ class Transformer(nn.Module):
             return self.output(h)
 
         def loss_fn(hidden: torch.Tensor, tgt: torch.Tensor, z: float = z_loss) -> torch.Tensor:
-            return linear_cross_entropy(hidden, self.output.weight, tgt, z_loss=z, chunk=loss_chunk,
-                                        use_triton=self.kernels(hidden))
+            return self.head_loss(hidden, tgt, z, loss_chunk)
 
         loss = loss_fn(h, targets)
         if self.mtp is None or not self.training or not torch.is_grad_enabled():

@@ -28,9 +28,10 @@ MOE = ["model=debug_moe", "model.moe.bias_update_rate=0.01", "model.moe.seq_aux_
 """The debug MoE preset, its expert bias moving fast enough to matter within the run."""
 
 
-LAYOUTS = {"+moe": MOE, "+tp2": ["trainer.parallelism.tp=2"], "+ep2": [*MOE, "trainer.parallelism.ep=2"]}
-"""Variants of a backend: the debug MoE preset, tensor parallelism over the 2 processes, or the MoE preset with its
-experts split over them."""
+LAYOUTS = {"+moe": MOE, "+tp2": ["trainer.parallelism.tp=2"], "+ep2": [*MOE, "trainer.parallelism.ep=2"],
+           "+pp2": ["trainer.parallelism.pp=2", "trainer.global_batch_size=16", "model.tie_embeddings=false"]}
+"""Variants of a backend: the debug MoE preset, tensor parallelism over the 2 processes, the MoE preset with its
+experts split over them, or 2 pipeline stages (2 micro batches a step)."""
 
 
 def command(run_dir: Path, backend: str) -> list[str]:
@@ -91,7 +92,8 @@ def kill_at(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
                                      # ~45 s; the bias's exact resume also runs in make test (tests/test_moe_train.py)
                                      pytest.param("fsdp2+moe", marks=pytest.mark.slow),
                                      pytest.param("fsdp2+tp2", marks=pytest.mark.slow),  # ~60 s
-                                     pytest.param("fsdp2+ep2", marks=pytest.mark.slow)])
+                                     pytest.param("fsdp2+ep2", marks=pytest.mark.slow),
+                                     pytest.param("fsdp2+pp2", marks=pytest.mark.slow)])
 def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_dir, backend):
     import shutil
 

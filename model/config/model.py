@@ -106,7 +106,7 @@ class ModelConfig:
         m = self.mla
         if self.head_dim is None:
             raise ValueError("model.mla is set: set model.head_dim, the q/k head width with its rotated dimensions "
-                             f"(DeepSeek-V3: 192 = 128 + model.mla.qk_rope_head_dim 64)")
+                             "(DeepSeek-V3: 192 = 128 + model.mla.qk_rope_head_dim 64)")
         if m.qk_rope_head_dim > self.head_dim:
             raise ValueError(f"model.mla.qk_rope_head_dim={m.qk_rope_head_dim} is larger than the q/k head width "
                              f"model.head_dim={self.head_dim}: lower it or raise model.head_dim")

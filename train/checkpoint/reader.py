@@ -23,6 +23,14 @@ def dcp_saved_shapes(path: Path) -> dict[str, tuple]:
     return {k[len("model."):]: tuple(v.size) for k, v in saved.items() if k.startswith("model.") and hasattr(v, "size")}
 
 
+def dcp_optimizer_flattened(path: Path) -> bool:
+    """Whether a DCP checkpoint keeps its optimizer state flattened (``optim.param_groups.<name>.<key>`` per
+    parameter, written since pipeline parallelism: each rank's groups name only its stages' parameters) or as
+    one ``optim.param_groups`` list (earlier checkpoints)."""
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    return "optim.param_groups" not in saved
+
+
 def load_deepspeed_weights(path: Path) -> dict[str, torch.Tensor]:
     """The fp32 weights of a DeepSpeed checkpoint of any ZeRO stage, in one process (DeepSpeed's zero_to_fp32)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -32,6 +32,16 @@ class ActivationCheckpointing(StrEnum):
     selective = "selective"
 
 
+class PipelineSchedule(StrEnum):
+    """``torch.distributed.pipelining`` schedules: one stage a rank (``gpipe``, ``1f1b``) or several
+    (``interleaved_1f1b``, ``interleaved_zb``: zero-bubble, the weight gradients deferred into the bubbles)."""
+
+    gpipe = "gpipe"
+    one_f1b = "1f1b"
+    interleaved_1f1b = "interleaved_1f1b"
+    interleaved_zb = "interleaved_zb"
+
+
 class SpikeAction(StrEnum):
     skip = "skip"
     stop = "stop"
@@ -50,4 +60,4 @@ class Schedule(StrEnum):
     constant = "constant"
 
 
-__all__ = ["ActivationCheckpointing", "Backend", "ParamDtype", "Schedule", "SpikeAction", "WandbMode", "choice"]
+__all__ = ["ActivationCheckpointing", "Backend", "ParamDtype", "PipelineSchedule", "Schedule", "SpikeAction", "WandbMode", "choice"]

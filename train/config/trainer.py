@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kfm.train.config.choices import ActivationCheckpointing, Backend, ParamDtype, SpikeAction, WandbMode, choice
+from kfm.train.config.choices import (ActivationCheckpointing, Backend, ParamDtype, PipelineSchedule, SpikeAction,
+                                      WandbMode, choice)
 from kfm.train.config.peaks import PEAK_FLOPS, is_positive_number
 
 
@@ -42,6 +43,16 @@ class ParallelismConfig:
     sent to their experts' ranks by all-to-all (``kfm.train.parallel.expert_parallel``). Must divide the
     data-parallel ranks and the number of experts; FSDP2 shards the expert weights over the remaining
     data-parallel ranks."""
+    pp: int = 1
+    """Pipeline-parallel degree: the layers split into ``pp`` x ``pp_stages_per_rank`` consecutive stages of equal
+    depth (the first also holds the embedding, the last the final norm, output projection and loss), one group of
+    ranks each; the step's micro batches (``global_batch_size`` / (``local_batch_size`` x data-parallel ranks))
+    flow through them by ``pp_schedule`` (``kfm.train.parallel.pipeline``)."""
+    pp_schedule: str = "1f1b"
+    """``gpipe``, ``1f1b`` (one stage a rank), ``interleaved_1f1b`` or ``interleaved_zb`` (several stages a rank,
+    assigned round-robin: rank r holds stages r, r + pp, ...)."""
+    pp_stages_per_rank: int = 1
+    """Stages each pipeline rank holds (virtual stages; 2 or more for the interleaved schedules)."""
     sequence_parallel: bool = False
     """With ``tp`` > 1: the residual stream between the sublayers (norms, residual adds, dropout-free) sharded
     over the ``tp`` ranks by sequence position (Megatron-LM's sequence parallelism): activation memory there drops
@@ -55,8 +66,15 @@ class ParallelismConfig:
                                                "trainer.parallelism.activation_checkpointing")
         if self.ac_every < 1 or self.hsdp_replicas < 0:
             raise ValueError("trainer.parallelism.ac_every must be >= 1 and hsdp_replicas >= 0")
-        if self.tp < 1 or self.ep < 1:
-            raise ValueError(f"trainer.parallelism.tp and ep must be >= 1, got tp={self.tp}, ep={self.ep}")
+        if min(self.tp, self.ep, self.pp, self.pp_stages_per_rank) < 1:
+            raise ValueError(f"trainer.parallelism.tp, ep, pp and pp_stages_per_rank must be >= 1, got tp={self.tp}, "
+                             f"ep={self.ep}, pp={self.pp}, pp_stages_per_rank={self.pp_stages_per_rank}")
+        self.pp_schedule = choice(PipelineSchedule, self.pp_schedule, "trainer.parallelism.pp_schedule")
+        interleaved = self.pp_schedule.startswith("interleaved")
+        if interleaved != (self.pp_stages_per_rank > 1):
+            raise ValueError(f"trainer.parallelism.pp_schedule={self.pp_schedule.value} with pp_stages_per_rank="
+                             f"{self.pp_stages_per_rank}: the interleaved schedules need 2 or more stages a rank, "
+                             "gpipe and 1f1b exactly 1")
         if self.sequence_parallel and self.tp == 1:
             raise ValueError("trainer.parallelism.sequence_parallel=true shards the sequence over the tensor-parallel "
                              "ranks: set trainer.parallelism.tp > 1 too")

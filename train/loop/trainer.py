@@ -24,7 +24,7 @@ from kfm.train.checkpoint.manager import CheckpointManager
 from kfm.train.config import PretrainJob
 from kfm.train.loop.balance import ExpertBalance
 from kfm.train.loop.mtp_losses import MTPLosses
-from kfm.train.parallel.layout import check_layout
+from kfm.train.parallel.layout import check_layout, check_microbatches
 from kfm.train.loop.events import Event, Hooks
 from kfm.train.loop.hooks import default_hooks
 from kfm.train.loop.init_from import initial_weights
@@ -117,6 +117,7 @@ class Trainer:
                 f"({tc.local_batch_size}) x data-parallel ranks ({dp}) = {world_batch}: choose a "
                 "multiple of it, or change the micro batch or the number of ranks")
         self.accum = self.global_batch // world_batch
+        check_microbatches(tc.parallelism, self.accum)
         self.loader = DistributedLoader(stream, tc.local_batch_size, dp_rank, dp)
         self.engine = build_engine(job, dist_info, self.accum, init_state)
         self.model = self.engine.model
@@ -160,7 +161,7 @@ class Trainer:
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(both)
         loss_sum, stops = both.tolist()
-        return loss_sum / self.dist.world, stops > 0
+        return loss_sum / self.layout.loss_ranks, stops > 0  # pipeline: only the last stage's ranks hold a loss
 
     # ----- checkpoints -----
     def checkpoint_header(self) -> dict:
@@ -266,7 +267,9 @@ class Trainer:
         lr = lr_at(self.step, tc.steps, self.job.optim)
         self.engine.set_lr(lr)
         total, skip = torch.zeros((), dtype=torch.float64, device=self.dist.device), ""
-        for micro in range(self.accum):
+        if self.engine.pipeline is not None:  # the schedule runs every micro batch's forward and backward
+            loss_value, skip = self.pipeline_step()
+        for micro in range(self.accum if self.engine.pipeline is None else 0):
             last = micro == self.accum - 1
             loss = self.loss(self.next_batch())
             total += loss.detach()
@@ -291,6 +294,24 @@ class Trainer:
             self.consecutive_spikes = 0
         return StepResult(self.step, loss_value, grad_norm, lr, applied)
 
+    def pipeline_step(self) -> tuple[float, str]:
+        """The step's micro batches through the pipeline schedule, forward and backward; the global mean loss
+        and whether to skip the step (decided after the backward: the engine then drops the gradients)."""
+        batches = [self.next_batch() for _ in range(self.accum)]
+        dev = self.dist.device
+        inputs, positions, targets = (torch.cat([getattr(b, key) for b in batches]).to(dev)
+                                      for key in ("inputs", "position_ids", "targets"))
+        mean = self.engine.pipeline.step(inputs, positions, targets, self.job.trainer.z_loss)
+        loss_value, self.stop_seen = self.agree(mean)
+        return loss_value, self.judge_loss(loss_value)
+
+    def eval_loss(self, batch: Batch) -> torch.Tensor | None:
+        """A batch's mean loss without z-loss; None on a pipeline rank that holds no loss."""
+        if self.engine.pipeline is None:
+            return self.loss(batch, z_loss=0.0)
+        dev = self.dist.device
+        return self.engine.pipeline.evaluate(batch.inputs.to(dev), batch.position_ids.to(dev), batch.targets.to(dev))
+
     @torch.no_grad()
     def _validate_on(self, windows: TokenWindows) -> tuple[float, float, float]:
         """(summed loss in nats, tokens, bytes of text behind them) over this rank's share of the batches."""
@@ -299,8 +320,11 @@ class Trainer:
         tokens = nbytes = 0
         dp_rank, dp = self.layout.dp_rank(self.dist.rank), self.layout.dp
         for batch in validation_batches(windows, tc.local_batch_size, dp_rank, dp, tc.validation.batches):
+            loss = self.eval_loss(batch)
+            if loss is None:  # counted by the last pipeline stage's ranks
+                continue
             n = batch.targets.numel()
-            nats += self.loss(batch, z_loss=0.0).detach().to(torch.float64) * n
+            nats += loss.detach().to(torch.float64) * n
             tokens += n
             if self.token_bytes is not None:  # CPU tensors: no device synchronisation
                 nbytes += int(self.token_bytes[batch.targets].sum())

@@ -2,8 +2,9 @@
 and which hold replicas of each other (data parallel), checked against the world size and the model before any
 process group starts.
 
-Ranks are numbered data-parallel-major: rank = dp_index * tp + tp_index, so the ``tp`` ranks of a replica are
-neighbours (on one node, over NVLink, as Megatron-LM and torchtitan place them). The data loader splits batches by
+Ranks are numbered pipeline-major, then data-parallel: rank = (pp_index * dp + dp_index) * tp + tp_index, so the
+``tp`` ranks of a replica are neighbours (on one node, over NVLink, as Megatron-LM and torchtitan place them) and a
+pipeline stage's ranks are a contiguous block. The data loader splits batches by
 the data-parallel index only: the ranks of one replica read the same samples. Expert parallelism (``ep``) splits
 the data-parallel ranks further: groups of ``ep`` neighbouring data-parallel ranks hold one copy of the experts
 between them (each reads its own samples), and FSDP2 shards the expert weights over the ``dp / ep`` groups.
@@ -22,14 +23,23 @@ class Layout:
     world: int
     tp: int = 1
     ep: int = 1
+    pp: int = 1
 
     @property
     def dp(self) -> int:
         """Data-parallel replicas: the ranks that read different samples."""
-        return self.world // self.tp
+        return self.world // (self.tp * self.pp)
 
     def dp_rank(self, rank: int) -> int:
-        return rank // self.tp
+        return (rank // self.tp) % self.dp
+
+    def pp_rank(self, rank: int) -> int:
+        return rank // (self.dp * self.tp)
+
+    @property
+    def loss_ranks(self) -> int:
+        """The ranks that compute a loss: all of them, or the last pipeline stage's."""
+        return self.world // self.pp
 
     def tp_rank(self, rank: int) -> int:
         return rank % self.tp
@@ -60,6 +70,7 @@ def valid_tps(cfg: ModelConfig, world: int) -> list[int]:
 def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int, seq_len: int | None = None) -> Layout:
     """The layout ``trainer.parallelism`` asks for on ``world`` ranks (training sequences of ``seq_len`` tokens);
     a ValueError naming the numbers and the layouts that would work otherwise."""
+    world = check_pipeline_layout(pc, cfg, world)  # the ranks of one pipeline stage from here on
     tp = pc.tp
     ok = ", ".join(f"tp={t} (x{world // t} data parallel)" for t in valid_tps(cfg, world))
     if world % tp:
@@ -85,7 +96,56 @@ def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int, seq_len: i
             raise ValueError(f"trainer.parallelism.sequence_parallel=true splits each sequence into tp={tp} equal parts: "
                              f"loader.seq_len={seq_len} is not divisible by {tp}; use loader.seq_len="
                              f"{seq_len - seq_len % tp} or {seq_len + tp - seq_len % tp}")
-    return Layout(world, tp, check_expert_layout(pc, cfg, world // tp))
+    return Layout(world * pc.pp, tp, check_expert_layout(pc, cfg, world // tp), pc.pp)
+
+
+def check_pipeline_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int) -> int:
+    """``trainer.parallelism.pp`` against the model and the ``world`` ranks; the ranks of one stage."""
+    pp, v = pc.pp, pc.pp_stages_per_rank
+    if pp == 1 and v == 1:
+        return world
+    stages = pp * v
+    if world % pp:
+        fits = ", ".join(str(d) for d in _divisors(world) if cfg.n_layers % (d * v) == 0)
+        raise ValueError(f"trainer.parallelism.pp={pp} does not divide the {world} ranks: use pp in {fits}")
+    if cfg.n_layers % stages:
+        fits = ", ".join(f"pp={d}" for d in _divisors(world) if cfg.n_layers % (d * v) == 0)
+        raise ValueError(f"model.n_layers={cfg.n_layers} cannot be split into pp={pp} x pp_stages_per_rank={v} = "
+                         f"{stages} stages of equal depth: on {world} ranks use {fits} (or another "
+                         "pp_stages_per_rank)")
+    why = {Backend.deepspeed: "DeepSpeed stays data-parallel (ZeRO) in kfm; use trainer.parallelism.backend=fsdp2",
+           Backend.ddp: "combine pipeline parallelism with fsdp2, not ddp",
+           Backend.hsdp: "combine pipeline parallelism with fsdp2 (hsdp x pp is not built yet)"}.get(pc.backend)
+    if why is None and cfg.mtp.depth:
+        why = (f"model {cfg.name!r} has multi-token prediction (model.mtp.depth={cfg.mtp.depth}), whose modules read "
+               "the first stage's embedding on the last stage: not built yet; set model.mtp.depth=0 or pp=1")
+    if why is None and cfg.moe.n_experts:
+        why = f"the MoE layers of model {cfg.name!r} under pipeline parallelism are not built yet; use pp=1 and ep"
+    if why is None and pc.pp_schedule == "interleaved_zb":
+        why = ("pp_schedule=interleaved_zb (zero bubble) defers the weight gradients past FSDP2's reduction here: its "
+               "losses left the one-process run's from the second step (6.5025 vs 6.4759); use interleaved_1f1b")
+    if why is None and cfg.tie_embeddings:
+        why = "tied embeddings live on the first and the last stage; set model.tie_embeddings=false or pp=1"
+    if why is None and pc.sequence_parallel:
+        why = "sequence parallelism across pipeline stages is not built yet; set sequence_parallel=false"
+    if why:
+        raise ValueError(f"trainer.parallelism.pp={pp}: {why}")
+    return world // pp
+
+
+def check_microbatches(pc: ParallelismConfig, microbatches: int) -> None:
+    """A pipeline step's micro batches (the gradient-accumulation steps) against the schedule."""
+    pp = pc.pp
+    if pp > 1 and microbatches < pp:
+        raise ValueError(f"trainer.parallelism.pp={pp} needs at least {pp} micro batches a step to keep every stage "
+                         f"busy (the schedules refuse fewer), got {microbatches} (trainer.global_batch_size / "
+                         "(local_batch_size x data-parallel ranks)): raise trainer.global_batch_size or lower "
+                         "trainer.local_batch_size")
+    rounds = max(1, microbatches // pp)
+    if pc.pp_stages_per_rank > 1 and microbatches % rounds:
+        raise ValueError(f"trainer.parallelism.pp_schedule={pc.pp_schedule.value} with pp={pp} needs the "
+                         f"{microbatches} micro batches a step to be a multiple of {rounds} rounds; use a multiple "
+                         f"of {pp}")
 
 
 def check_expert_layout(pc: ParallelismConfig, cfg: ModelConfig, dp: int) -> int:

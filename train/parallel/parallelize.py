@@ -34,7 +34,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel, SequenceParallel,
                                                parallelize_module)
 from torch.nn.parallel import DistributedDataParallel
@@ -44,10 +44,19 @@ from kfm.train.parallel.distributed import DTYPES, DistInfo
 from kfm.train.parallel.expert_parallel import apply_expert_parallel, expert_modules
 
 
-def blocks(model: nn.Module) -> list[tuple[nn.ModuleList, int]]:
-    """(list, index) of every unit wrapped one by one: the transformer blocks, then the multi-token prediction
-    modules (each a block with its norms and projection)."""
-    units = [(model.layers, i) for i in range(len(model.layers))]
+def assign_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Store this rank's part of ``full`` (drawn identically on every rank) in a possibly sharded parameter."""
+    if isinstance(param, DTensor):
+        full = distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(full)
+
+
+def blocks(model: nn.Module) -> list[tuple[nn.Module, int | str]]:
+    """(container, key) of every unit wrapped one by one: the transformer blocks (a model's list, or a pipeline
+    stage's dict keyed by layer number), then the multi-token prediction modules (each a block with its norms and
+    projection)."""
+    layers = model.layers
+    units = [(layers, k) for k in (layers.keys() if isinstance(layers, nn.ModuleDict) else range(len(layers)))]
     mtp = getattr(model, "mtp", None)
     return units + ([(mtp.layers, k) for k in range(len(mtp.layers))] if mtp is not None else [])
 
@@ -153,13 +162,13 @@ def apply_compile(model: nn.Module) -> None:
 
 def build_mesh(pc: ParallelismConfig, info: DistInfo):
     """The device mesh of the job, built once (``kfm.train.parallel.engine.build_engine``): ``shard`` for FSDP2,
-    ``replicate x shard`` for HSDP, each with a last ``tp`` dimension when ``trainer.parallelism.tp`` > 1 (a replica's
-    ranks are neighbours: rank = data-parallel index * tp + tp index); ``None`` where the backend needs none (DDP,
-    DeepSpeed)."""
+    ``replicate x shard`` for HSDP, each with a last ``tp`` dimension when ``trainer.parallelism.tp`` > 1 and a first
+    ``pp`` dimension when ``trainer.parallelism.pp`` > 1 (rank = (pp index * dp + dp index) * tp + tp index);
+    ``None`` where the backend needs none (DDP, DeepSpeed)."""
     device_type = info.device.type
     if pc.backend in (Backend.ddp, Backend.deepspeed):
         return None
-    dp = info.world // pc.tp
+    dp = info.world // (pc.tp * pc.pp)
     dims = [(dp, "shard")]  # (size, name), outermost first
     if pc.backend == Backend.hsdp:  # by default one replica group per node
         per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", info.world)) // pc.tp, 1)
@@ -168,6 +177,8 @@ def build_mesh(pc: ParallelismConfig, info: DistInfo):
             raise ValueError(f"trainer.parallelism.hsdp_replicas={replicas} does not divide the {dp} data-parallel "
                              "ranks")
         dims = [(replicas, "replicate"), (dp // replicas, "shard")]
+    if pc.pp > 1:  # outermost: a stage's ranks are a contiguous block
+        dims.insert(0, (pc.pp, "pp"))
     if pc.tp > 1:
         dims.append((pc.tp, "tp"))
     return init_device_mesh(device_type, tuple(size for size, _ in dims),
@@ -183,7 +194,7 @@ def expert_mesh(mesh, ep: int):
 
 def dp_mesh(mesh):
     """The data-parallel part of the job's mesh (what FSDP2/HSDP shard and replicate over)."""
-    names = tuple(n for n in mesh.mesh_dim_names if n != "tp")
+    names = tuple(n for n in mesh.mesh_dim_names if n not in ("tp", "pp"))
     if names == mesh.mesh_dim_names:
         return mesh
     return mesh[names] if len(names) > 1 else mesh[names[0]]
