@@ -102,3 +102,20 @@ def test_pipeline_refusals_for_what_it_cannot_split_yet():
         ParallelismConfig(pp=2, pp_schedule="interleaved_1f1b")
     layout = check_layout(ParallelismConfig(pp=2, tp=2), DENSE, 8)
     assert (layout.dp, layout.loss_ranks, layout.dp_rank(5), layout.pp_rank(5)) == (2, 4, 0, 1)
+
+
+def test_launch_checks_the_pipeline_layout_and_its_micro_batches_against_the_allocation():
+    from kfm.train.cli.launch import LaunchError, check_allocation_layout
+    from kfm.train.config import ClusterConfig
+
+    job = make_job("runs/x")
+    job.model, job.cluster = DENSE, ClusterConfig(name="h100_node", gpus_per_node=8)
+    job.trainer.parallelism.pp, job.trainer.local_batch_size = 2, 2
+    job.trainer.global_batch_size = 32  # 2 nodes x 8 = 16 ranks: pp 2 x dp 8, 2 micro batches of 2
+    check_allocation_layout(job, nnodes=2)
+    job.trainer.global_batch_size = 16
+    with pytest.raises(LaunchError, match=r"pp=2 needs at least 2 micro batches a step .* got 1 .*2 nodes x 8"):
+        check_allocation_layout(job, nnodes=2)
+    job.trainer.parallelism.pp = 8
+    with pytest.raises(LaunchError, match=r"model.n_layers=4 cannot be split into pp=8"):
+        check_allocation_layout(job, nnodes=2)

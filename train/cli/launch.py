@@ -25,7 +25,7 @@ from kfm.schemas import register_schemas
 from kfm.train.cli import CONFIG_DIR
 from kfm.train.config import ClusterConfig, PretrainJob
 from kfm.train.parallel.distributed import free_port
-from kfm.train.parallel.layout import check_layout
+from kfm.train.parallel.layout import check_layout, check_microbatches
 
 REQUIRED_SLURM = ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NNODES")
 
@@ -81,8 +81,10 @@ def check_allocation_layout(job: PretrainJob, nnodes: int) -> None:
         raise LaunchError(f"trainer.parallelism.tp={tp} does not divide the {per_node} processes of a node "
                           f"(cluster={job.cluster.name}): a replica's tensor-parallel ranks must share a node; use "
                           f"tp in {fits}")
+    tc = job.trainer
     try:
-        check_layout(job.trainer.parallelism, job.model, nnodes * per_node, job.loader.seq_len)
+        layout = check_layout(tc.parallelism, job.model, nnodes * per_node, job.loader.seq_len)
+        check_microbatches(tc.parallelism, max(tc.global_batch_size // (tc.local_batch_size * layout.dp), 1))
     except ValueError as err:
         raise LaunchError(f"{err} (the allocation: {nnodes} nodes x {per_node} processes)") from None
 

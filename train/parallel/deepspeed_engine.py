@@ -52,6 +52,9 @@ def deepspeed_config(job: PretrainJob, world: int, accum: int) -> dict:
 
 
 class DeepSpeedEngine:
+    pipeline = None
+    """DeepSpeed stays data-parallel: no pipeline stages (``kfm.train.parallel.layout`` refuses ``pp`` with it)."""
+
     def __init__(self, job: PretrainJob, info: DistInfo, accum: int, init_state: dict | None = None) -> None:
         import deepspeed
 
