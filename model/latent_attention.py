@@ -65,6 +65,8 @@ class LatentAttention(nn.Module):
         self.scale = cfg.rope.softmax_factor / math.sqrt(self.qk_dim)
         self.backend = runtime.attention_backend
         self._attention: dict[tuple, object] = {}
+        self.core = None
+        """A replacement of the attention core set from outside (as ``kfm.model.layers.Attention.core``)."""
 
     def in_weights(self) -> list[torch.Tensor]:
         """The projections drawn with the init's std (``Transformer.init_weights``), in draw order."""
@@ -95,7 +97,7 @@ class LatentAttention(nn.Module):
         k = torch.cat([k_nope, k_rope], dim=-1)
         kind = (q.device.type, q.dtype, docs is None)
         if kind not in self._attention:
-            self._attention[kind] = attention_impl(self.backend, q, docs, self.window)
+            self._attention[kind] = self.core or attention_impl(self.backend, q, docs, self.window)
         # v is a view into the decompressed [k_nope; v]: a copy keeps half of it alive for the backward, not all
         out = self._attention[kind](q, k, v.contiguous(), docs, self.window, self.scale)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))

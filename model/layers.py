@@ -108,6 +108,9 @@ class Attention(nn.Module):
         self._attention: dict[tuple, object] = {}
         """The attention implementation for each kind of input (device, dtype, documents or not), resolved on its
         first forward (``auto`` logs why) and kept."""
+        self.core = None
+        """A replacement of the attention core (``fn(q, k, v, docs, window, scale)``) set from outside: context
+        parallelism attends over keys and values gathered from other ranks (``kfm.train.parallel``)."""
 
     def forward(self, x: torch.Tensor, rotary: Rotary, docs: Documents | None = None) -> torch.Tensor:
         bsz, seq, _ = x.shape
@@ -127,7 +130,7 @@ class Attention(nn.Module):
             q, k = rotary.apply(q), rotary.apply(k)
         kind = (q.device.type, q.dtype, docs is None)
         if kind not in self._attention:
-            self._attention[kind] = attention_impl(self.backend, q, docs, self.window)
+            self._attention[kind] = self.core or attention_impl(self.backend, q, docs, self.window)
         out = self._attention[kind](q, k, v, docs, self.window)
         return self.wo(out.transpose(1, 2).reshape(bsz, seq, -1))
 

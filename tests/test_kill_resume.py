@@ -29,9 +29,10 @@ MOE = ["model=debug_moe", "model.moe.bias_update_rate=0.01", "model.moe.seq_aux_
 
 
 LAYOUTS = {"+moe": MOE, "+tp2": ["trainer.parallelism.tp=2"], "+ep2": [*MOE, "trainer.parallelism.ep=2"],
-           "+pp2": ["trainer.parallelism.pp=2", "trainer.global_batch_size=16", "model.tie_embeddings=false"]}
+           "+pp2": ["trainer.parallelism.pp=2", "trainer.global_batch_size=16", "model.tie_embeddings=false"],
+           "+cp2": ["trainer.parallelism.cp=2", "model.sliding_window=16"]}
 """Variants of a backend: the debug MoE preset, tensor parallelism over the 2 processes, the MoE preset with its
-experts split over them, or 2 pipeline stages (2 micro batches a step)."""
+experts split over them, 2 pipeline stages (2 micro batches a step), or each sequence split over the 2."""
 
 
 def command(run_dir: Path, backend: str) -> list[str]:
@@ -93,7 +94,8 @@ def kill_at(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
                                      pytest.param("fsdp2+moe", marks=pytest.mark.slow),
                                      pytest.param("fsdp2+tp2", marks=pytest.mark.slow),  # ~60 s
                                      pytest.param("fsdp2+ep2", marks=pytest.mark.slow),
-                                     pytest.param("fsdp2+pp2", marks=pytest.mark.slow)])
+                                     pytest.param("fsdp2+pp2", marks=pytest.mark.slow),
+                                     pytest.param("fsdp2+cp2", marks=pytest.mark.slow)])
 def test_kill_9_at_random_steps_then_resume_reproduces_every_loss(tmp_path, run_dir, backend):
     import shutil
 

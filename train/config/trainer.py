@@ -53,6 +53,10 @@ class ParallelismConfig:
     assigned round-robin: rank r holds stages r, r + pp, ...)."""
     pp_stages_per_rank: int = 1
     """Stages each pipeline rank holds (virtual stages; 2 or more for the interleaved schedules)."""
+    cp: int = 1
+    """Context-parallel degree: each sequence split over this many ranks (load-balanced chunks), attention over
+    the keys and values gathered from them (``kfm.train.parallel.context_parallel``); the sequence length must be
+    divisible by 2 x cp. FSDP2 shards over the data-parallel and context-parallel ranks together."""
     sequence_parallel: bool = False
     """With ``tp`` > 1: the residual stream between the sublayers (norms, residual adds, dropout-free) sharded
     over the ``tp`` ranks by sequence position (Megatron-LM's sequence parallelism): activation memory there drops
@@ -66,9 +70,9 @@ class ParallelismConfig:
                                                "trainer.parallelism.activation_checkpointing")
         if self.ac_every < 1 or self.hsdp_replicas < 0:
             raise ValueError("trainer.parallelism.ac_every must be >= 1 and hsdp_replicas >= 0")
-        if min(self.tp, self.ep, self.pp, self.pp_stages_per_rank) < 1:
-            raise ValueError(f"trainer.parallelism.tp, ep, pp and pp_stages_per_rank must be >= 1, got tp={self.tp}, "
-                             f"ep={self.ep}, pp={self.pp}, pp_stages_per_rank={self.pp_stages_per_rank}")
+        if min(self.tp, self.ep, self.pp, self.pp_stages_per_rank, self.cp) < 1:
+            raise ValueError(f"trainer.parallelism.tp, ep, pp, pp_stages_per_rank and cp must be >= 1, got tp={self.tp}, "
+                             f"ep={self.ep}, pp={self.pp}, pp_stages_per_rank={self.pp_stages_per_rank}, cp={self.cp}")
         self.pp_schedule = choice(PipelineSchedule, self.pp_schedule, "trainer.parallelism.pp_schedule")
         interleaved = self.pp_schedule.startswith("interleaved")
         if interleaved != (self.pp_stages_per_rank > 1):

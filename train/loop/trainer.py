@@ -24,6 +24,7 @@ from kfm.train.checkpoint.manager import CheckpointManager
 from kfm.train.config import PretrainJob
 from kfm.train.loop.balance import ExpertBalance
 from kfm.train.loop.mtp_losses import MTPLosses
+from kfm.train.parallel.context_parallel import local_batch
 from kfm.train.parallel.layout import check_layout, check_microbatches
 from kfm.train.loop.events import Event, Hooks
 from kfm.train.loop.hooks import default_hooks
@@ -223,9 +224,14 @@ class Trainer:
     # ----- the step -----
     def loss(self, batch: Batch, z_loss: float | None = None) -> torch.Tensor:
         tc, dev = self.job.trainer, self.dist.device
+        z_loss = tc.z_loss if z_loss is None else z_loss
+        if self.layout.cp > 1:  # this rank's chunks of every sequence, the documents of the whole rows
+            inputs, targets, positions, docs = local_batch(
+                batch.inputs.to(dev), batch.targets.to(dev), batch.position_ids.to(dev), batch.cu_seqlens_flat,
+                self.layout.cp, self.layout.cp_rank(self.dist.rank), tc.document_masking)
+            return self.model(inputs, positions, docs, targets=targets, z_loss=z_loss)
         docs = (batch.position_ids.to(dev), batch.cu_seqlens_flat) if tc.document_masking else (None, None)
-        return self.model(batch.inputs.to(dev), *docs, targets=batch.targets.to(dev),
-                          z_loss=tc.z_loss if z_loss is None else z_loss)
+        return self.model(batch.inputs.to(dev), *docs, targets=batch.targets.to(dev), z_loss=z_loss)
 
     def next_batch(self) -> Batch:
         t0 = time.perf_counter()

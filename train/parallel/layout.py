@@ -2,8 +2,8 @@
 and which hold replicas of each other (data parallel), checked against the world size and the model before any
 process group starts.
 
-Ranks are numbered pipeline-major, then data-parallel: rank = (pp_index * dp + dp_index) * tp + tp_index, so the
-``tp`` ranks of a replica are neighbours (on one node, over NVLink, as Megatron-LM and torchtitan place them) and a
+Ranks are numbered pipeline-major, then data-parallel, then context-parallel:
+rank = ((pp_index * dp + dp_index) * cp + cp_index) * tp + tp_index, so the ``tp`` ranks of a replica are neighbours (on one node, over NVLink, as Megatron-LM and torchtitan place them) and a
 pipeline stage's ranks are a contiguous block. The data loader splits batches by
 the data-parallel index only: the ranks of one replica read the same samples. Expert parallelism (``ep``) splits
 the data-parallel ranks further: groups of ``ep`` neighbouring data-parallel ranks hold one copy of the experts
@@ -24,17 +24,21 @@ class Layout:
     tp: int = 1
     ep: int = 1
     pp: int = 1
+    cp: int = 1
 
     @property
     def dp(self) -> int:
         """Data-parallel replicas: the ranks that read different samples."""
-        return self.world // (self.tp * self.pp)
+        return self.world // (self.tp * self.pp * self.cp)
 
     def dp_rank(self, rank: int) -> int:
-        return (rank // self.tp) % self.dp
+        return (rank // (self.tp * self.cp)) % self.dp
+
+    def cp_rank(self, rank: int) -> int:
+        return (rank // self.tp) % self.cp
 
     def pp_rank(self, rank: int) -> int:
-        return rank // (self.dp * self.tp)
+        return rank // (self.dp * self.cp * self.tp)
 
     @property
     def loss_ranks(self) -> int:
@@ -71,6 +75,8 @@ def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int, seq_len: i
     """The layout ``trainer.parallelism`` asks for on ``world`` ranks (training sequences of ``seq_len`` tokens);
     a ValueError naming the numbers and the layouts that would work otherwise."""
     world = check_pipeline_layout(pc, cfg, world)  # the ranks of one pipeline stage from here on
+    check_context_layout(pc, cfg, world, seq_len)
+    world //= pc.cp  # and of one context-parallel group's position
     tp = pc.tp
     ok = ", ".join(f"tp={t} (x{world // t} data parallel)" for t in valid_tps(cfg, world))
     if world % tp:
@@ -96,7 +102,31 @@ def check_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int, seq_len: i
             raise ValueError(f"trainer.parallelism.sequence_parallel=true splits each sequence into tp={tp} equal parts: "
                              f"loader.seq_len={seq_len} is not divisible by {tp}; use loader.seq_len="
                              f"{seq_len - seq_len % tp} or {seq_len + tp - seq_len % tp}")
-    return Layout(world * pc.pp, tp, check_expert_layout(pc, cfg, world // tp), pc.pp)
+    return Layout(world * pc.pp * pc.cp, tp, check_expert_layout(pc, cfg, world // tp), pc.pp, pc.cp)
+
+
+def check_context_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int, seq_len: int | None) -> None:
+    """``trainer.parallelism.cp`` against the ``world`` ranks and the sequence length."""
+    cp = pc.cp
+    if cp == 1:
+        return
+    why = ""
+    if world % cp:
+        why = f"cp={cp} does not divide the {world} ranks"
+    elif pc.backend != Backend.fsdp2:
+        why = (f"cp={cp}: DeepSpeed stays data-parallel (ZeRO) in kfm; " if pc.backend == Backend.deepspeed
+               else f"cp={cp}: ") + "context parallelism runs with trainer.parallelism.backend=fsdp2"
+    elif pc.tp > 1 or pc.pp > 1 or pc.ep > 1:
+        why = f"cp={cp} with tp, pp or ep is not built yet: combine context parallelism with FSDP2 only"
+    elif cfg.mtp.depth:
+        why = (f"cp={cp}: multi-token prediction reads tokens past a rank's chunks; set model.mtp.depth=0 or "
+               "cp=1")
+    elif seq_len is not None and seq_len % (2 * cp):
+        parts = 2 * cp
+        why = (f"cp={cp}: loader.seq_len={seq_len} is not divisible by 2 x cp = {parts} (each rank takes two equal "
+               f"chunks); use loader.seq_len={seq_len - seq_len % parts} or {seq_len + parts - seq_len % parts}")
+    if why:
+        raise ValueError(f"trainer.parallelism.{why}")
 
 
 def check_pipeline_layout(pc: ParallelismConfig, cfg: ModelConfig, world: int) -> int:

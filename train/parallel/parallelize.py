@@ -3,7 +3,8 @@
     tensor parallelism → expert parallelism → activation checkpointing (none / full / selective) →
     torch.compile per block → data parallelism
 
-Expert parallelism (``trainer.parallelism.ep``): ``kfm.train.parallel.expert_parallel``.
+Expert parallelism (``trainer.parallelism.ep``): ``kfm.train.parallel.expert_parallel``; context parallelism
+(``trainer.parallelism.cp``, each attention layer's core replaced): ``kfm.train.parallel.context_parallel``.
 
 Tensor parallelism (``trainer.parallelism.tp``) follows Megatron-LM's plan with DTensor's ``parallelize_module``:
 in every block the query/key/value projections (latent attention: the full-rank query or the query
@@ -40,6 +41,7 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
 from torch.nn.parallel import DistributedDataParallel
 
 from kfm.train.config import Backend, ParallelismConfig
+from kfm.train.parallel.context_parallel import apply_context_parallel
 from kfm.train.parallel.distributed import DTYPES, DistInfo
 from kfm.train.parallel.expert_parallel import apply_expert_parallel, expert_modules
 
@@ -168,7 +170,7 @@ def build_mesh(pc: ParallelismConfig, info: DistInfo):
     device_type = info.device.type
     if pc.backend in (Backend.ddp, Backend.deepspeed):
         return None
-    dp = info.world // (pc.tp * pc.pp)
+    dp = info.world // (pc.tp * pc.pp * pc.cp)
     dims = [(dp, "shard")]  # (size, name), outermost first
     if pc.backend == Backend.hsdp:  # by default one replica group per node
         per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", info.world)) // pc.tp, 1)
@@ -179,10 +181,14 @@ def build_mesh(pc: ParallelismConfig, info: DistInfo):
         dims = [(replicas, "replicate"), (dp // replicas, "shard")]
     if pc.pp > 1:  # outermost: a stage's ranks are a contiguous block
         dims.insert(0, (pc.pp, "pp"))
+    if pc.cp > 1:
+        dims.append((pc.cp, "cp"))
     if pc.tp > 1:
         dims.append((pc.tp, "tp"))
-    return init_device_mesh(device_type, tuple(size for size, _ in dims),
-                            mesh_dim_names=tuple(name for _, name in dims))
+    mesh = init_device_mesh(device_type, tuple(size for size, _ in dims), mesh_dim_names=tuple(name for _, name in dims))
+    if pc.cp > 1:  # FSDP2 shards over the data- and context-parallel ranks together
+        mesh[("shard", "cp")]._flatten("shard_cp")
+    return mesh
 
 
 def expert_mesh(mesh, ep: int):
@@ -194,6 +200,8 @@ def expert_mesh(mesh, ep: int):
 
 def dp_mesh(mesh):
     """The data-parallel part of the job's mesh (what FSDP2/HSDP shard and replicate over)."""
+    if "cp" in mesh.mesh_dim_names:
+        return mesh["shard_cp"]
     names = tuple(n for n in mesh.mesh_dim_names if n not in ("tp", "pp"))
     if names == mesh.mesh_dim_names:
         return mesh
@@ -228,6 +236,8 @@ def parallelize(model: nn.Module, pc: ParallelismConfig, info: DistInfo, mesh=No
     ``trainer.parallelism``, on ``mesh`` (``build_mesh``); returns the model to train."""
     if pc.tp > 1:
         apply_tensor_parallel(model, mesh["tp"], pc.sequence_parallel)
+    if pc.cp > 1:
+        apply_context_parallel(model, mesh["cp"])
     experts_mesh = expert_mesh(mesh, pc.ep) if pc.ep > 1 else None
     if experts_mesh is not None:
         apply_expert_parallel(model, experts_mesh["ep"])
