@@ -22,6 +22,7 @@ SCHEMAS: dict[str, str] = {
     "keygen_job_schema": "kfm.train.cli.keygen:KeygenJob",
     "generate_job_schema": "kfm.train.cli.generate:GenerateJob",
     "evaluate_lm_job_schema": "kfm.train.cli.evaluate_lm:EvalJob",
+    "plan_job_schema": "kfm.train.plan.cli:PlanJob",
 }
 """Schema name (as the configs' defaults lists name it) -> ``module:dataclass``."""
 

@@ -108,8 +108,8 @@ def test_no_import_circles():
 
 
 def test_train_sub_packages_import_only_the_layers_below():
-    """docs/architecture.md: config, optim -> checkpoint -> hf -> provenance -> parallel -> loop -> cli."""
-    layers = ["config", "optim", "checkpoint", "hf", "provenance", "parallel", "loop", "cli"]
+    """docs/architecture.md: config, optim -> checkpoint -> hf -> provenance -> parallel -> loop -> cli -> plan."""
+    layers = ["config", "optim", "checkpoint", "hf", "provenance", "parallel", "loop", "cli", "plan"]
     rank = {name: i for i, name in enumerate(layers)}
     rank["optim"] = rank["config"]  # the same layer
     bad = []

@@ -1,0 +1,3 @@
+from kfm.train.plan.cli import main
+
+main()
