@@ -39,6 +39,9 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.mtp = (MultiTokenPrediction(cfg, self.runtime, self.kernels, self._feed_forward)
                     if cfg.mtp.depth else None)
+        self.loss_core = None
+        """A replacement of the output projection + cross-entropy (``fn(h, weight, targets, z_loss, chunk)``) set
+        from outside: tensor parallelism splits the vocabulary over its ranks (``kfm.train.parallel``)."""
         cos, sin = rope_tables(cfg.rope_dim, cfg.max_seq_len, cfg.rope)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -131,6 +134,8 @@ class Transformer(nn.Module):
                   loss_chunk: int | None = None) -> torch.Tensor:
         """The mean next-token cross-entropy (+ ``z_loss``) of the final normed hidden states ``h``, computed
         ``loss_chunk`` tokens at a time so the full logits never exist."""
+        if self.loss_core is not None:
+            return self.loss_core(h, self.output.weight, targets, z_loss, loss_chunk)
         return linear_cross_entropy(h, self.output.weight, targets, z_loss=z_loss, chunk=loss_chunk,
                                     use_triton=self.kernels(h))
 

@@ -50,6 +50,13 @@ def test_ep2_equals_one_process_and_resumes_under_ep1(run_dir):
     losses, weights = train(run_dir / "ep2", data, 2, ep=2)
     assert_same_losses(losses, ref_losses)
     assert_same_weights(weights, ref_weights)
+    from safetensors.torch import load_file  # the checkpoint read back in one process, as HF export does
+
+    from kfm.train.cli.consolidate import consolidate
+
+    ckpt = run_dir / "ep2" / "checkpoints" / "step_0000006"
+    saved = load_file(consolidate(ckpt, run_dir / "ep2" / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in weights.items()) and saved.keys() == weights.keys()
     # resharding: EP2's step-3 checkpoint resumed without expert parallelism (FSDP2 over 2 ranks)
     shutil.copytree(run_dir / "ep2", run_dir / "ep1", ignore=shutil.ignore_patterns("step_0000006"))
     (run_dir / "ep1" / "metrics.jsonl").unlink()

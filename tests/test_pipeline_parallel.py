@@ -47,10 +47,24 @@ def assert_same_run(ours, reference):
         assert close(ours[2][key], value), key
 
 
+def assert_consolidates(ckpt, weights):
+    """The layout's checkpoint read back in one process (what HF export starts from) holds the run's weights."""
+    from safetensors.torch import load_file
+
+    from kfm.train.cli.consolidate import consolidate
+
+    saved = load_file(consolidate(ckpt, ckpt.parent.parent / "model.safetensors"))
+    assert saved.keys() == weights.keys()
+    for key, value in weights.items():
+        assert torch.equal(saved[key], value), key
+
+
 def test_pp2_1f1b_and_interleaved_equal_one_process_and_resume_without_pipeline(run_dir):
     data = run_dir / "data"
     reference = train(run_dir / "one", data, 1)  # 2 micro batches of 4
-    assert_same_run(train(run_dir / "pp2", data, 2, pp=2), reference)
+    pp2 = train(run_dir / "pp2", data, 2, pp=2)
+    assert_same_run(pp2, reference)
+    assert_consolidates(run_dir / "pp2" / "checkpoints" / "step_0000006", pp2[2])  # for HF export
     assert_same_run(train(run_dir / "pp2v2", data, 2, pp=2, pp_schedule="interleaved_1f1b", pp_stages_per_rank=2),
                     reference)
     # resharding: PP2's step-3 checkpoint resumed as FSDP2 over 2 ranks (one micro batch of 4 each)

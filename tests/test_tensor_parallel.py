@@ -141,3 +141,34 @@ def test_launch_checks_the_layout_against_the_allocation():
     job.trainer.parallelism.tp = 8
     with pytest.raises(LaunchError, match=r"tp=8 must divide model.n_heads=4.*\(the allocation: 2 nodes x 8 processes\)"):
         check_allocation_layout(job, nnodes=2)
+
+
+def vocab_parallel_loss_against_the_reference(dtype_name: str):
+    """(loss difference, hidden-gradient and weight-gradient relative differences) of the vocabulary-parallel
+    cross-entropy on 2 ranks against the plain one, with ignored targets, a z-loss and chunks of 5 of 23 tokens."""
+    from kfm.model.kernels.linear_cross_entropy import linear_cross_entropy_reference
+    from kfm.train.parallel.loss_parallel import vocab_parallel_cross_entropy
+
+    dtype, rank = getattr(torch, dtype_name), torch.distributed.get_rank()
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(23, 16, generator=gen).to(dtype).requires_grad_()
+    w = (torch.randn(26, 16, generator=gen) * 0.5).to(dtype).requires_grad_()
+    t = torch.randint(0, 26, (23,), generator=gen)
+    t[[3, 11]] = -100
+    ref = linear_cross_entropy_reference(h.float(), w.float(), t, z_loss=1e-3)
+    ref.backward()
+    mine_w = w.detach()[rank * 13:(rank + 1) * 13].clone().requires_grad_()
+    h2 = h.detach().clone().requires_grad_()
+    loss = vocab_parallel_cross_entropy(h2, mine_w, t, rank * 13, None, z_loss=1e-3, chunk=5)
+    loss.backward()
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    return abs(loss.item() - ref.item()), rel(h2.grad, h.grad), rel(mine_w.grad, w.grad[rank * 13:(rank + 1) * 13])
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_the_vocabulary_parallel_loss_equals_the_plain_one(dtype, tol):
+    for loss_diff, grad_h, grad_w in run_distributed(vocab_parallel_loss_against_the_reference, 2, dtype):
+        assert loss_diff < tol and grad_h < tol and grad_w < tol, (loss_diff, grad_h, grad_w)

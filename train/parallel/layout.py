@@ -59,8 +59,10 @@ def _divisors(n: int) -> list[int]:
 
 
 def tp_limits(cfg: ModelConfig) -> dict[str, int]:
-    """What a tensor-parallel degree must divide: the heads each rank computes whole, the feed-forward width."""
-    limits = {"model.n_heads": cfg.n_heads, "model.ffn_hidden_dim": cfg.ffn_hidden_dim}
+    """What a tensor-parallel degree must divide: the heads each rank computes whole, the feed-forward width, the
+    vocabulary (the embedding and output rows)."""
+    limits = {"model.n_heads": cfg.n_heads, "model.ffn_hidden_dim": cfg.ffn_hidden_dim,
+              "model.vocab_size": cfg.vocab_size}
     if not cfg.mla.enabled:
         limits["model.n_kv_heads"] = cfg.n_kv_heads
     return limits

@@ -13,8 +13,9 @@ output columns, the attention output and the feed-forward's down projection by i
 whole heads and a slice of the feed-forward width and one all-reduce per sublayer restores the residual stream.
 Per-head QK-norms see only their rank's heads: their weights become replicated DTensors whose gradients DTensor
 sums over the ranks; latent attention's rotated key, shared by all heads, has its gradient summed likewise.
-Embeddings, block norms, the output projection and the loss stay replicated (every rank of a replica computes them
-alike). With ``trainer.parallelism.sequence_parallel`` (Megatron-LM's sequence parallelism, Korthikanti et al.
+The embedding and the output projection are split by vocabulary rows (tied, one weight for both) and the
+cross-entropy is computed across the ranks without whole rows of logits (``kfm.train.parallel.loss_parallel``);
+the block norms stay replicated (every rank of a replica computes them alike). With ``trainer.parallelism.sequence_parallel`` (Megatron-LM's sequence parallelism, Korthikanti et al.
 2022) the residual stream and the block norms are split by sequence position instead: each all-reduce becomes a
 reduce-scatter after the sublayer and an all-gather before the next, so the activations between sublayers take
 1/tp of the memory; the final norm's output is gathered for the output projection and the loss.
@@ -44,6 +45,7 @@ from kfm.train.config import Backend, ParallelismConfig
 from kfm.train.parallel.context_parallel import apply_context_parallel
 from kfm.train.parallel.distributed import DTYPES, DistInfo
 from kfm.train.parallel.expert_parallel import apply_expert_parallel, expert_modules
+from kfm.train.parallel.loss_parallel import VocabParallelLoss
 
 
 def assign_local_shard(param: torch.Tensor, full: torch.Tensor) -> None:
@@ -142,9 +144,27 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh, sequence_parallel: bool = F
         shared_key = getattr(block.attention, "shared_key", None)  # latent attention's rotated key
         if shared_key is not None:
             shared_key.register_forward_hook(lambda module, args, out: _SumGradient.apply(out, group))
-    if sequence_parallel:
+    if sequence_parallel and hasattr(model, "norm"):
         parallelize_module(model.norm, tp_mesh, SequenceParallel(use_local_output=False))
         model.norm.register_forward_hook(_to_whole)
+    apply_vocab_parallel(model, tp_mesh)
+
+
+def apply_vocab_parallel(model: nn.Module, tp_mesh) -> None:
+    """The embedding and the output projection split by vocabulary rows over ``tp_mesh`` (``Shard(0)``): the
+    embedding's lookups summed over the ranks (with ``sequence_parallel`` the first block then keeps its positions),
+    the loss computed without any rank holding a whole row of logits (``kfm.train.parallel.loss_parallel``); logits
+    asked for directly are gathered. A pipeline stage holds either or neither."""
+    tied = getattr(model, "output", None) is not None and getattr(model, "tok_embeddings", None) is not None \
+        and model.output.weight is model.tok_embeddings.weight
+    if getattr(model, "tok_embeddings", None) is not None:  # whole rows out: multi-token prediction reads them too
+        parallelize_module(model.tok_embeddings, tp_mesh, RowwiseParallel(input_layouts=Replicate()))
+    if getattr(model, "output", None) is not None:
+        parallelize_module(model.output, tp_mesh, ColwiseParallel(output_layouts=Replicate()))
+        if tied:  # one parameter again (each plan wrapped the shared weight in a parameter of its own)
+            model.output.weight = model.tok_embeddings.weight
+        owner = model._model[0] if hasattr(model, "_model") else model  # a pipeline stage's loss is its model's
+        owner.loss_core = VocabParallelLoss(tp_mesh)
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str, every: int) -> None:
