@@ -49,7 +49,8 @@ def assert_same_run(ours, reference, validation=True):
         assert close(ours[2][key], value), key
 
 
-@pytest.mark.parametrize("document_masking", [True, False], ids=["packed_documents", "window_only"])
+@pytest.mark.parametrize("document_masking", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["packed_documents", "window_only"])  # the packed run has a window layer too
 def test_cp2_equals_one_process(run_dir, document_masking):
     data = run_dir / "data"
     reference = train(run_dir / "one", data, 1, document_masking=document_masking)  # 2 micro batches of 4

@@ -46,11 +46,12 @@ def peak_of_a_step(job):
     return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 
 
+SLOW = pytest.mark.slow  # ~8 s each; two layouts run in make test, all seven in make test-all
 LAYOUTS = [  # (name, model, global batch in sequences, trainer.parallelism); 2 processes, micro batches of 4
-    ("fsdp2_accumulating", DENSE, 16, {}),
     ("tp2_sp", DENSE, 8, {"tp": 2, "sequence_parallel": True}),
-    ("pp2", DENSE, 8, {"pp": 2}),
     ("ep2", MOE, 8, {"ep": 2}),
+    pytest.param("fsdp2_accumulating", DENSE, 16, {}, marks=SLOW),
+    pytest.param("pp2", DENSE, 8, {"pp": 2}, marks=SLOW),
     pytest.param("fsdp2", DENSE, 8, {}, marks=pytest.mark.slow),
     pytest.param("tp2", DENSE, 8, {"tp": 2}, marks=pytest.mark.slow),
     pytest.param("cp2", DENSE, 8, {"cp": 2}, marks=pytest.mark.slow),

@@ -87,6 +87,7 @@ def test_sequence_parallel_shards_the_residual_stream_by_position():
         assert (kind, placements, local, logits) == ("DTensor", ["S(1)"], (3, 8, 64), (3, 16, 768))
 
 
+@pytest.mark.slow  # ~40 s (4 processes on 2 cores); TP2 itself runs in make test
 def test_fsdp2_and_hsdp_x_tp2_on_four_processes_equal_one_process(run_dir):
     """FSDP2 x TP2 (mesh shard 2 x tp 2) and HSDP x TP2 (replicate 2 x shard 1 x tp 2), 4 processes each."""
     data = run_dir / "data"

@@ -80,10 +80,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if ctx.has[0] else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has[1] else None
-        return gh, gw, None, None, None, None, None
+        return (*stored_gradients(ctx, grad_out), None, None, None, None, None)
+
+
+def stored_gradients(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The backward of a loss whose forward stored the gradients of its hidden states and weight (``ctx.has``
+    says which): both scaled by the incoming gradient."""
+    grad_h, grad_w = ctx.saved_tensors
+    gh = grad_h * grad_out.to(grad_h.dtype) if ctx.has[0] else None
+    gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has[1] else None
+    return gh, gw
 
 
 LOGITS_PER_CHUNK = 1 << 24

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from kfm.model.kernels.linear_cross_entropy import LOGITS_PER_CHUNK, LOGITS_PER_CHUNK_CUDA, stored_gradients
+
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
@@ -64,10 +66,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if ctx.has[0] else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.has[1] else None
-        return gh, gw, None, None, None, None, None, None
+        return (*stored_gradients(ctx, grad_out), None, None, None, None, None, None)
 
 
 def vocab_parallel_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, start: int,
@@ -75,8 +74,6 @@ def vocab_parallel_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
                                  chunk: int | None = None) -> torch.Tensor:
     """Mean cross-entropy (+ z-loss) of ``hidden @ W.T`` against ``targets`` where this rank holds rows
     ``[start, start + len(weight))`` of ``W`` (the other rows on the other ranks of ``group``)."""
-    from kfm.model.kernels.linear_cross_entropy import LOGITS_PER_CHUNK, LOGITS_PER_CHUNK_CUDA
-
     if chunk is None:
         chunk = max(16, (LOGITS_PER_CHUNK_CUDA if weight.is_cuda else LOGITS_PER_CHUNK) // weight.shape[0])
     return _VocabParallelCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),

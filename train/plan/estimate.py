@@ -6,8 +6,8 @@ The peak comes where the backward starts: every activation is still held and the
 exist yet (they are freed after each optimizer step and appear as the activations are released). At that moment:
 
 - **states**: the rank's share of the parameters in fp32 and AdamW's two moments: 12 bytes a parameter, after
-  tensor parallelism (the matrices of a block; embeddings, norms and the output projection stay whole, as kfm's
-  plan keeps them), pipeline stages, expert parallelism (routed experts) and FSDP2 sharding (over data x context
+  tensor parallelism (the matrices of a block, the embedding and output projection by vocabulary rows; the norms
+  stay whole), pipeline stages, expert parallelism (routed experts) and FSDP2 sharding (over data x context
   ranks; routed experts over the ``dp x cp / ep`` ranks left);
 - **gathered**: FSDP2's unsharded copies in the compute dtype: the root's embedding, norm and output projection
   (kept from forward to backward) and the block whose backward starts;
@@ -19,8 +19,8 @@ exist yet (they are freed after each optimizer step and appear as the activation
   sequence parallelism the norms' share divided by ``tp``; with context parallelism the gathered keys and values;
   times the micro batches a pipeline rank holds at once (1F1B: pp - rank; GPipe: all; interleaved: torch's warm-up
   count);
-- **loss**: the chunked cross-entropy's saved input gradient and fp32 output-projection gradient, and one chunk of
-  fp32 logits.
+- **loss**: the chunked cross-entropy's saved input gradient and fp32 output-projection gradient (the rank's
+  vocabulary rows), and one chunk of fp32 logits.
 
 Communication per step by mesh dimension (bytes a rank sends): FSDP2 all-gathers in forward and backward of every
 micro batch and one fp32 reduce-scatter; 4 all-reduces a block per micro batch under ``tp``; dispatch and combine
@@ -151,7 +151,9 @@ def estimate(cfg: ModelConfig, c: Candidate, hw: Hardware, seq: int, global_toke
         first, last = 0 in layers, cfg.n_layers - 1 in layers
         routed = sum(_routed(cfg, i) for i in layers) / c.ep
         blocks = sum(sum(_block_params(cfg, i)) - _routed(cfg, i) for i in layers) / c.tp
-        root = (emb if first else 0) + ((0 if cfg.tie_embeddings else emb) + cfg.dim if last else 0)
+        # embedding and output projection split by vocabulary rows over tp, as kfm's plan splits them
+        root = ((emb if first else 0) + ((0 if cfg.tie_embeddings else emb) if last else 0)) / c.tp + \
+            (cfg.dim if last else 0)
         if last and cfg.mtp.depth:
             blocks += sum(sum(_block_params(cfg, i)) + 2 * cfg.dim * cfg.dim + 3 * cfg.dim - _routed(cfg, i)
                           for i in range(cfg.n_layers, cfg.n_layers + cfg.mtp.depth)) / c.tp
@@ -167,7 +169,8 @@ def estimate(cfg: ModelConfig, c: Candidate, hw: Hardware, seq: int, global_toke
         loss = 0.0
         if last:
             chunk = LOGITS_PER_CHUNK if kernels == "torch" else LOGITS_PER_CHUNK_CUDA
-            loss = tokens * cfg.dim * param_bytes + cfg.vocab_size * cfg.dim * 4 + min(chunk, tokens * cfg.vocab_size) * 6
+            columns = cfg.vocab_size / c.tp  # a rank's share of the vocabulary
+            loss = tokens * cfg.dim * param_bytes + columns * cfg.dim * 4 + min(chunk, tokens * columns) * 6
         memory = {"states": states, "gathered": gathered, "gradients": grads, "activations": acts, "loss": loss}
         if worst is None or sum(memory.values()) > sum(worst.values()):
             worst = memory
@@ -204,7 +207,7 @@ def _communication(cfg, c: Candidate, seq: int, microbatches: int, tokens: int, 
     comm: dict[str, float] = {}
     params = sum(sum(_block_params(cfg, i)) - _routed(cfg, i) for i in range(cfg.n_layers)) / (c.tp * c.pp)
     routed = sum(_routed(cfg, i) for i in range(cfg.n_layers)) / (c.ep * c.pp)
-    params += cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2) / c.pp
+    params += cfg.vocab_size * cfg.dim * (1 if cfg.tie_embeddings else 2) / (c.pp * c.tp)
     shard, eshard = c.dp * c.cp, max(c.dp * c.cp // c.ep, 1)
     fsdp = 0.0
     for size, n in ((params, shard), (routed, eshard)):
