@@ -12,6 +12,7 @@ import sysconfig
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -397,3 +398,52 @@ def mla_model_cfg(mla: dict | None = None, moe: dict | None = None, **kw) -> Mod
                        expert_bias=True)
         base["moe"] = MoEConfig(**{**experts, **moe})
     return ModelConfig(**{**base, **kw})
+
+
+class LayoutRun(NamedTuple):
+    """What a training run under one parallel layout leaves: every step's training loss, every validation loss,
+    and the final weights gathered from the layout."""
+
+    losses: list[float]
+    val_losses: list[float]
+    weights: dict[str, torch.Tensor]
+
+
+def layout_run(run_dir: Path, data: Path, model, world: int, steps: int = 6, global_batch: int = 8,
+               local_batch: int = 4, document_masking: bool = True, **parallelism) -> LayoutRun:
+    """``steps`` fp32 steps of ``model`` on ``world`` gloo processes under ``trainer.parallelism`` = ``parallelism``,
+    a checkpoint every 3 steps, a validation every 3. AdamW turns a near-zero gradient into a whole step of its sign,
+    so rounding noise (~1e-10 where a gradient's parts cancel) would move such elements by +-lr in one layout and
+    not the other: eps 1e-6 lets them rest."""
+    job = make_job(run_dir, steps=steps, global_batch_size=global_batch, metrics={"log_every": 1},
+                   checkpoint={"every": 3}, validation={"every": 3, "batches": 1}, parallelism=parallelism)
+    job.model, job.data_dir = model, str(data)
+    job.trainer.local_batch_size, job.trainer.document_masking = local_batch, document_masking
+    job.optim.lr, job.optim.eps = 2e-3, 1e-6
+    weights = run_distributed(train_and_report, world, job)[0][1]
+    return LayoutRun(read_metrics(run_dir, "train_loss"), read_metrics(run_dir, "val_loss"), weights)
+
+
+def assert_values_equal(values: list[float], reference: list[float], rel: float = 1e-5) -> None:
+    """The same number of values (at least 2), each within ``rel`` of the reference's."""
+    assert len(values) == len(reference) >= 2, (values, reference)
+    for step, (a, b) in enumerate(zip(values, reference)):
+        assert abs(a - b) <= rel * abs(b), (step, a, b)
+
+
+def assert_weights_close(weights: dict, reference: dict, rel: float = 1e-5) -> None:
+    """The same tensors, each within ``rel`` of the reference's in relative L2 norm."""
+    assert weights.keys() == reference.keys()
+    for key, value in reference.items():
+        diff = ((weights[key] - value).norm() / value.norm().clamp(min=1e-12)).item()
+        assert diff < rel, (key, diff)
+
+
+def assert_same_run(ours: LayoutRun, reference: LayoutRun, validation: bool = True) -> None:
+    """Every training loss and the final weights as the reference run's; ``validation``: the validation losses too
+    (a global validation batch is the local batch x data-parallel ranks: comparable at equal data parallelism)."""
+    assert len(ours.losses) >= 5, ours.losses
+    assert_values_equal(ours.losses, reference.losses)
+    if validation:
+        assert_values_equal(ours.val_losses, reference.val_losses)
+    assert_weights_close(ours.weights, reference.weights)

@@ -6,72 +6,40 @@ parallelism; bad layouts are refused."""
 import shutil
 
 import pytest
-import torch
 
 from kfm.model import ModelConfig
 from kfm.train.config import ParallelismConfig
 from kfm.train.parallel.context_parallel import chunk_indices
 from kfm.train.parallel.layout import check_layout
-from tests.helpers import make_job, read_metrics, run_distributed, train_and_report
+from tests.helpers import assert_same_run, assert_values_equal, assert_weights_close, layout_run
 
 WINDOWED = ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_hidden_dim=96,
                        max_seq_len=64, qk_norm=True, norm_eps=1e-6, sliding_window=12, layer_pattern="LG")
 """A sliding-window layer (12 tokens) and a global one."""
 
 
-def train(run_dir, data, world, steps=6, global_batch=8, local_batch=4, document_masking=True, **parallelism):
-    job = make_job(run_dir, steps=steps, global_batch_size=global_batch, metrics={"log_every": 1},
-                   checkpoint={"every": 3}, validation={"every": 3, "batches": 1}, parallelism=parallelism)
-    job.model, job.data_dir = WINDOWED, str(data)
-    job.trainer.local_batch_size, job.trainer.document_masking = local_batch, document_masking
-    job.optim.lr, job.optim.eps = 2e-3, 1e-6  # eps: see tests/test_tensor_parallel.py
-    weights = run_distributed(train_and_report, world, job)[0][1]
-    return read_metrics(run_dir, "train_loss"), read_metrics(run_dir, "val_loss"), weights
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item() < 1e-5
-
-
-def assert_same(values, reference):
-    assert len(values) == len(reference) and len(values) >= 2
-    for step, (a, b) in enumerate(zip(values, reference)):
-        assert abs(a - b) <= 1e-5 * abs(b), (step, a, b)
-
-
-def assert_same_run(ours, reference, validation=True):
-    """``validation``: the validation losses too (a global validation batch is local batch x data-parallel ranks:
-    comparable only at the same data-parallel size)."""
-    assert_same(ours[0], reference[0])
-    if validation:
-        assert_same(ours[1], reference[1])
-    for key, value in reference[2].items():
-        assert close(ours[2][key], value), key
-
-
 @pytest.mark.parametrize("document_masking", [True, pytest.param(False, marks=pytest.mark.slow)],
                          ids=["packed_documents", "window_only"])  # the packed run has a window layer too
 def test_cp2_equals_one_process(run_dir, document_masking):
     data = run_dir / "data"
-    reference = train(run_dir / "one", data, 1, document_masking=document_masking)  # 2 micro batches of 4
+    reference = layout_run(run_dir / "one", data, WINDOWED, 1, document_masking=document_masking)  # 2 micro batches
     # 2 ranks, one replica: each rank holds half of every sequence, 2 micro batches of 4 sequences
-    assert_same_run(train(run_dir / "cp2", data, 2, document_masking=document_masking, cp=2), reference)
+    assert_same_run(layout_run(run_dir / "cp2", data, WINDOWED, 2, document_masking=document_masking, cp=2), reference)
     if not document_masking:
         return
     shutil.copytree(run_dir / "cp2", run_dir / "cp1", ignore=shutil.ignore_patterns("step_0000006"))
     (run_dir / "cp1" / "metrics.jsonl").unlink()
-    losses, _, weights = train(run_dir / "cp1", data, 2)
-    assert_same(losses, reference[0][3:])
-    for key, value in reference[2].items():
-        assert close(weights[key], value), key
+    cp1 = layout_run(run_dir / "cp1", data, WINDOWED, 2)
+    assert_values_equal(cp1.losses, reference.losses[3:])
+    assert_weights_close(cp1.weights, reference.weights)
 
 
 @pytest.mark.slow  # ~15 s; CP2 itself runs in make test above
 def test_fsdp2_x_cp2_on_four_processes_equals_one_process(run_dir):
     """FSDP2 over 2 replicas x CP2, one micro batch of 4 a replica."""
     data = run_dir / "data"
-    reference = train(run_dir / "one", data, 1)
-    assert_same_run(train(run_dir / "fsdp2xcp2", data, 4, cp=2), reference, validation=False)
+    reference = layout_run(run_dir / "one", data, WINDOWED, 1)
+    assert_same_run(layout_run(run_dir / "fsdp2xcp2", data, WINDOWED, 4, cp=2), reference, validation=False)
 
 
 def test_chunks_are_load_balanced_and_cover_the_sequence():

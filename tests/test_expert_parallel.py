@@ -12,57 +12,31 @@ from dataclasses import replace
 
 from kfm.train.config import ParallelismConfig
 from kfm.train.parallel.layout import check_layout
-from tests.helpers import make_job, moe_model_cfg, read_metrics, run_distributed, train_and_report
+from tests.helpers import assert_same_run, assert_values_equal, assert_weights_close, layout_run, moe_model_cfg, \
+    run_distributed
 
 MOE = replace(moe_model_cfg(), vocab_size=768)
 """The debug MoE model: a dense first layer, then 8 experts (top-2 of 2 groups, sigmoid, a shared expert, the bias)."""
 
 
-def train(run_dir, data, world, steps=6, global_batch=8, local_batch=4, **parallelism):
-    job = make_job(run_dir, steps=steps, global_batch_size=global_batch, metrics={"log_every": 1},
-                   checkpoint={"every": 3}, parallelism=parallelism)
-    job.model, job.data_dir = MOE, str(data)
-    job.trainer.local_batch_size = local_batch
-    job.optim.lr, job.optim.eps = 2e-3, 1e-6  # eps: see tests/test_tensor_parallel.py
-    weights = run_distributed(train_and_report, world, job)[0][1]
-    return read_metrics(run_dir, "train_loss"), weights
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item() < 1e-5
-
-
-def assert_same_losses(losses, reference):
-    assert len(losses) == len(reference) and len(losses) >= 3
-    for step, (a, b) in enumerate(zip(losses, reference)):
-        assert abs(a - b) <= 1e-5 * abs(b), (step, a, b)
-
-
-def assert_same_weights(weights, reference):
-    assert weights.keys() == reference.keys()
-    for key, value in reference.items():
-        assert close(weights[key], value), key
-
-
 def test_ep2_equals_one_process_and_resumes_under_ep1(run_dir):
     data = run_dir / "data"
-    ref_losses, ref_weights = train(run_dir / "one", data, 1, local_batch=4)  # 2 micro batches of 4
-    losses, weights = train(run_dir / "ep2", data, 2, ep=2)
-    assert_same_losses(losses, ref_losses)
-    assert_same_weights(weights, ref_weights)
+    reference = layout_run(run_dir / "one", data, MOE, 1)  # 2 micro batches of 4
+    ep2 = layout_run(run_dir / "ep2", data, MOE, 2, ep=2)
+    assert_same_run(ep2, reference, validation=False)  # 2 data-parallel ranks: a validation batch of 8
     from safetensors.torch import load_file  # the checkpoint read back in one process, as HF export does
 
     from kfm.train.cli.consolidate import consolidate
 
     ckpt = run_dir / "ep2" / "checkpoints" / "step_0000006"
     saved = load_file(consolidate(ckpt, run_dir / "ep2" / "model.safetensors"))
-    assert all(torch.equal(saved[k], v) for k, v in weights.items()) and saved.keys() == weights.keys()
+    assert all(torch.equal(saved[k], v) for k, v in ep2.weights.items()) and saved.keys() == ep2.weights.keys()
     # resharding: EP2's step-3 checkpoint resumed without expert parallelism (FSDP2 over 2 ranks)
     shutil.copytree(run_dir / "ep2", run_dir / "ep1", ignore=shutil.ignore_patterns("step_0000006"))
     (run_dir / "ep1" / "metrics.jsonl").unlink()
-    losses, weights = train(run_dir / "ep1", data, 2)
-    assert_same_losses(losses, ref_losses[3:])
-    assert_same_weights(weights, ref_weights)
+    ep1 = layout_run(run_dir / "ep1", data, MOE, 2)
+    assert_values_equal(ep1.losses, reference.losses[3:])
+    assert_weights_close(ep1.weights, reference.weights)
 
 
 @pytest.mark.slow  # ~25 s; EP2 itself runs in make test above
@@ -70,11 +44,9 @@ def test_fsdp2_x_ep2_on_four_processes_with_checkpointing_and_compile_equals_one
     """Experts over 2 ranks, their weights sharded by FSDP2 over the other 2; with activation checkpointing (the
     all-to-alls rerun in the backward) and torch.compile per block."""
     data = run_dir / "data"
-    ref_losses, ref_weights = train(run_dir / "one", data, 1, local_batch=4)
-    losses, weights = train(run_dir / "fsdp2xep2", data, 4, local_batch=2, ep=2, activation_checkpointing="full",
-                            compile=True)
-    assert_same_losses(losses, ref_losses)
-    assert_same_weights(weights, ref_weights)
+    reference = layout_run(run_dir / "one", data, MOE, 1)
+    assert_same_run(layout_run(run_dir / "fsdp2xep2", data, MOE, 4, local_batch=2, ep=2,
+                               activation_checkpointing="full", compile=True), reference, validation=False)
 
 
 def moe_layer_split_over_two_ranks(skew: bool):

@@ -12,39 +12,11 @@ from kfm.model import ModelConfig
 from kfm.train.config import ParallelismConfig
 from kfm.train.parallel.layout import check_layout, check_microbatches
 from kfm.train.parallel.pipeline import local_stages, stage_layers
-from tests.helpers import make_job, read_metrics, run_distributed, train_and_report
+from tests.helpers import assert_same_run, assert_values_equal, assert_weights_close, layout_run, make_job
 
 DENSE = ModelConfig(vocab_size=768, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, ffn_hidden_dim=96,
                     max_seq_len=64, qk_norm=True, norm_eps=1e-6, sliding_window=12, layer_pattern="LG")
 """Four layers (local sliding-window and global attention alternating), so that 4 stages have one each."""
-
-
-def train(run_dir, data, world, steps=6, global_batch=8, local_batch=4, **parallelism):
-    job = make_job(run_dir, steps=steps, global_batch_size=global_batch, metrics={"log_every": 1},
-                   checkpoint={"every": 3}, validation={"every": 3, "batches": 1}, parallelism=parallelism)
-    job.model, job.data_dir = DENSE, str(data)
-    job.trainer.local_batch_size = local_batch
-    job.optim.lr, job.optim.eps = 2e-3, 1e-6  # eps: see tests/test_tensor_parallel.py
-    weights = run_distributed(train_and_report, world, job)[0][1]
-    return read_metrics(run_dir, "train_loss"), read_metrics(run_dir, "val_loss"), weights
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item() < 1e-5
-
-
-def assert_same(values, reference):
-    assert len(values) == len(reference) and len(values) >= 2
-    for step, (a, b) in enumerate(zip(values, reference)):
-        assert abs(a - b) <= 1e-5 * abs(b), (step, a, b)
-
-
-def assert_same_run(ours, reference):
-    assert_same(ours[0], reference[0])  # every step's training loss
-    assert_same(ours[1], reference[1])  # validation through the pipeline
-    assert ours[2].keys() == reference[2].keys()
-    for key, value in reference[2].items():
-        assert close(ours[2][key], value), key
 
 
 def assert_consolidates(ckpt, weights):
@@ -61,27 +33,26 @@ def assert_consolidates(ckpt, weights):
 
 def test_pp2_1f1b_and_interleaved_equal_one_process_and_resume_without_pipeline(run_dir):
     data = run_dir / "data"
-    reference = train(run_dir / "one", data, 1)  # 2 micro batches of 4
-    pp2 = train(run_dir / "pp2", data, 2, pp=2)
-    assert_same_run(pp2, reference)
-    assert_consolidates(run_dir / "pp2" / "checkpoints" / "step_0000006", pp2[2])  # for HF export
-    assert_same_run(train(run_dir / "pp2v2", data, 2, pp=2, pp_schedule="interleaved_1f1b", pp_stages_per_rank=2),
-                    reference)
+    reference = layout_run(run_dir / "one", data, DENSE, 1)  # 2 micro batches of 4
+    pp2 = layout_run(run_dir / "pp2", data, DENSE, 2, pp=2)
+    assert_same_run(pp2, reference)  # validation too: through the pipeline
+    assert_consolidates(run_dir / "pp2" / "checkpoints" / "step_0000006", pp2.weights)  # for HF export
+    assert_same_run(layout_run(run_dir / "pp2v2", data, DENSE, 2, pp=2, pp_schedule="interleaved_1f1b",
+                               pp_stages_per_rank=2), reference)
     # resharding: PP2's step-3 checkpoint resumed as FSDP2 over 2 ranks (one micro batch of 4 each)
     shutil.copytree(run_dir / "pp2", run_dir / "pp1", ignore=shutil.ignore_patterns("step_0000006"))
     (run_dir / "pp1" / "metrics.jsonl").unlink()
-    losses, _, weights = train(run_dir / "pp1", data, 2)
-    assert_same(losses, reference[0][3:])
-    for key, value in reference[2].items():
-        assert close(weights[key], value), key
+    pp1 = layout_run(run_dir / "pp1", data, DENSE, 2)
+    assert_values_equal(pp1.losses, reference.losses[3:])
+    assert_weights_close(pp1.weights, reference.weights)
 
 
 @pytest.mark.slow  # ~25 s; PP2 itself runs in make test above
 def test_gpipe_and_pp2_x_tp2_on_four_processes_equal_one_process(run_dir):
     data = run_dir / "data"
-    reference = train(run_dir / "one", data, 1)
-    assert_same_run(train(run_dir / "gpipe", data, 2, pp=2, pp_schedule="gpipe"), reference)
-    assert_same_run(train(run_dir / "pp2xtp2", data, 4, pp=2, tp=2), reference)  # 4 processes
+    reference = layout_run(run_dir / "one", data, DENSE, 1)
+    assert_same_run(layout_run(run_dir / "gpipe", data, DENSE, 2, pp=2, pp_schedule="gpipe"), reference)
+    assert_same_run(layout_run(run_dir / "pp2xtp2", data, DENSE, 4, pp=2, tp=2), reference)  # 4 processes
 
 
 def test_stages_are_equal_runs_of_layers_assigned_round_robin():

@@ -12,56 +12,28 @@ from kfm.model import ModelConfig
 from kfm.model.config import MTPConfig
 from kfm.train.config import ParallelismConfig
 from kfm.train.parallel.layout import check_layout
-from tests.helpers import make_job, mla_model_cfg, moe_model_cfg, read_metrics, run_distributed, train_and_report
+from tests.helpers import (assert_same_run, assert_values_equal, assert_weights_close, layout_run, make_job,
+                           mla_model_cfg, moe_model_cfg, run_distributed)
 
 GQA = ModelConfig(vocab_size=768, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, ffn_hidden_dim=96,
                   max_seq_len=64, qk_norm=True, norm_eps=1e-6, mtp=MTPConfig(depth=1))
 MLA = mla_model_cfg(vocab_size=768, n_layers=2)
 
 
-def train(run_dir, data, model, world, steps=6, global_batch=0, local_batch=4, **parallelism):
-    job = make_job(run_dir, steps=steps, global_batch_size=global_batch, metrics={"log_every": 1},
-                   checkpoint={"every": 3}, parallelism=parallelism)
-    job.model, job.data_dir = model, str(data)
-    job.trainer.local_batch_size = local_batch
-    # AdamW turns a near-zero gradient into a whole step of its sign, so rounding noise (~1e-10 where a gradient's
-    # parts cancel) would move such elements by +-lr in one layout and not the other: eps 1e-6 lets them rest.
-    job.optim.lr, job.optim.eps = 2e-3, 1e-6
-    weights = run_distributed(train_and_report, world, job)[0][1]
-    return read_metrics(run_dir, "train_loss"), weights
-
-
-def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal within fp32 rounding of 6 training steps: the tensor's relative difference below 1e-5."""
-    return ((a - b).norm() / b.norm().clamp(min=1e-12)).item() < 1e-5
-
-
-def assert_same_run(ours, reference):
-    (losses, weights), (ref_losses, ref_weights) = ours, reference
-    assert len(losses) == len(ref_losses) >= 5
-    for step, (a, b) in enumerate(zip(losses, ref_losses)):
-        assert abs(a - b) <= 1e-5 * abs(b), (step, a, b)
-    assert weights.keys() == ref_weights.keys()
-    for key, value in ref_weights.items():
-        assert close(weights[key], value), key
-
-
 @pytest.mark.parametrize("model", [GQA, MLA], ids=["gqa_qknorm_mtp", "mla"])
 def test_tp2_equals_one_process_and_its_checkpoint_resumes_under_fsdp2(model, run_dir):
     data = run_dir / "data"
-    reference = train(run_dir / "one", data, model, 1)
-    assert_same_run(train(run_dir / "tp2", data, model, 2, tp=2), reference)
-    assert_same_run(train(run_dir / "tp2sp", data, model, 2, tp=2, sequence_parallel=True), reference)
+    reference = layout_run(run_dir / "one", data, model, 1, global_batch=0)
+    assert_same_run(layout_run(run_dir / "tp2", data, model, 2, global_batch=0, tp=2), reference)
+    assert_same_run(layout_run(run_dir / "tp2sp", data, model, 2, global_batch=0, tp=2, sequence_parallel=True),
+                    reference)
     # resharding: the TP2 run's step-3 checkpoint resumed as FSDP2 over 2 ranks (2 samples each: the same global
     # batch) continues as the 1-process run
     shutil.copytree(run_dir / "tp2", run_dir / "resharded", ignore=shutil.ignore_patterns("step_0000006"))
     (run_dir / "resharded" / "metrics.jsonl").unlink()
-    losses, weights = train(run_dir / "resharded", data, model, 2, local_batch=2)
-    assert len(losses) == 3
-    for a, b in zip(losses, reference[0][3:]):
-        assert abs(a - b) <= 1e-5 * abs(b), (a, b)
-    for key, value in reference[1].items():
-        assert close(weights[key], value), key
+    resharded = layout_run(run_dir / "resharded", data, model, 2, global_batch=0, local_batch=2)
+    assert_values_equal(resharded.losses, reference.losses[3:])
+    assert_weights_close(resharded.weights, reference.weights)
 
 
 def residual_stream_under_sequence_parallel():
@@ -91,10 +63,10 @@ def test_sequence_parallel_shards_the_residual_stream_by_position():
 def test_fsdp2_and_hsdp_x_tp2_on_four_processes_equal_one_process(run_dir):
     """FSDP2 x TP2 (mesh shard 2 x tp 2) and HSDP x TP2 (replicate 2 x shard 1 x tp 2), 4 processes each."""
     data = run_dir / "data"
-    reference = train(run_dir / "one", data, GQA, 1, global_batch=8)  # 2 micro batches: the 2 replicas' batches
-    assert_same_run(train(run_dir / "fsdp2xtp2", data, GQA, 4, global_batch=8, tp=2), reference)
-    assert_same_run(train(run_dir / "hsdpxtp2", data, GQA, 4, global_batch=8, tp=2, backend="hsdp", hsdp_replicas=2),
-                    reference)
+    reference = layout_run(run_dir / "one", data, GQA, 1)  # 2 micro batches: the 2 replicas' batches
+    assert_same_run(layout_run(run_dir / "fsdp2xtp2", data, GQA, 4, tp=2), reference, validation=False)
+    assert_same_run(layout_run(run_dir / "hsdpxtp2", data, GQA, 4, tp=2, backend="hsdp", hsdp_replicas=2), reference,
+                    validation=False)
 
 
 @pytest.mark.parametrize("world, change, message", [
