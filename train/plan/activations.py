@@ -26,6 +26,10 @@ from kfm.model.moe import MoE
 from kfm.model.rope import Rotary, rope_tables
 
 
+TRACE_ONLY = ("a stand-in for counting saved activations on the meta device: the traced block never runs "
+              "backward")
+
+
 class _FlashLike(torch.autograd.Function):
     """The output of attention as a flash kernel's forward leaves it: saves q, k, v, out and the row statistics."""
 
@@ -37,8 +41,8 @@ class _FlashLike(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # never runs: the block is traced forward only
-        raise NotImplementedError
+    def backward(ctx, grad):
+        raise RuntimeError(TRACE_ONLY)
 
 
 def _flash_like(q, k, v, docs, window, scale=None):
@@ -55,7 +59,7 @@ class _Saves(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise NotImplementedError
+        raise RuntimeError(TRACE_ONLY)
 
 
 class _GroupedMM(torch.autograd.Function):
@@ -69,7 +73,7 @@ class _GroupedMM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise NotImplementedError
+        raise RuntimeError(TRACE_ONLY)
 
 
 def _grouped_mm(x, w, counts):
