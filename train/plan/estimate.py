@@ -164,7 +164,7 @@ def estimate(cfg: ModelConfig, c: Candidate, hw: Hardware, seq: int, global_toke
         # accumulating over micro batches, FSDP2 keeps every unsharded gradient until the last one's reduce-scatter
         grads = (blocks + root + routed) * param_bytes if microbatches > 1 else 0.0
         per_block = [block_bytes_per_token(cfg, i, seq, dtype, c.tp, kernels) for i in layers]
-        acts = _activations(cfg, c, per_block, tokens, seq, dtype, kernels, ac_every, param_bytes)
+        acts = _activations(cfg, c, per_block, tokens, dtype, kernels, ac_every, param_bytes)
         acts *= in_flight(c, rank, microbatches, schedule)
         loss = 0.0
         if last:
@@ -175,22 +175,27 @@ def estimate(cfg: ModelConfig, c: Candidate, hw: Hardware, seq: int, global_toke
         if worst is None or sum(memory.values()) > sum(worst.values()):
             worst = memory
     out.memory = worst
-    out.comm = _communication(cfg, c, seq, microbatches, tokens, param_bytes)
+    out.comm = _communication(cfg, c, microbatches, tokens, param_bytes)
     out.step_s = _step_time(cfg, c, hw, seq, seqs, out.comm, efficiency, microbatches, ac_every)
     out.tokens_per_s_per_gpu = seqs * seq / out.step_s / c.world
     return out
 
 
-def _activations(cfg, c: Candidate, per_block: list[float], tokens: int, seq: int, dtype, kernels: str,
-                 ac_every: int, param_bytes: int) -> float:
+def kv_width(cfg: ModelConfig) -> int:
+    """Key and value values per token that context parallelism gathers (latent attention: per head)."""
+    if cfg.mla.enabled:
+        return cfg.n_heads * (cfg.head_size + cfg.mla.v_head_dim)
+    return 2 * cfg.n_kv_heads * cfg.head_size
+
+
+def _activations(cfg, c: Candidate, per_block: list[float], tokens: int, dtype, kernels: str, ac_every: int,
+                 param_bytes: int) -> float:
     """Bytes one micro batch leaves on a rank between its forward and its backward."""
     norms = 2 * norm_bytes_per_token(cfg.dim, dtype, kernels)  # the block's two norms, what SP shards
     kept = []
     for i, full in enumerate(per_block):
         if c.cp > 1:  # the gathered keys and values of the whole sequence
-            width = cfg.n_heads * (cfg.head_size + cfg.mla.v_head_dim) if cfg.mla.enabled else \
-                2 * cfg.n_kv_heads * cfg.head_size
-            full += (c.cp - 1) * width / c.tp * param_bytes
+            full += (c.cp - 1) * kv_width(cfg) / c.tp * param_bytes
         if c.ac == "full" or (c.ac == "selective" and i % ac_every == 0):
             kept.append((cfg.dim * param_bytes / (c.tp if c.sp else 1), full))  # its input; all while recomputed
         else:
@@ -200,7 +205,7 @@ def _activations(cfg, c: Candidate, per_block: list[float], tokens: int, seq: in
     return held + recompute + tokens * cfg.dim * param_bytes  # + the embedding's output
 
 
-def _communication(cfg, c: Candidate, seq: int, microbatches: int, tokens: int, param_bytes: int) -> dict:
+def _communication(cfg, c: Candidate, microbatches: int, tokens: int, param_bytes: int) -> dict:
     layers = max(len(rank_layers(cfg, c, r)) for r in range(c.pp))
     moe_layers = max(sum(cfg.is_moe(i) for i in rank_layers(cfg, c, r)) for r in range(c.pp))
     act = tokens * cfg.dim * param_bytes
@@ -219,8 +224,7 @@ def _communication(cfg, c: Candidate, seq: int, microbatches: int, tokens: int, 
     if c.ep > 1:
         comm["ep"] = moe_layers * microbatches * 4 * act * cfg.moe.top_k * (c.ep - 1) / c.ep
     if c.cp > 1:
-        width = cfg.n_heads * (cfg.head_size + cfg.mla.v_head_dim) if cfg.mla.enabled else 2 * cfg.n_kv_heads * cfg.head_size
-        comm["cp"] = layers * microbatches * 2 * tokens * width / c.tp * param_bytes * (c.cp - 1)
+        comm["cp"] = layers * microbatches * 2 * tokens * kv_width(cfg) / c.tp * param_bytes * (c.cp - 1)
     if c.pp > 1:
         comm["pp"] = microbatches * c.v * 2 * act
     return comm
