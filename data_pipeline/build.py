@@ -29,19 +29,15 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from kfm.data_pipeline.clean import clean_document
 from kfm.data_pipeline.config import DataConfig
 from kfm.data_pipeline.dedup import Deduplicator, dedup_key
+from kfm.data_pipeline.documents import COUNTED_RECORDS, Document, DocumentProcessor
 from kfm.data_pipeline.journal import JOURNAL, STATE_DIR, Journal, fingerprint
-from kfm.data_pipeline.near_dedup import signature
 from kfm.data_pipeline.reader import BadRecordLog, DataError, count_records, iter_documents
 from kfm.data_pipeline.shards import MANIFEST, TOKEN_BYTES, Manifest, ShardInfo, ShardWriter, file_sha256, token_dtype
-from kfm.data_pipeline.text import normalize
 from kfm.schemas import register_schemas
-from kfm.tokenizer.fast_encode import batch_encoder
 from kfm.tokenizer.hf import load_sentencepiece
 from kfm.tokenizer.pieces import piece_byte_lengths
-from kfm.tokenizer.sampling import is_heldout
 
 __all__ = ["DataBuildJob", "build_shards", "data_dir", "dedup_key"]
 log = logging.getLogger(__name__)
@@ -69,42 +65,14 @@ _WORKER: dict = {}
 
 
 def _init_worker(model_file: str, cfg: DataConfig) -> None:
-    sp = load_sentencepiece(model_file)
-    _WORKER.update(encoder=batch_encoder(model_file), bos=sp.bos_id(), eos=sp.eos_id(), cfg=cfg)
+    _WORKER["processor"] = DocumentProcessor(cfg, model_file)
 
 
-def _process_batch(job: tuple[str, list[str | None]]) -> tuple[list[tuple], Counter]:
-    """Clean, filter and tokenize one batch of one source's records.
-
-    Returns (split, exact-dedup key, MinHash values or None, ``[bos] + ids + [eos]``) for each kept
-    document, and the counts of what was done (a ``None`` record is a skipped bad one). The split is
-    decided on the raw (NFC) text, by the same rule as the tokenizer's held-out split.
-    """
+def _process_batch(job: tuple[str, list[str | None]]) -> tuple[list[Document], Counter]:
+    """Clean, filter and tokenize one batch of one source's records (``documents.DocumentProcessor``)."""
     lang, texts = job
-    w, counts = _WORKER, Counter()
-    cfg: DataConfig = w["cfg"]
-    kept = []
-    for raw in texts:
-        if raw is None:
-            counts["removed_bad_record"] += 1
-            continue
-        if not raw.strip():
-            counts["removed_empty"] += 1
-            continue
-        counts["docs_in"] += 1
-        counts["bytes_in"] += len(raw.encode())
-        split = "val" if is_heldout(raw, cfg.val_fraction) else "train"
-        text = clean_document(raw, lang, cfg.clean, counts) if cfg.clean.enabled else normalize(raw)
-        if text is not None:
-            kept.append((split, text))
-    bos, eos = np.array([w["bos"]], dtype=np.int32), np.array([w["eos"]], dtype=np.int32)
-    ids = w["encoder"].encode_batch([t for _, t in kept])
-    near = cfg.clean.enabled and cfg.clean.dedup_near
-    return [
-        (split, dedup_key(t), signature(t, cfg.clean.near_num_perm, cfg.clean.near_shingle_chars) if near else None,
-         np.concatenate([bos, x, eos]))
-        for (split, t), x in zip(kept, ids)
-    ], counts
+    counts = Counter()
+    return _WORKER["processor"].process(texts, lang, counts), counts
 
 
 def _batches(records: Iterator, n: int) -> Iterator[list]:
@@ -205,14 +173,13 @@ def build_shards(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Pa
                 jobs = ((source.lang, batch) for batch in _batches(records, BATCH_DOCS))
                 for kept, batch_counts in pool.imap(_process_batch, jobs):
                     c.update(batch_counts)
-                    for split, key, minhash, toks in kept:
-                        if (dup := dedup.check(key, minhash)) is not None:
+                    for doc in kept:
+                        if (dup := dedup.check(doc.key, doc.signature)) is not None:
                             c[f"removed_{dup}_duplicate"] += 1
                             continue
-                        writers[split].write(toks)
+                        writers[doc.split].write(doc.tokens)
                         c["docs_kept"] += 1
-                    n = sum(v for k, v in batch_counts.items()
-                            if k in ("docs_in", "removed_empty", "removed_bad_record"))
+                    n = sum(batch_counts[k] for k in COUNTED_RECORDS)
                     done += n
                     bar.update(n)
                     bar.set_postfix_str(f"{c['bytes_in'] / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.2f} MB/s",

@@ -101,12 +101,13 @@ def _fsync(f) -> None:
 
 
 class ShardWriter:
-    """Appends documents to ``<split>/<source>_<n>.bin`` (and their offsets to ``.idx``), rolling over
-    at ``shard_tokens``. ``state`` from an earlier writer's ``state()`` reopens where it stopped."""
+    """Appends documents to ``<split>/<stem>_<n>.bin`` (and their offsets to ``.idx``), rolling over
+    at ``shard_tokens``; the stem is the source's name unless given. ``state`` from an earlier writer's
+    ``state()`` reopens where it stopped."""
 
     def __init__(self, data_dir: Path, split: str, source: str, dtype: np.dtype, shard_tokens: int,
-                 state: dict | None = None) -> None:
-        self.data_dir, self.split, self.source = data_dir, split, source
+                 state: dict | None = None, stem: str | None = None) -> None:
+        self.data_dir, self.split, self.source, self.stem = data_dir, split, source, stem or source
         self.dtype, self.shard_tokens = dtype, shard_tokens
         self.shards: list[ShardInfo] = []
         self._f = self._idx = None
@@ -116,7 +117,7 @@ class ShardWriter:
             self._restore(state)
 
     def _rel(self) -> str:
-        return f"{self.split}/{self.source}_{len(self.shards):05d}.bin"
+        return f"{self.split}/{self.stem}_{len(self.shards):05d}.bin"
 
     def _paths(self) -> tuple[Path, Path]:
         rel = self._rel()

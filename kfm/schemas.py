@@ -14,6 +14,7 @@ SCHEMAS: dict[str, str] = {
     "tokenizer_job_schema": "kfm.tokenizer.train:TokenizerJob",
     "tokenizer_eval_job_schema": "kfm.tokenizer.evaluate:EvaluateJob",
     "data_build_job_schema": "kfm.data_pipeline.build:DataBuildJob",
+    "data_build_staged_job_schema": "kfm.data_pipeline.staged.config:StagedBuildJob",
     "pretrain_job_schema": "kfm.train.config.job:PretrainJob",
     "export_job_schema": "kfm.train.cli.export_hf:ExportJob",
     "import_job_schema": "kfm.train.cli.import_checkpoint:ImportJob",

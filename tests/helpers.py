@@ -154,6 +154,49 @@ def train_and_report(job: PretrainJob):
     return last, trainer.engine.full_state_dict()
 
 
+def write_split_corpus(root: Path, files: dict[str, int], docs: int = 120, seed: int = 0) -> dict[str, Path]:
+    """Sources as folders of ``files[source]`` jsonl files of distinct documents (``ko``: words of common Hangul
+    syllables, ``en``: words of letters, ``code``: stdlib modules), dealt in turn, each with a ``url``. Planted
+    across files of ``ko``: document 1 again exactly, and documents 3 and 5 slightly changed (Jaccard of their
+    5-character shingles ~0.8), in the last file. Returns source -> folder."""
+    rng = random.Random(seed)
+    syllables = "가나다라마바사아자차카타파하고노도로모보소오조초코토포호구누두루무부수우주추한국어문서입니"
+    letters = "etaoinshrdlucmfwypvbgk"
+
+    def text(alphabet: str, lo: int, hi: int) -> str:
+        return " ".join("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
+                        for _ in range(rng.randint(lo, hi))) + "."
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    sources = {
+        "ko": [text(syllables, 40, 120) for _ in range(docs)],
+        "en": [text(letters, 40, 120) for _ in range(docs)],
+        "code": [(stdlib / m).read_text(encoding="utf-8") for m in ("textwrap.py", "colorsys.py", "bisect.py")],
+    }
+    out = {}
+    for name, texts in sources.items():
+        n = files[name]
+        parts = [texts[f::n] for f in range(n)]
+        if name == "ko":
+            near = texts[3].split(" ")
+            near[5:8] = ["바뀐", "단어"]
+            parts[-1] += [texts[1], " ".join(near), texts[5][: int(len(texts[5]) * 0.9)]]
+        out[name] = root / name
+        out[name].mkdir(parents=True)
+        for f, part in enumerate(parts):
+            with (out[name] / f"part-{f:03d}.jsonl").open("w", encoding="utf-8") as fh:
+                for t in part:
+                    fh.write(json.dumps({"text": t, "url": f"https://{name}{f}.example.kr/{len(t)}"},
+                                        ensure_ascii=False) + "\n")
+    return out
+
+
+def shard_bytes(data_dir: Path) -> dict[str, bytes]:
+    """Every shard and offsets file under ``data_dir``: relative path -> bytes."""
+    return {str(p.relative_to(data_dir)): p.read_bytes() for p in sorted(data_dir.rglob("*"))
+            if p.suffix in (".bin", ".idx")}
+
+
 def build_tiny_shards(corpus: dict, tokenizer: Path, out: Path) -> None:
     # The tiny corpus recombines a few sentences: near-dedup would leave too little of it (tested elsewhere).
     cfg = DataConfig(sources=[DataSource(name=k, path=str(v)) for k, v in corpus.items()],

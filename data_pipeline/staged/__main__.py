@@ -1,0 +1,3 @@
+from kfm.data_pipeline.staged.cli import main
+
+main()

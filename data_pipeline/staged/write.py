@@ -1,0 +1,85 @@
+"""Stages 4 and 5 of the staged build: the kept documents into shards, then the manifest.
+
+``write`` (per unit): the unit's documents that dedup kept, in input order, into
+``<out>/<split>/<source>_<file>_<n>.bin`` (rolling over at ``data.shard_tokens``). Shards belong to one
+input file, so their bytes do not depend on how many tasks built them. ``merge`` (one task): the
+manifest, listing the shards in input order, with every counter summed per source.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from kfm.data_pipeline.config import DataConfig
+from kfm.data_pipeline.reader import DataError
+from kfm.data_pipeline.shards import TOKEN_BYTES, Manifest, ShardInfo, ShardWriter, file_sha256, token_dtype
+from kfm.data_pipeline.staged.layout import Plan, Unit, WorkDir
+from kfm.data_pipeline.staged.scan import SPLITS
+from kfm.tokenizer.hf import load_sentencepiece
+from kfm.tokenizer.pieces import piece_byte_lengths
+
+
+def write_unit(work: WorkDir, plan: Plan, cfg: DataConfig, unit: Unit, vocab_size: int) -> dict:
+    """Stage write for one unit; returns its completion record (shards and dedup counts)."""
+    t0 = time.perf_counter()
+    source = cfg.sources[unit.source_index]
+    folder = work.unit_dir(unit.index)
+    dtype = token_dtype(vocab_size)
+    offsets = np.load(folder / "offsets.npy")
+    splits = np.load(folder / "split.npy")
+    tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r") if offsets[-1] else np.empty(0, dtype)
+    keep = np.ones(len(splits), dtype=bool)
+    counts = Counter()
+    if work.removed(unit.index).is_file():
+        removed = np.load(work.removed(unit.index))
+        keep[removed["ordinal"]] = False
+        counts["removed_exact_duplicate"] = int(removed["exact"].sum())
+        counts["removed_near_duplicate"] = int(len(removed) - removed["exact"].sum())
+        counts = +counts  # no zero counters (as the one-machine build)
+    out = Path(plan.out_dir)
+    stem = f"{source.name}_{unit.file_index:05d}"
+    writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens, stem=stem) for s in SPLITS}
+    for i in np.flatnonzero(keep):
+        writers[SPLITS[splits[i]]].write(tokens[offsets[i] : offsets[i + 1]])
+    counts["docs_kept"] = int(keep.sum())
+    shards = [asdict(s) for w in writers.values() for s in w.close()]
+    return {"source": source.name, "counts": dict(counts), "shards": shards,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def merge(work: WorkDir, plan: Plan, cfg: DataConfig) -> Manifest:
+    """Stage merge: ``manifest.json`` (written last: its presence means the build is complete)."""
+    out = Path(plan.out_dir)
+    sp = load_sentencepiece(plan.tokenizer_model)
+    manifest = Manifest(vocab_size=sp.get_piece_size(), dtype=token_dtype(sp.get_piece_size()).name,
+                        tokenizer_sha256=file_sha256(Path(plan.tokenizer_model)), bos_id=sp.bos_id(),
+                        eos_id=sp.eos_id(), fingerprint=plan.fingerprint)
+    counts = {s.name: Counter() for s in cfg.sources}
+    seconds = 0.0
+    for u in range(len(plan.units)):
+        for stage in ("scan", "write"):
+            rec = work.record(stage, u)
+            counts[rec["source"]].update(rec["counts"])
+            seconds += rec["seconds"]
+        manifest.shards.extend(ShardInfo(**s) for s in work.record("write", u)["shards"])
+    for stage in ("buckets", "cluster"):
+        seconds += sum(work.record(stage, i).get("seconds", 0.0) for i in work.items(plan, stage))
+    totals = {s: sum(x.num_tokens for x in manifest.split_shards(s)) for s in SPLITS}
+    docs = {s: sum(x.num_docs for x in manifest.split_shards(s)) for s in SPLITS}
+    if totals["train"] == 0:
+        raise DataError("the corpus is empty: no document in data.sources has any text")
+    if totals["val"] == 0:
+        raise DataError(f"no document landed in the validation split ({docs['train']} documents): "
+                        "raise data.val_fraction or add more data")
+    np.save(out / TOKEN_BYTES, piece_byte_lengths(sp))
+    manifest.stats = {"tokens": totals, "docs": docs, "task_seconds": round(seconds, 2),
+                      "cleaning": {name: dict(sorted(c.items())) for name, c in counts.items()},
+                      "units": len(plan.units)}
+    manifest.config = asdict(cfg)
+    manifest.save(out)
+    return manifest

@@ -1,0 +1,106 @@
+"""The staged build (kfm.data_pipeline.staged) on the local executor: the same shards at any number of
+tasks and buckets, only unfinished work redone, failures reported with file and line."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kfm.data_pipeline.config import CleanConfig, DataConfig, DataSource
+from kfm.data_pipeline.loader import DistributedLoader, MixtureStream
+from kfm.data_pipeline.staged.cli import build_staged
+from kfm.data_pipeline.staged.config import StagedConfig
+from kfm.data_pipeline.staged.dedup import components
+from kfm.data_pipeline.staged.executor import BuildFailed, report
+from kfm.data_pipeline.staged.layout import WorkDir
+from kfm.data_pipeline.staged.stages import prepare, run_task
+from tests.helpers import shard_bytes, write_split_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Folders of several files (ko 3, en 2, code 1), with duplicates planted across the Korean files."""
+    return write_split_corpus(tmp_path_factory.mktemp("split"), {"ko": 3, "en": 2, "code": 1})
+
+
+def config(corpus: dict[str, Path], **clean) -> DataConfig:
+    return DataConfig(sources=[DataSource(name=k, path=str(v), lang=k) for k, v in corpus.items()],
+                      val_fraction=0.1, shard_tokens=4000, clean=CleanConfig(**clean))
+
+
+def build(corpus, tokenizer, root: Path, tasks: int, buckets: int = 16, workers: int = 2, **clean):
+    return build_staged(config(corpus, **clean), tokenizer / "tokenizer.model", root / "data", root / "work",
+                        StagedConfig(tasks=tasks, dedup_buckets=buckets, workers=workers))
+
+
+def test_components_are_led_by_their_first_document():
+    edges = np.array([[5, 9], [9, 2], [7, 8], [3, 7], [11, 10]], dtype=np.uint64)
+    nodes, label = components(edges)
+    assert dict(zip(nodes.tolist(), nodes[label].tolist())) == {2: 2, 5: 2, 9: 2, 3: 3, 7: 3, 8: 3, 10: 10, 11: 10}
+
+
+def test_the_same_shards_from_one_task_or_four(corpus, tiny_tokenizer, tmp_path):
+    one = build(corpus, tiny_tokenizer, tmp_path / "one", tasks=1, workers=1)
+    four = build(corpus, tiny_tokenizer, tmp_path / "four", tasks=4, buckets=3)
+    assert one.stats["cleaning"] == four.stats["cleaning"]
+    assert one.stats["docs"] == four.stats["docs"] and one.stats["tokens"] == four.stats["tokens"]
+    assert shard_bytes(tmp_path / "one" / "data") == shard_bytes(tmp_path / "four" / "data")
+    assert [s.file for s in one.shards] == [s.file for s in four.shards]
+    # the planted exact and near duplicates across files are gone, and counted as such
+    ko = one.stats["cleaning"]["ko"]
+    assert ko["removed_exact_duplicate"] == 1 and ko["removed_near_duplicate"] == 2
+    assert len({s.file.split("_")[1] for s in one.shards if s.source == "ko"}) == 3  # one shard series per file
+    assert not (tmp_path / "one" / "work" / "units").exists()  # intermediate files removed at the end
+    stream = MixtureStream(tmp_path / "four" / "data", 16, None, seed=0, verify=True)  # checksums match
+    assert len(DistributedLoader(stream, 2, 0, 1).next_batch().inputs) == 2
+
+
+def test_a_finished_build_is_not_redone(corpus, tiny_tokenizer, tmp_path):
+    build(corpus, tiny_tokenizer, tmp_path, tasks=2, dedup_near=False)
+    logs = sorted(p.name for p in (tmp_path / "work" / "logs").iterdir())
+    before = (tmp_path / "data" / "manifest.json").stat().st_mtime_ns
+    build(corpus, tiny_tokenizer, tmp_path, tasks=2, dedup_near=False)
+    assert sorted(p.name for p in (tmp_path / "work" / "logs").iterdir()) == logs
+    assert (tmp_path / "data" / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_only_unfinished_tasks_run_again(corpus, tiny_tokenizer, tmp_path):
+    """Scan tasks 0, 1 and 3 of 4 finished, task 2 was killed half way through its unit: the build runs only
+    scan task 2, then the later stages, and gives the shards of an uninterrupted build."""
+    ref = build(corpus, tiny_tokenizer, tmp_path / "ref", tasks=1, workers=1)
+    root = tmp_path / "resumed"
+    work = WorkDir(root / "work")
+    plan = prepare(config(corpus), tiny_tokenizer / "tokenizer.model", root / "data", work, 16)
+    for t in (0, 1, 3):
+        run_task(work, "scan", t, 4)
+    complete, text = report(work, plan, 4)
+    assert not complete and "scan     3/4 tasks done, not finished: [2]" in text
+    done = {p.name: p.stat().st_mtime_ns for p in (work.root / "done" / "scan").iterdir()}
+    assert len(done) == 5  # 6 units, the one of task 2 not done
+    (work.unit_dir(2).with_name("000002.partial")).mkdir(parents=True, exist_ok=True)  # what a kill leaves
+    (work.unit_dir(2).with_name("000002.partial") / "tokens.bin").write_bytes(b"junk")
+    assert not (work.root / "logs").exists()  # the tasks ran in this process
+    manifest = build(corpus, tiny_tokenizer, root, tasks=4)
+    assert sorted(p.name for p in (work.root / "logs").iterdir() if p.name.startswith("scan")) == [
+        "scan_00002.local.log"]
+    assert {p.name: p.stat().st_mtime_ns for p in (work.root / "done" / "scan").iterdir() if p.name in done} == done
+    assert shard_bytes(root / "data") == shard_bytes(tmp_path / "ref" / "data")
+    assert manifest.stats["cleaning"] == ref.stats["cleaning"]
+
+
+def test_a_bad_record_fails_its_task_naming_file_and_line(corpus, tiny_tokenizer, tmp_path):
+    bad = tmp_path / "ko"
+    bad.mkdir()
+    for p in sorted(corpus["ko"].iterdir()):
+        (bad / p.name).write_bytes(p.read_bytes())
+    broken = sorted(bad.iterdir())[1]
+    lines = broken.read_bytes().splitlines(keepends=True)
+    broken.write_bytes(b"".join(lines[:4]) + b'{"text": "unterminated\n' + b"".join(lines[4:]))
+    with pytest.raises(BuildFailed) as err:
+        build({**corpus, "ko": bad}, tiny_tokenizer, tmp_path, tasks=3)
+    assert "scan" in str(err.value) and "failed: [1]" in str(err.value)
+    assert f"{broken}:5: not valid JSON" in str(err.value)
+    failure = json.loads(next((tmp_path / "work" / "failed").iterdir()).read_text())
+    assert f"{broken}:5" in Path(failure["log"]).read_text()
+    assert WorkDir(tmp_path / "work").is_done("scan", 0) and WorkDir(tmp_path / "work").is_done("scan", 2)
