@@ -54,3 +54,21 @@ def run_dir(tiny_corpus, tiny_tokenizer, tmp_path):
     """A fresh run directory with the tiny corpus built into shards under ``data/``."""
     build_tiny_shards(tiny_corpus, tiny_tokenizer, tmp_path / "data")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The environment for client commands of a real Slurm with 2 emulated nodes on this host
+    (scripts/ci/local_slurm.sh); skipped, and reported so, where Slurm is not installed and cannot be."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "KFM_SLURM_DIR": os.environ.get("KFM_SLURM_DIR", "/tmp/kfm-slurm")}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ci" / "local_slurm.sh"
+    up = subprocess.run(["bash", str(script), "up"], env=env, capture_output=True, text=True, timeout=300)
+    if up.returncode == 3:
+        pytest.skip(f"no Slurm here and it cannot be installed: {up.stderr.strip()}")
+    assert up.returncode == 0, up.stderr
+    conf = up.stdout.strip().split("=", 1)[1]
+    return {**env, "SLURM_CONF": conf, "PYTHON": sys.executable}

@@ -191,6 +191,12 @@ def write_split_corpus(root: Path, files: dict[str, int], docs: int = 120, seed:
     return out
 
 
+def split_corpus_config(corpus: dict[str, Path], **clean) -> DataConfig:
+    """The data config of ``write_split_corpus``'s folders (small shards: several per file)."""
+    return DataConfig(sources=[DataSource(name=k, path=str(v), lang=k) for k, v in corpus.items()],
+                      val_fraction=0.1, shard_tokens=4000, clean=CleanConfig(**clean))
+
+
 def shard_bytes(data_dir: Path) -> dict[str, bytes]:
     """Every shard and offsets file under ``data_dir``: relative path -> bytes."""
     return {str(p.relative_to(data_dir)): p.read_bytes() for p in sorted(data_dir.rglob("*"))

@@ -24,18 +24,6 @@ TINY = DEBUG + ["model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_
 LOCAL = ["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1"]
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    env = {**os.environ, "KFM_SLURM_DIR": os.environ.get("KFM_SLURM_DIR", "/tmp/kfm-slurm")}
-    up = subprocess.run(["bash", str(ROOT / "scripts" / "ci" / "local_slurm.sh"), "up"], env=env,
-                        capture_output=True, text=True, timeout=300)
-    if up.returncode == 3:
-        pytest.skip(f"no Slurm here and it cannot be installed: {up.stderr.strip()}")
-    assert up.returncode == 0, up.stderr
-    conf = up.stdout.strip().split("=", 1)[1]
-    return {**env, "SLURM_CONF": conf, "PYTHON": sys.executable}
-
-
 def sbatch(env, run_dir: Path, overrides: list[str], *options: str, wait: bool = False,
            model: list[str] = TINY) -> subprocess.CompletedProcess:
     """Submit; with ``wait``, return once the job has ended, with returncode 0 only if it COMPLETED (as

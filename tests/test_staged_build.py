@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kfm.data_pipeline.config import CleanConfig, DataConfig, DataSource
 from kfm.data_pipeline.loader import DistributedLoader, MixtureStream
 from kfm.data_pipeline.staged.cli import build_staged
 from kfm.data_pipeline.staged.config import StagedConfig
@@ -15,7 +14,7 @@ from kfm.data_pipeline.staged.dedup import components
 from kfm.data_pipeline.staged.executor import BuildFailed, report
 from kfm.data_pipeline.staged.layout import WorkDir
 from kfm.data_pipeline.staged.stages import prepare, run_task
-from tests.helpers import shard_bytes, write_split_corpus
+from tests.helpers import shard_bytes, split_corpus_config, write_split_corpus
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +23,8 @@ def corpus(tmp_path_factory):
     return write_split_corpus(tmp_path_factory.mktemp("split"), {"ko": 3, "en": 2, "code": 1})
 
 
-def config(corpus: dict[str, Path], **clean) -> DataConfig:
-    return DataConfig(sources=[DataSource(name=k, path=str(v), lang=k) for k, v in corpus.items()],
-                      val_fraction=0.1, shard_tokens=4000, clean=CleanConfig(**clean))
-
-
 def build(corpus, tokenizer, root: Path, tasks: int, buckets: int = 16, workers: int = 2, **clean):
-    return build_staged(config(corpus, **clean), tokenizer / "tokenizer.model", root / "data", root / "work",
+    return build_staged(split_corpus_config(corpus, **clean), tokenizer / "tokenizer.model", root / "data", root / "work",
                         StagedConfig(tasks=tasks, dedup_buckets=buckets, workers=workers))
 
 
@@ -71,7 +65,7 @@ def test_only_unfinished_tasks_run_again(corpus, tiny_tokenizer, tmp_path):
     ref = build(corpus, tiny_tokenizer, tmp_path / "ref", tasks=1, workers=1)
     root = tmp_path / "resumed"
     work = WorkDir(root / "work")
-    plan = prepare(config(corpus), tiny_tokenizer / "tokenizer.model", root / "data", work, 16)
+    plan = prepare(split_corpus_config(corpus), tiny_tokenizer / "tokenizer.model", root / "data", work, 16)
     for t in (0, 1, 3):
         run_task(work, "scan", t, 4)
     complete, text = report(work, plan, 4)

@@ -19,8 +19,8 @@ class SlurmConfig:
     cpus_per_task: int = 1
     """Cores per task (a task is one process)."""
     mem_gb: float = 4.0
-    """Memory per task (``--mem``); a task's peak grows with its largest input file and with the corpus
-    divided by ``build.dedup_buckets`` (docs/data_pipeline.md)."""
+    """Memory per task (``--mem``; 0: the partition's default); a task's peak grows with the corpus divided by
+    ``build.dedup_buckets`` (docs/data_pipeline.md)."""
     time: str = "12:00:00"
     """Time limit per task."""
     sbatch_args: list[str] = field(default_factory=list)
@@ -29,8 +29,8 @@ class SlurmConfig:
     """The Python on the nodes; empty: the one running the submission."""
 
     def __post_init__(self) -> None:
-        if self.cpus_per_task < 1 or self.mem_gb <= 0:
-            raise ValueError("build.slurm.cpus_per_task must be >= 1 and build.slurm.mem_gb > 0")
+        if self.cpus_per_task < 1 or self.mem_gb < 0:
+            raise ValueError("build.slurm.cpus_per_task must be >= 1 and build.slurm.mem_gb >= 0")
 
 
 @dataclass

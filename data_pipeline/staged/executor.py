@@ -17,6 +17,7 @@ functions over character shingles tuned for Korean (bench/results/near_dedup.md)
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from kfm.data_pipeline.staged.config import SlurmConfig
 from kfm.data_pipeline.staged.layout import STAGES, Plan, WorkDir
+from kfm.files import write_atomically
 
 log = logging.getLogger(__name__)
 ENTRY = "kfm.data_pipeline.staged.stages"
@@ -95,10 +97,11 @@ def _sbatch_script(work: WorkDir, python: str, stage: str, tasks: int) -> Path:
 
 
 def submit_slurm(work: WorkDir, plan: Plan, tasks: int, cfg: SlurmConfig, env: dict | None = None) -> list[str]:
-    """One job array per stage with unfinished tasks, chained by dependencies; returns the job ids."""
+    """One job array per stage with unfinished tasks, chained by dependencies; returns the job ids (also in
+    ``<work_dir>/slurm/jobs.json``, stage -> job)."""
     python = cfg.python or sys.executable
     (work.root / "logs").mkdir(parents=True, exist_ok=True)
-    jobs: list[str] = []
+    jobs: dict[str, str] = {}
     for stage in STAGES:
         n = work.task_count(plan, stage, tasks)
         pending = work.pending_tasks(plan, stage, tasks)
@@ -106,18 +109,21 @@ def submit_slurm(work: WorkDir, plan: Plan, tasks: int, cfg: SlurmConfig, env: d
             continue
         args = ["sbatch", "--parsable", f"--job-name=kfm-data-{stage}", f"--array={','.join(map(str, pending))}",
                 f"--output={work.root}/logs/{stage}_%5a.%A.log", f"--cpus-per-task={cfg.cpus_per_task}",
-                f"--mem={int(cfg.mem_gb * 1024)}M", f"--time={cfg.time}"]
+                f"--time={cfg.time}"]
+        if cfg.mem_gb:
+            args.append(f"--mem={int(cfg.mem_gb * 1024)}M")
         if cfg.partition:
             args.append(f"--partition={cfg.partition}")
         if jobs:
-            args += [f"--dependency=afterok:{jobs[-1]}", "--kill-on-invalid-dep=yes"]
+            args += [f"--dependency=afterok:{list(jobs.values())[-1]}", "--kill-on-invalid-dep=yes"]
         args += [*cfg.sbatch_args, str(_sbatch_script(work, python, stage, n))]
         done = subprocess.run(args, capture_output=True, text=True, env=env)
         if done.returncode:
             raise BuildFailed(f"sbatch refused stage {stage}: {done.stderr.strip()} (command: {' '.join(args)})")
-        jobs.append(done.stdout.strip().split(";")[0])
-        log.info("stage %s: %d tasks submitted as job %s", stage, len(pending), jobs[-1])
-    return jobs
+        jobs[stage] = done.stdout.strip().split(";")[0]
+        log.info("stage %s: %d tasks submitted as job %s", stage, len(pending), jobs[stage])
+    write_atomically(work.root / "slurm" / "jobs.json", json.dumps(jobs))
+    return list(jobs.values())
 
 
 def wait_slurm(jobs: list[str], env: dict | None = None, poll: float = 1.0) -> None:
