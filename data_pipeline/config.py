@@ -18,6 +18,9 @@ class DataSource:
     """A ``.jsonl``/``.txt``/``.parquet``/``.arrow`` file, a folder of them, or ``hf:<dataset>[:<config>]``."""
     text_field: str = "text"
     """Field/column that holds the document text."""
+    url_field: str = "url"
+    """Field/column with the document's URL, where there is one (WARC/WET: ``WARC-Target-URI``): the staged
+    build counts kept documents and tokens per domain in the manifest."""
     split: str = "train"
     """Split of a ``hf:`` dataset."""
     lang: str = "ko"

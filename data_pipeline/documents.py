@@ -35,6 +35,8 @@ class Document:
     """MinHash values, or None when near-dedup is off or the text is shorter than one shingle."""
     tokens: np.ndarray
     """``[bos] + ids + [eos]``, int32."""
+    index: int
+    """Its record's place in the batch."""
 
 
 class DocumentProcessor:
@@ -51,7 +53,7 @@ class DocumentProcessor:
         """Clean, filter and tokenize; a ``None`` record is a skipped bad one. ``counts`` gets what was done."""
         cfg = self.cfg
         kept = []
-        for raw in texts:
+        for i, raw in enumerate(texts):
             if raw is None:
                 counts["removed_bad_record"] += 1
                 continue
@@ -63,12 +65,12 @@ class DocumentProcessor:
             split = "val" if is_heldout(raw, cfg.val_fraction) else "train"
             text = clean_document(raw, lang, cfg.clean, counts) if cfg.clean.enabled else normalize(raw)
             if text is not None:
-                kept.append((split, text))
-        ids = self.encoder.encode_batch([t for _, t in kept])
+                kept.append((split, text, i))
+        ids = self.encoder.encode_batch([t for _, t, _ in kept])
         near = cfg.clean.enabled and cfg.clean.dedup_near
         return [
             Document(split, dedup_key(t),
                      signature(t, cfg.clean.near_num_perm, cfg.clean.near_shingle_chars) if near else None,
-                     np.concatenate([self.bos, x, self.eos]))
-            for (split, t), x in zip(kept, ids)
+                     np.concatenate([self.bos, x, self.eos]), i)
+            for (split, t, i), x in zip(kept, ids)
         ]

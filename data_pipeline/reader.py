@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kfm.data_pipeline.config import DataSource
-from kfm.tokenizer.readers import FILE_SUFFIXES, CorpusError, OnBadRecord, iter_texts
+from kfm.tokenizer.compressed import split_suffix
+from kfm.tokenizer.readers import FILE_SUFFIXES, CorpusError, OnBadRecord, is_corpus_file, iter_texts
 
 DataError = CorpusError
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ def source_specs(source: DataSource) -> list[str]:
     """What to read, in a stable order: every supported file under a folder (sorted), or the path itself."""
     path = Path(source.path).expanduser()
     if not source.path.startswith("hf:") and path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*") if p.suffix in FILE_SUFFIXES)
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_corpus_file(p))
         if not files:
             raise DataError(f"data.sources[{source.name}]: folder {path} has no {'/'.join(FILE_SUFFIXES)} files")
         return files
@@ -43,14 +44,13 @@ def count_records(source: DataSource) -> int | None:
     total = 0
     for spec in source_specs(source):
         path = Path(spec).expanduser()
-        if not path.is_file():
-            return None
-        if path.suffix == ".parquet":
+        fmt, compression = split_suffix(path)
+        if not path.is_file() or compression or fmt in (".warc", ".wet", ".arrow"):
+            return None  # counting would read the whole file
+        if fmt == ".parquet":
             import pyarrow.parquet as pq
 
             total += pq.ParquetFile(path).metadata.num_rows
-        elif path.suffix == ".arrow":
-            return None
         else:
             with path.open("rb") as f:
                 total += sum(1 for line in f if line.strip())

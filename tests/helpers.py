@@ -191,6 +191,22 @@ def write_split_corpus(root: Path, files: dict[str, int], docs: int = 120, seed:
     return out
 
 
+def warc_record(kind: str, url: str, body: bytes, content_type: str = "text/plain",
+                length: int | None = None) -> bytes:
+    """One WARC/1.0 record (``length`` overrides Content-Length, to write a damaged one)."""
+    head = (f"WARC/1.0\r\nWARC-Type: {kind}\r\nWARC-Target-URI: {url}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n\r\n")
+    return head.encode() + body + b"\r\n\r\n"
+
+
+def write_warc(path: Path, records: list[bytes]) -> Path:
+    """Records into a ``.warc``/``.wet`` file, or one gzip member per record for ``.gz`` (as Common Crawl's)."""
+    import gzip
+
+    path.write_bytes(b"".join(gzip.compress(r) for r in records) if path.suffix == ".gz" else b"".join(records))
+    return path
+
+
 def split_corpus_config(corpus: dict[str, Path], **clean) -> DataConfig:
     """The data config of ``write_split_corpus``'s folders (small shards: several per file)."""
     return DataConfig(sources=[DataSource(name=k, path=str(v), lang=k) for k, v in corpus.items()],

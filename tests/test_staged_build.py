@@ -14,7 +14,7 @@ from kfm.data_pipeline.staged.dedup import components
 from kfm.data_pipeline.staged.executor import BuildFailed, report
 from kfm.data_pipeline.staged.layout import WorkDir
 from kfm.data_pipeline.staged.stages import prepare, run_task
-from tests.helpers import shard_bytes, split_corpus_config, write_split_corpus
+from tests.helpers import shard_bytes, split_corpus_config, warc_record, write_split_corpus, write_warc
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,45 @@ def test_a_bad_record_fails_its_task_naming_file_and_line(corpus, tiny_tokenizer
     failure = json.loads(next((tmp_path / "work" / "failed").iterdir()).read_text())
     assert f"{broken}:5" in Path(failure["log"]).read_text()
     assert WorkDir(tmp_path / "work").is_done("scan", 0) and WorkDir(tmp_path / "work").is_done("scan", 2)
+
+
+def test_compressed_and_wet_inputs_give_the_same_shards_and_domain_counts(corpus, tiny_tokenizer, tmp_path):
+    import gzip
+
+    import zstandard
+
+    ref = build(corpus, tiny_tokenizer, tmp_path / "plain", tasks=2)
+    ko, en = tmp_path / "ko", tmp_path / "en"
+    ko.mkdir()
+    en.mkdir()
+    for i, p in enumerate(sorted(corpus["ko"].iterdir())):  # part-000.jsonl.gz, part-001.jsonl.zst, ...
+        data = p.read_bytes()
+        (ko / f"{p.name}.gz").write_bytes(gzip.compress(data)) if i % 2 == 0 else \
+            (ko / f"{p.name}.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+    for p in sorted(corpus["en"].iterdir()):
+        docs = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()]
+        write_warc(en / f"{p.stem}.warc.wet.gz", [warc_record("conversion", d["url"], d["text"].encode()) for d in docs])
+    got = build({**corpus, "ko": ko, "en": en}, tiny_tokenizer, tmp_path / "packed", tasks=2)
+    assert shard_bytes(tmp_path / "packed" / "data") == shard_bytes(tmp_path / "plain" / "data")
+    assert got.stats["cleaning"] == ref.stats["cleaning"]
+    domains = got.stats["domains"]
+    assert sorted(domains["ko"]) == ["ko0.example.kr", "ko1.example.kr", "ko2.example.kr"]
+    assert sum(d["docs"] for d in domains["ko"].values()) == got.stats["cleaning"]["ko"]["docs_kept"]
+    assert sum(d["tokens"] for d in domains["en"].values()) == sum(s.num_tokens for s in got.shards if s.source == "en")
+    assert list(domains["code"]) == ["code0.example.kr"]
+
+
+def test_bad_records_are_skipped_and_counted_when_configured(corpus, tiny_tokenizer, tmp_path):
+    import gzip
+
+    ko = tmp_path / "ko"
+    ko.mkdir()
+    for p in sorted(corpus["ko"].iterdir()):
+        (ko / p.name).write_bytes(p.read_bytes())
+    (ko / "part-003.jsonl.gz").write_bytes(gzip.compress((ko / "part-000.jsonl").read_bytes())[:-40])  # truncated
+    (ko / "part-004.wet").write_bytes(warc_record("conversion", "https://x.kr/", b""))  # a record without a body
+    cfg = split_corpus_config({**corpus, "ko": ko})
+    cfg.on_bad_record = "skip"
+    manifest = build_staged(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "data", tmp_path / "work",
+                            StagedConfig(tasks=2))
+    assert manifest.stats["cleaning"]["ko"]["removed_bad_record"] == 2

@@ -14,12 +14,14 @@ Memory stays bounded by one batch of documents whatever the file's size.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from collections import Counter
 from itertools import islice
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -29,12 +31,20 @@ from kfm.data_pipeline.near_dedup import LSH_WEIGHTS, band_hashes, lsh_bands
 from kfm.data_pipeline.reader import BadRecordLog
 from kfm.data_pipeline.shards import token_dtype
 from kfm.data_pipeline.staged.layout import Plan, Unit, WorkDir
-from kfm.tokenizer.readers import iter_texts
+from kfm.tokenizer.readers import iter_records
 
 BATCH_DOCS = 64
 EXACT_RECORD = np.dtype([("k0", "<u8"), ("k1", "<u8"), ("doc", "<u8")])
 BAND_RECORD = np.dtype([("band", "<u8"), ("hash", "<u8"), ("doc", "<u8")])
 SPLITS = ("train", "val")
+
+
+def domain(url: str | None) -> str | None:
+    """The host of a URL, lower case, without ``www.`` (None for no URL or one without a host)."""
+    if not url:
+        return None
+    host = (urlsplit(url if "//" in url else f"//{url}").hostname or "").lower()
+    return host.removeprefix("www.") or None
 
 
 def doc_id(unit: int, ordinal: int | np.ndarray) -> np.ndarray:
@@ -93,14 +103,15 @@ def scan_unit(work: WorkDir, plan: Plan, cfg: DataConfig, processor: DocumentPro
     dtype = token_dtype(processor.vocab_size)
     counts: Counter = Counter()
     on_bad = BadRecordLog(source.name) if cfg.on_bad_record == "skip" else None
-    records = iter_texts(unit.spec, source.text_field, f"data.sources[{source.name}]", split=source.split,
-                         on_bad=on_bad)
+    records = iter_records(unit.spec, source.text_field, f"data.sources[{source.name}]", split=source.split,
+                           on_bad=on_bad, url_field=source.url_field)
+    domains: dict[str, int] = {}
     keys = _BucketFiles(tmp, "exact", plan.dedup_buckets)
     band_files = _BucketFiles(tmp, "bands", plan.dedup_buckets)
-    offsets, splits, n = [0], [], 0
+    offsets, splits, doc_domains, n = [0], [], [], 0
     with (tmp / "tokens.bin").open("wb") as tokens, (tmp / "signatures.bin").open("wb") as sigs:
         while batch := list(islice(records, BATCH_DOCS)):
-            docs: list[Document] = processor.process(batch, source.lang, counts)
+            docs: list[Document] = processor.process([t for t, _ in batch], source.lang, counts)
             if not docs:
                 continue
             ids = doc_id(unit.index, np.arange(n, n + len(docs)))
@@ -109,6 +120,8 @@ def scan_unit(work: WorkDir, plan: Plan, cfg: DataConfig, processor: DocumentPro
                 tokens.write(d.tokens.astype(dtype, copy=False).tobytes())
                 offsets.append(offsets[-1] + len(d.tokens))
                 splits.append(SPLITS.index(d.split))
+                host = domain(batch[d.index][1])
+                doc_domains.append(domains.setdefault(host, len(domains)) if host else -1)
             if exact:
                 k = np.frombuffer(b"".join(d.key for d in docs), dtype="<u8").reshape(-1, 2)
                 rec = np.empty(len(docs), EXACT_RECORD)
@@ -131,6 +144,8 @@ def scan_unit(work: WorkDir, plan: Plan, cfg: DataConfig, processor: DocumentPro
     band_files.close()
     np.save(tmp / "offsets.npy", np.array(offsets, dtype=np.int64))
     np.save(tmp / "split.npy", np.array(splits, dtype=np.uint8))
+    np.save(tmp / "domain.npy", np.array(doc_domains, dtype=np.int32))
+    (tmp / "domains.json").write_text(json.dumps(list(domains), ensure_ascii=False))
     for f in tmp.iterdir():  # durable before the marker says so
         with f.open("rb") as fh:
             os.fsync(fh.fileno())

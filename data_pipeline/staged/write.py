@@ -8,6 +8,7 @@ manifest, listing the shards in input order, with every counter summed per sourc
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -22,6 +23,9 @@ from kfm.data_pipeline.staged.layout import Plan, Unit, WorkDir
 from kfm.data_pipeline.staged.scan import SPLITS
 from kfm.tokenizer.hf import load_sentencepiece
 from kfm.tokenizer.pieces import piece_byte_lengths
+
+TOP_DOMAINS = 1000
+"""Domains listed per source in the manifest (by kept tokens); the rest are summed as ``(other)``."""
 
 
 def write_unit(work: WorkDir, plan: Plan, cfg: DataConfig, unit: Unit, vocab_size: int) -> dict:
@@ -44,12 +48,36 @@ def write_unit(work: WorkDir, plan: Plan, cfg: DataConfig, unit: Unit, vocab_siz
     out = Path(plan.out_dir)
     stem = f"{source.name}_{unit.file_index:05d}"
     writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens, stem=stem) for s in SPLITS}
-    for i in np.flatnonzero(keep):
+    kept = np.flatnonzero(keep)
+    for i in kept:
         writers[SPLITS[splits[i]]].write(tokens[offsets[i] : offsets[i + 1]])
     counts["docs_kept"] = int(keep.sum())
     shards = [asdict(s) for w in writers.values() for s in w.close()]
-    return {"source": source.name, "counts": dict(counts), "shards": shards,
+    return {"source": source.name, "counts": dict(counts), "shards": shards, "domains": _domains(folder, kept, offsets),
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _domains(folder: Path, kept: np.ndarray, offsets: np.ndarray) -> dict[str, list[int]]:
+    """Domain -> [documents, tokens] of the kept documents that have a URL."""
+    names = json.loads((folder / "domains.json").read_text())
+    which = np.load(folder / "domain.npy")[kept]
+    lengths = np.diff(offsets)[kept]
+    has = which >= 0
+    docs = np.bincount(which[has], minlength=len(names))
+    toks = np.bincount(which[has], weights=lengths[has], minlength=len(names))
+    return {names[d]: [int(docs[d]), int(toks[d])] for d in np.flatnonzero(docs)}
+
+
+def top_domains(per_domain: dict[str, Counter], top: int) -> dict[str, dict[str, int]]:
+    """The ``top`` domains by tokens (ties by name), the rest summed as ``(other)``."""
+    ranked = sorted(per_domain.items(), key=lambda kv: (-kv[1]["tokens"], kv[0]))
+    out = {name: dict(c) for name, c in ranked[:top]}
+    if len(ranked) > top:
+        rest = Counter()
+        for _, c in ranked[top:]:
+            rest.update(c)
+        out["(other)"] = {**dict(rest), "domains": len(ranked) - top}
+    return out
 
 
 def merge(work: WorkDir, plan: Plan, cfg: DataConfig) -> Manifest:
@@ -60,13 +88,17 @@ def merge(work: WorkDir, plan: Plan, cfg: DataConfig) -> Manifest:
                         tokenizer_sha256=file_sha256(Path(plan.tokenizer_model)), bos_id=sp.bos_id(),
                         eos_id=sp.eos_id(), fingerprint=plan.fingerprint)
     counts = {s.name: Counter() for s in cfg.sources}
+    domains: dict[str, dict[str, Counter]] = {s.name: {} for s in cfg.sources}
     seconds = 0.0
     for u in range(len(plan.units)):
         for stage in ("scan", "write"):
             rec = work.record(stage, u)
             counts[rec["source"]].update(rec["counts"])
             seconds += rec["seconds"]
-        manifest.shards.extend(ShardInfo(**s) for s in work.record("write", u)["shards"])
+        written = work.record("write", u)
+        manifest.shards.extend(ShardInfo(**s) for s in written["shards"])
+        for name, (docs, toks) in written["domains"].items():
+            domains[written["source"]].setdefault(name, Counter()).update(docs=docs, tokens=toks)
     for stage in ("buckets", "cluster"):
         seconds += sum(work.record(stage, i).get("seconds", 0.0) for i in work.items(plan, stage))
     totals = {s: sum(x.num_tokens for x in manifest.split_shards(s)) for s in SPLITS}
@@ -79,7 +111,8 @@ def merge(work: WorkDir, plan: Plan, cfg: DataConfig) -> Manifest:
     np.save(out / TOKEN_BYTES, piece_byte_lengths(sp))
     manifest.stats = {"tokens": totals, "docs": docs, "task_seconds": round(seconds, 2),
                       "cleaning": {name: dict(sorted(c.items())) for name, c in counts.items()},
-                      "units": len(plan.units)}
+                      "units": len(plan.units),
+                      "domains": {s: top_domains(d, TOP_DOMAINS) for s, d in domains.items() if d}}
     manifest.config = asdict(cfg)
     manifest.save(out)
     return manifest
