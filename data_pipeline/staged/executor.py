@@ -57,16 +57,18 @@ def report(work: WorkDir, plan: Plan, tasks: int) -> tuple[bool, str]:
     return complete, "\n".join(lines)
 
 
-def run_local(work: WorkDir, plan: Plan, tasks: int, workers: int) -> None:
-    """Every unfinished task, stage by stage, at most ``workers`` processes at a time."""
+def run_local(work: WorkDir, plan: Plan, tasks: int, workers: int) -> dict[str, float]:
+    """Every unfinished task, stage by stage, at most ``workers`` processes at a time; returns each stage's
+    wall seconds."""
     from tqdm import tqdm
 
+    walls = {}
     for stage in STAGES:
         n = work.task_count(plan, stage, tasks)
         pending = work.pending_tasks(plan, stage, tasks)
         if not pending:
             continue
-        queue, running, failed = list(pending), {}, []
+        queue, running, failed, t0 = list(pending), {}, [], time.perf_counter()
         bar = tqdm(total=len(pending), desc=f"stage {stage}", unit="task", disable=None)
         while queue or running:
             while queue and len(running) < workers:
@@ -84,8 +86,10 @@ def run_local(work: WorkDir, plan: Plan, tasks: int, workers: int) -> None:
                         failed.append(t)
             time.sleep(0.05)
         bar.close()
+        walls[stage] = time.perf_counter() - t0
         if failed:
             raise BuildFailed(f"stage {stage}: tasks {failed} of {n} failed\n{report(work, plan, tasks)[1]}")
+    return walls
 
 
 def _sbatch_script(work: WorkDir, python: str, stage: str, tasks: int) -> Path:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -110,6 +111,7 @@ def run_task(work: WorkDir, stage: str, task: int, tasks: int) -> None:
             if not plan.keep_intermediate:
                 work.clear_intermediate()
         record.setdefault("seconds", round(time.perf_counter() - t0, 3))
+        record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # the task's, so far
         work.mark_done(stage, item, record)
         log.info("stage %s item %d done: %s", stage, item, {k: v for k, v in record.items() if k != "shards"})
 

@@ -36,7 +36,6 @@ def write_unit(work: WorkDir, plan: Plan, cfg: DataConfig, unit: Unit, vocab_siz
     dtype = token_dtype(vocab_size)
     offsets = np.load(folder / "offsets.npy")
     splits = np.load(folder / "split.npy")
-    tokens = np.memmap(folder / "tokens.bin", dtype=dtype, mode="r") if offsets[-1] else np.empty(0, dtype)
     keep = np.ones(len(splits), dtype=bool)
     counts = Counter()
     if work.removed(unit.index).is_file():
@@ -49,8 +48,10 @@ def write_unit(work: WorkDir, plan: Plan, cfg: DataConfig, unit: Unit, vocab_siz
     stem = f"{source.name}_{unit.file_index:05d}"
     writers = {s: ShardWriter(out, s, source.name, dtype, cfg.shard_tokens, stem=stem) for s in SPLITS}
     kept = np.flatnonzero(keep)
-    for i in kept:
-        writers[SPLITS[splits[i]]].write(tokens[offsets[i] : offsets[i + 1]])
+    with (folder / "tokens.bin").open("rb") as tokens:  # read in order (a memory map's pages would count as RSS)
+        for i in kept:
+            tokens.seek(int(offsets[i]) * dtype.itemsize)
+            writers[SPLITS[splits[i]]].write(np.fromfile(tokens, dtype=dtype, count=int(offsets[i + 1] - offsets[i])))
     counts["docs_kept"] = int(keep.sum())
     shards = [asdict(s) for w in writers.values() for s in w.close()]
     return {"source": source.name, "counts": dict(counts), "shards": shards, "domains": _domains(folder, kept, offsets),
