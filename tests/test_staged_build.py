@@ -140,3 +140,20 @@ def test_bad_records_are_skipped_and_counted_when_configured(corpus, tiny_tokeni
     manifest = build_staged(cfg, tiny_tokenizer / "tokenizer.model", tmp_path / "data", tmp_path / "work",
                             StagedConfig(tasks=2))
     assert manifest.stats["cleaning"]["ko"]["removed_bad_record"] == 2
+
+
+def test_the_command_builds_reports_and_refuses_a_misspelt_key(corpus, tiny_tokenizer, tmp_path):
+    import subprocess
+    import sys
+
+    sources = ",".join(f"{{name:{k},path:'{v}',lang:{k}}}" for k, v in corpus.items())
+    args = [sys.executable, "-m", "kfm.data_pipeline.staged", f"run_dir={tmp_path}",
+            f"tokenizer_model={tiny_tokenizer / 'tokenizer.model'}", f"data.sources=[{sources}]", "data.val_fraction=0.1",
+            "build.tasks=2"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "data" / "manifest.json").is_file()
+    status = subprocess.run(args + ["action=status"], capture_output=True, text=True, timeout=300)
+    assert "scan     2/2 tasks done" in status.stdout and "merge    1/1 tasks done" in status.stdout
+    typo = subprocess.run(args + ["build.taks=3"], capture_output=True, text=True, timeout=300)
+    assert typo.returncode != 0 and "taks" in typo.stderr
