@@ -23,6 +23,13 @@ def corpus(tmp_path_factory):
     return write_split_corpus(tmp_path_factory.mktemp("split"), {"ko": 3, "en": 2, "code": 1})
 
 
+@pytest.fixture(scope="module")
+def one_task(corpus, tiny_tokenizer, tmp_path_factory):
+    """The corpus built as 1 task: (manifest, data folder), the reference the other builds must equal."""
+    root = tmp_path_factory.mktemp("one_task")
+    return build(corpus, tiny_tokenizer, root, tasks=1, workers=1), root
+
+
 def build(corpus, tokenizer, root: Path, tasks: int, buckets: int = 16, workers: int = 2, **clean):
     return build_staged(split_corpus_config(corpus, **clean), tokenizer / "tokenizer.model", root / "data", root / "work",
                         StagedConfig(tasks=tasks, dedup_buckets=buckets, workers=workers))
@@ -34,18 +41,18 @@ def test_components_are_led_by_their_first_document():
     assert dict(zip(nodes.tolist(), nodes[label].tolist())) == {2: 2, 5: 2, 9: 2, 3: 3, 7: 3, 8: 3, 10: 10, 11: 10}
 
 
-def test_the_same_shards_from_one_task_or_four(corpus, tiny_tokenizer, tmp_path):
-    one = build(corpus, tiny_tokenizer, tmp_path / "one", tasks=1, workers=1)
+def test_the_same_shards_from_one_task_or_four(corpus, tiny_tokenizer, one_task, tmp_path):
+    one, one_root = one_task
     four = build(corpus, tiny_tokenizer, tmp_path / "four", tasks=4, buckets=3)
     assert one.stats["cleaning"] == four.stats["cleaning"]
     assert one.stats["docs"] == four.stats["docs"] and one.stats["tokens"] == four.stats["tokens"]
-    assert shard_bytes(tmp_path / "one" / "data") == shard_bytes(tmp_path / "four" / "data")
+    assert shard_bytes(one_root / "data") == shard_bytes(tmp_path / "four" / "data")
     assert [s.file for s in one.shards] == [s.file for s in four.shards]
     # the planted exact and near duplicates across files are gone, and counted as such
     ko = one.stats["cleaning"]["ko"]
     assert ko["removed_exact_duplicate"] == 1 and ko["removed_near_duplicate"] == 2
     assert len({s.file.split("_")[1] for s in one.shards if s.source == "ko"}) == 3  # one shard series per file
-    assert not (tmp_path / "one" / "work" / "units").exists()  # intermediate files removed at the end
+    assert not (one_root / "work" / "units").exists()  # intermediate files removed at the end
     stream = MixtureStream(tmp_path / "four" / "data", 16, None, seed=0, verify=True)  # checksums match
     assert len(DistributedLoader(stream, 2, 0, 1).next_batch().inputs) == 2
 
@@ -59,10 +66,10 @@ def test_a_finished_build_is_not_redone(corpus, tiny_tokenizer, tmp_path):
     assert (tmp_path / "data" / "manifest.json").stat().st_mtime_ns == before
 
 
-def test_only_unfinished_tasks_run_again(corpus, tiny_tokenizer, tmp_path):
+def test_only_unfinished_tasks_run_again(corpus, tiny_tokenizer, one_task, tmp_path):
     """Scan tasks 0, 1 and 3 of 4 finished, task 2 was killed half way through its unit: the build runs only
     scan task 2, then the later stages, and gives the shards of an uninterrupted build."""
-    ref = build(corpus, tiny_tokenizer, tmp_path / "ref", tasks=1, workers=1)
+    ref, ref_root = one_task
     root = tmp_path / "resumed"
     work = WorkDir(root / "work")
     plan = prepare(split_corpus_config(corpus), tiny_tokenizer / "tokenizer.model", root / "data", work, 16)
@@ -79,7 +86,7 @@ def test_only_unfinished_tasks_run_again(corpus, tiny_tokenizer, tmp_path):
     assert sorted(p.name for p in (work.root / "logs").iterdir() if p.name.startswith("scan")) == [
         "scan_00002.local.log"]
     assert {p.name: p.stat().st_mtime_ns for p in (work.root / "done" / "scan").iterdir() if p.name in done} == done
-    assert shard_bytes(root / "data") == shard_bytes(tmp_path / "ref" / "data")
+    assert shard_bytes(root / "data") == shard_bytes(ref_root / "data")
     assert manifest.stats["cleaning"] == ref.stats["cleaning"]
 
 
@@ -100,12 +107,12 @@ def test_a_bad_record_fails_its_task_naming_file_and_line(corpus, tiny_tokenizer
     assert WorkDir(tmp_path / "work").is_done("scan", 0) and WorkDir(tmp_path / "work").is_done("scan", 2)
 
 
-def test_compressed_and_wet_inputs_give_the_same_shards_and_domain_counts(corpus, tiny_tokenizer, tmp_path):
+def test_compressed_and_wet_inputs_give_the_same_shards_and_domain_counts(corpus, tiny_tokenizer, one_task, tmp_path):
     import gzip
 
     import zstandard
 
-    ref = build(corpus, tiny_tokenizer, tmp_path / "plain", tasks=2)
+    ref, ref_root = one_task
     ko, en = tmp_path / "ko", tmp_path / "en"
     ko.mkdir()
     en.mkdir()
@@ -117,7 +124,7 @@ def test_compressed_and_wet_inputs_give_the_same_shards_and_domain_counts(corpus
         docs = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()]
         write_warc(en / f"{p.stem}.warc.wet.gz", [warc_record("conversion", d["url"], d["text"].encode()) for d in docs])
     got = build({**corpus, "ko": ko, "en": en}, tiny_tokenizer, tmp_path / "packed", tasks=2)
-    assert shard_bytes(tmp_path / "packed" / "data") == shard_bytes(tmp_path / "plain" / "data")
+    assert shard_bytes(tmp_path / "packed" / "data") == shard_bytes(ref_root / "data")
     assert got.stats["cleaning"] == ref.stats["cleaning"]
     domains = got.stats["domains"]
     assert sorted(domains["ko"]) == ["ko0.example.kr", "ko1.example.kr", "ko2.example.kr"]
