@@ -133,6 +133,7 @@ def test_compressed_and_wet_inputs_give_the_same_shards_and_domain_counts(corpus
     assert list(domains["code"]) == ["code0.example.kr"]
 
 
+@pytest.mark.slow  # the readers' tests count skipped records of each kind in make test
 def test_bad_records_are_skipped_and_counted_when_configured(corpus, tiny_tokenizer, tmp_path):
     import gzip
 
@@ -149,6 +150,7 @@ def test_bad_records_are_skipped_and_counted_when_configured(corpus, tiny_tokeni
     assert manifest.stats["cleaning"]["ko"]["removed_bad_record"] == 2
 
 
+@pytest.mark.slow  # make test's headroom: the functions underneath are tested above
 def test_the_command_builds_reports_and_refuses_a_misspelt_key(corpus, tiny_tokenizer, tmp_path):
     import subprocess
     import sys
