@@ -56,7 +56,7 @@ def test_four_tasks_on_two_nodes_a_cancelled_task_reruns_alone(slurm, corpus, ti
     slurm_build(corpus, tiny_tokenizer, root, held, wait=False)
     work = WorkDir(root / "work")
     jobs = json.loads((work.root / "slurm" / "jobs.json").read_text())
-    assert list(jobs) == ["scan", "buckets", "cluster", "write", "merge"]
+    assert list(jobs) == ["scan", "buckets", "removals", "write", "merge"]
     deadline = time.time() + 120
     while not any("holds" in p.read_text() for p in (work.root / "logs").glob("scan_00002.*.log")):
         assert time.time() < deadline, "scan task 2 did not start"

@@ -10,7 +10,8 @@ import pytest
 from kfm.data_pipeline.loader import DistributedLoader, MixtureStream
 from kfm.data_pipeline.staged.cli import build_staged
 from kfm.data_pipeline.staged.config import StagedConfig
-from kfm.data_pipeline.staged.dedup import components
+from kfm.data_pipeline.staged.dedup import exact_duplicates, near_duplicates
+from kfm.data_pipeline.staged.scan import BAND_RECORD, EXACT_RECORD
 from kfm.data_pipeline.staged.executor import BuildFailed, report
 from kfm.data_pipeline.staged.layout import WorkDir
 from kfm.data_pipeline.staged.stages import prepare, run_task
@@ -35,10 +36,24 @@ def build(corpus, tokenizer, root: Path, tasks: int, buckets: int = 16, workers:
                         StagedConfig(tasks=tasks, dedup_buckets=buckets, workers=workers))
 
 
-def test_components_are_led_by_their_first_document():
-    edges = np.array([[5, 9], [9, 2], [7, 8], [3, 7], [11, 10]], dtype=np.uint64)
-    nodes, label = components(edges)
-    assert dict(zip(nodes.tolist(), nodes[label].tolist())) == {2: 2, 5: 2, 9: 2, 3: 3, 7: 3, 8: 3, 10: 10, 11: 10}
+def test_a_document_goes_when_an_earlier_one_is_similar():
+    """One band group of 5: doc 2 ~ doc 1 (J 0.7), doc 3 ~ doc 2 but not doc 1 (0.4), doc 4 like none, doc 5 a copy
+    of doc 4: 2, 3 and 5 go (3 through 2, though 2 goes too); exact keys: the later of equal keys goes."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2**32, 100, dtype=np.uint64)
+    sigs = {1: base.copy(), 4: rng.integers(0, 2**32, 100, dtype=np.uint64)}
+    sigs[2] = np.where(np.arange(100) < 70, base, base + 1)
+    sigs[3] = np.where((np.arange(100) >= 30) & (np.arange(100) < 100), sigs[2], sigs[2] + 7)
+    sigs[3][:30] += 7
+    sigs[5] = sigs[4].copy()
+    assert np.mean(sigs[3] == sigs[1]) < 0.5 <= np.mean(sigs[3] == sigs[2])
+    rec = np.zeros(5, BAND_RECORD)
+    rec["doc"] = [5, 3, 1, 4, 2]
+    found, compared = near_duplicates(rec, lambda docs: np.stack([sigs[int(d)] for d in docs]), 0.5)
+    assert found.tolist() == [2, 3, 5] and compared == 10
+    keys = np.zeros(4, EXACT_RECORD)
+    keys["k0"], keys["doc"] = [7, 9, 7, 7], [30, 10, 20, 40]
+    assert sorted(exact_duplicates(keys).tolist()) == [30, 40]
 
 
 def test_the_same_shards_from_one_task_or_four(corpus, tiny_tokenizer, one_task, tmp_path):

@@ -8,9 +8,9 @@ number of tasks, so that the result is byte-identical at any scale:
 1. ``scan``: per input file (a *unit*): read, clean, filter, scrub PII, split, tokenize; write the
    candidate documents' tokens, exact-dedup keys and MinHash band hashes, bucketed (``scan``).
 2. ``buckets``: per dedup bucket: sort its keys and band hashes from every unit, verify band
-   collisions by estimated Jaccard similarity, write duplicate edges (``dedup``).
-3. ``cluster``: one task: connected components of the edges; all but the first document (in input
-   order) of each component are removed (``dedup``).
+   collisions by estimated Jaccard similarity, write the documents an earlier one duplicates (``dedup``).
+3. ``removals``: per part of the units: every bucket's duplicates of those units, as each unit's list of
+   removed documents (``dedup``).
 4. ``write``: per unit: the kept documents into token shards (``write``).
 5. ``merge``: one task: the manifest (``write``).
 

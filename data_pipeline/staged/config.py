@@ -49,7 +49,7 @@ class StagedConfig:
     wait: bool = True
     """Slurm: wait until the build ends and report it (false: submit and return)."""
     keep_intermediate: bool = False
-    """Keep the scanned documents and dedup edges after the manifest is written."""
+    """Keep the scanned documents and dedup lists after the manifest is written."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:

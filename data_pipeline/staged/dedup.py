@@ -1,16 +1,20 @@
 """Stages 2 and 3 of the staged build: duplicates across every task, in memory bounded per bucket.
 
 ``buckets`` (one item per bucket, in parallel): the bucket's exact keys and LSH band hashes from every
-unit, sorted. Documents with the same key are exact duplicates. Documents that share a band hash are
-candidates; a pair becomes an edge only when its estimated Jaccard similarity (the share of equal MinHash
-values, read from the units' signature files) reaches ``data.clean.near_threshold``, as in the one-machine
-build. This is the shape of datatrove's four-stage MinHash (signatures, buckets, cluster, filter).
+unit, sorted. A document whose key an earlier document (in input order: source, file, record) has is an
+exact duplicate. Documents that share a band hash are candidates; a document is a near duplicate when an
+earlier candidate's estimated Jaccard similarity to it (the share of equal MinHash values, read from the
+units' signature files) reaches ``data.clean.near_threshold``, the check of the one-machine build. The
+bucket writes the duplicates it found, split into ``dedup_buckets`` parts by unit.
 
-``cluster`` (one task): the connected components of all edges; every document but the first of its
-component (in input order: source, file, record) is removed, as ``exact`` when a document before it has
-the same key, else ``near``. The edges, and so the result, do not depend on how many tasks or buckets
-there are. Unlike the one-machine build, which compares each document with the kept ones only, a chain
-A~B~C removes C even when C is not similar to A.
+``removals`` (one item per part, in parallel): a part's duplicates from every bucket, as the list of
+removed documents of each of its units (``exact`` when an earlier document has the same key, else ``near``).
+
+This is the shape of datatrove's four-stage MinHash (signatures, buckets, cluster, filter) without the
+clustering: a document goes when any earlier document is similar to it, so only removed documents are
+held, never pairs. The result does not depend on how many tasks or buckets there are. Unlike the
+one-machine build, which compares each document with the kept ones only, a chain A~B~C (C not similar to
+A) removes C too.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from kfm.data_pipeline.staged.scan import BAND_RECORD, EXACT_RECORD, split_id
 
 MAX_GROUP_COMPARE = 64
 """A candidate is compared with at most this many earlier members of its band group (a bound on the
-quadratic work of a huge group: thousands of copies of one page are linked through their neighbours)."""
+quadratic work of a huge group: thousands of copies of one page are caught through their neighbours)."""
+DUPLICATE = np.dtype([("doc", "<u8"), ("exact", "u1")])
 REMOVED = np.dtype([("ordinal", "<u4"), ("exact", "u1")])
 
 
@@ -51,15 +56,12 @@ def _groups(*keys: np.ndarray) -> np.ndarray:
     return np.append(np.flatnonzero(new), n)
 
 
-def exact_edges(records: np.ndarray) -> np.ndarray:
-    """(first, other) for every document whose key an earlier one has."""
+def exact_duplicates(records: np.ndarray) -> np.ndarray:
+    """Documents whose key an earlier document has."""
     records = records[np.lexsort((records["doc"], records["k1"], records["k0"]))]
-    starts = _groups(records["k0"], records["k1"])
-    sizes = np.diff(starts)
-    first = np.repeat(records["doc"][starts[:-1]], sizes)
-    dup = np.ones(len(records), dtype=bool)
-    dup[starts[:-1]] = False
-    return np.stack([first[dup], records["doc"][dup]], axis=1)
+    first = np.zeros(len(records), dtype=bool)
+    first[_groups(records["k0"], records["k1"])[:-1]] = True
+    return records["doc"][~first]
 
 
 class _Signatures:
@@ -80,83 +82,67 @@ class _Signatures:
         return out
 
 
-def near_edges(records: np.ndarray, signatures: _Signatures, threshold: float) -> tuple[np.ndarray, int]:
-    """Verified (earlier, later) pairs among documents that share a band hash; and how many were compared."""
+def near_duplicates(records: np.ndarray, signatures, threshold: float) -> tuple[np.ndarray, int]:
+    """Documents with an earlier band-sharing document at estimated Jaccard >= ``threshold``; and how many
+    pairs were compared. ``signatures(docs)`` gives their MinHash values."""
     records = records[np.lexsort((records["doc"], records["hash"], records["band"]))]
     starts = _groups(records["band"], records["hash"])
-    big = np.flatnonzero(np.diff(starts) > 1)
-    edges, compared = [], 0
-    for g in big:
+    found, compared = [], 0
+    for g in np.flatnonzero(np.diff(starts) > 1):
         docs = records["doc"][starts[g] : starts[g + 1]]
         sig = signatures(docs)
-        for j in range(1, len(docs)):
-            lo = max(0, j - MAX_GROUP_COMPARE)
-            share = np.count_nonzero(sig[lo:j] == sig[j], axis=1) / sig.shape[1]
-            compared += j - lo
-            hits = lo + np.flatnonzero(share >= threshold)
-            edges.extend((docs[i], docs[j]) for i in hits)
-    out = np.array(edges, dtype=np.uint64).reshape(-1, 2)
-    return (np.unique(out, axis=0) if len(out) else out), compared
+        need = threshold * sig.shape[1]
+        for lo in range(0, len(docs), MAX_GROUP_COMPARE):  # blocks of members against the window before them
+            hi = min(len(docs), lo + MAX_GROUP_COMPARE)
+            w0 = max(0, lo - MAX_GROUP_COMPARE)
+            equal = (sig[w0:hi, None, :] == sig[None, lo:hi, :]).sum(-1)  # (earlier, member)
+            earlier = np.arange(w0, hi)[:, None] < np.arange(lo, hi)[None, :]
+            window = np.arange(w0, hi)[:, None] >= np.arange(lo, hi)[None, :] - MAX_GROUP_COMPARE
+            mask = earlier & window
+            compared += int(mask.sum())
+            hit = ((equal >= need) & mask).any(axis=0)
+            found.append(docs[lo:hi][hit])
+    out = np.concatenate(found) if found else np.empty(0, np.uint64)
+    return np.unique(out), compared
 
 
-def _save_npz(path, **arrays) -> None:
+def _save(path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial.npz")
-    np.savez(tmp, **arrays)
+    tmp = path.with_name(path.name + ".partial.npy")
+    np.save(tmp, array)
     os.replace(tmp, path)
 
 
-def bucket_edges(work: WorkDir, plan: Plan, cfg: DataConfig, bucket: int) -> dict:
-    """Stage buckets for one bucket: its duplicate edges into ``edges/<bucket>.npz``."""
+def bucket_duplicates(work: WorkDir, plan: Plan, cfg: DataConfig, bucket: int) -> dict:
+    """Stage buckets for one bucket: its duplicates into ``dups/<bucket>/<part>.npy`` (part: unit mod parts)."""
     cc = cfg.clean
-    exact = exact_edges(_read(work, plan, f"exact_{bucket:05d}.bin", EXACT_RECORD))
+    exact = exact_duplicates(_read(work, plan, f"exact_{bucket:05d}.bin", EXACT_RECORD))
     bands = _read(work, plan, f"bands_{bucket:05d}.bin", BAND_RECORD)
-    near, compared = near_edges(bands, _Signatures(work, cc.near_num_perm), cc.near_threshold)
-    _save_npz(work.edges(bucket), exact=exact, near=near)
-    return {"exact_edges": len(exact), "near_edges": len(near), "band_records": len(bands),
-            "near_compared": compared}
-
-
-def components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(nodes sorted, index of each node's component's first node) of an undirected edge list."""
-    nodes = np.unique(edges)
-    e = np.searchsorted(nodes, edges)
-    label = np.arange(len(nodes))
-    while True:  # min-label propagation with pointer jumping: labels only ever fall to a node of the component
-        m = np.minimum(label[e[:, 0]], label[e[:, 1]])
-        new = label.copy()
-        np.minimum.at(new, e[:, 0], m)
-        np.minimum.at(new, e[:, 1], m)
-        new = new[new]
-        if np.array_equal(new, label):
-            return nodes, label
-        label = new
-
-
-def cluster(work: WorkDir, plan: Plan) -> dict:
-    """Stage cluster: ``removed/<unit>.npy`` for every unit that loses documents."""
-    exact, near = [], []
-    for b in range(plan.dedup_buckets):
-        with np.load(work.edges(b)) as z:
-            exact.append(z["exact"])
-            near.append(z["near"])
-    exact, near = np.concatenate(exact), np.concatenate(near)
-    folder = work.root / "removed"
+    near, compared = near_duplicates(bands, _Signatures(work, cc.near_num_perm), cc.near_threshold)
+    dups = np.empty(len(exact) + len(near), DUPLICATE)
+    dups["doc"] = np.concatenate([exact, near])
+    dups["exact"] = np.arange(len(dups)) < len(exact)
+    part = split_id(dups["doc"])[0] % plan.dedup_buckets
+    folder = work.duplicates(bucket)
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    edges = np.concatenate([exact, near])
-    if not len(edges):
-        return {"removed_exact": 0, "removed_near": 0, "edges": 0}
-    nodes, label = components(edges)
-    removed = nodes[label != np.arange(len(nodes))]
-    is_exact = np.isin(removed, exact[:, 1])
-    units, ordinals = split_id(removed)
-    for u in np.unique(units):
+    for p in range(plan.dedup_buckets):
+        _save(folder / f"{p:05d}.npy", dups[part == p])
+    return {"exact": len(exact), "near": len(near), "band_records": len(bands), "near_compared": compared}
+
+
+def removals(work: WorkDir, plan: Plan, part: int) -> dict:
+    """Stage removals for one part: ``removed/<unit>.npy`` for each of its units that loses documents."""
+    dups = np.concatenate([np.load(work.duplicates(b) / f"{part:05d}.npy") for b in range(plan.dedup_buckets)])
+    docs, inverse = np.unique(dups["doc"], return_inverse=True)
+    exact = np.zeros(len(docs), dtype=bool)
+    np.logical_or.at(exact, inverse, dups["exact"].astype(bool))  # exact wins over near
+    units, ordinals = split_id(docs)
+    for u in range(part, len(plan.units), plan.dedup_buckets):
         sel = units == u
-        rec = np.empty(int(sel.sum()), REMOVED)
-        rec["ordinal"], rec["exact"] = ordinals[sel], is_exact[sel]
-        tmp = work.removed(int(u)).with_suffix(".partial.npy")
-        np.save(tmp, rec)
-        os.replace(tmp, work.removed(int(u)))
-    return {"removed_exact": int(is_exact.sum()), "removed_near": int((~is_exact).sum()), "edges": len(edges),
-            "clusters": int(len(np.unique(label)))}
+        path = work.removed(u)
+        path.unlink(missing_ok=True)
+        if sel.any():
+            rec = np.empty(int(sel.sum()), REMOVED)
+            rec["ordinal"], rec["exact"] = ordinals[sel], exact[sel]
+            _save(path, rec)
+    return {"removed_exact": int(exact.sum()), "removed_near": int((~exact).sum())}

@@ -2,14 +2,15 @@
 
     <work_dir>/job.json                  the data config, tokenizer, output folder, fingerprint and units
     <work_dir>/units/<u>/                scanned documents of unit u (stage scan)
-    <work_dir>/edges/<b>.npz             duplicate edges of bucket b (stage buckets)
-    <work_dir>/removed/<u>.npy           documents of unit u that dedup removes (stage cluster)
+    <work_dir>/dups/<b>/<p>.npy          duplicates bucket b found in the units of part p (stage buckets)
+    <work_dir>/removed/<u>.npy           documents of unit u that dedup removes (stage removals)
     <work_dir>/done/<stage>/<item>.json  completion marker of one piece of work, with what it counted
     <work_dir>/failed/<stage>_<t>.json   why task t of a stage failed, and where its log is
     <work_dir>/logs/<stage>_<t>.<job>.log  a task's output (``job``: the Slurm array job id, or ``local``)
 
 Work is split into *items* that do not depend on the number of tasks: a unit (one input file) for
-scan and write, a bucket for buckets, one item for cluster and merge. Task ``t`` of ``n`` does items
+scan and write, a bucket for buckets, a part (units ``p, p + dedup_buckets, ...``) for removals, one item
+for merge. Task ``t`` of ``n`` does items
 ``t, t+n, t+2n, ...``; a task is done when all its items are.
 """
 
@@ -25,7 +26,7 @@ from omegaconf import OmegaConf
 from kfm.data_pipeline.config import DataConfig
 from kfm.files import write_atomically
 
-STAGES = ("scan", "buckets", "cluster", "write", "merge")
+STAGES = ("scan", "buckets", "removals", "write", "merge")
 JOB = "job.json"
 
 
@@ -75,14 +76,14 @@ class WorkDir:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def clear_intermediate(self) -> None:
-        for name in ("units", "edges", "removed"):
+        for name in ("units", "dups", "removed"):
             shutil.rmtree(self.root / name, ignore_errors=True)
 
     # what each stage has to do
     def items(self, plan: Plan, stage: str) -> list[int]:
         if stage in ("scan", "write"):
             return list(range(len(plan.units)))
-        if stage == "buckets":
+        if stage in ("buckets", "removals"):
             return list(range(plan.dedup_buckets))
         return [0]
 
@@ -123,8 +124,8 @@ class WorkDir:
     def unit_dir(self, unit: int) -> Path:
         return self.root / "units" / f"{unit:06d}"
 
-    def edges(self, bucket: int) -> Path:
-        return self.root / "edges" / f"{bucket:05d}.npz"
+    def duplicates(self, bucket: int) -> Path:
+        return self.root / "dups" / f"{bucket:05d}"
 
     def removed(self, unit: int) -> Path:
         return self.root / "removed" / f"{unit:06d}.npy"

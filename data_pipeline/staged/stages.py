@@ -34,7 +34,7 @@ from kfm.files import write_atomically
 log = logging.getLogger(__name__)
 BUILDER = "staged-1"
 """Part of the fingerprint: the staged build's shards differ from the one-machine build's (names, and
-near-duplicate clusters instead of comparisons with kept documents only)."""
+a near duplicate of any earlier document goes, not only of a kept one)."""
 
 
 def staged_fingerprint(cfg: DataConfig, tokenizer_model: Path) -> str:
@@ -83,7 +83,7 @@ def prepare(cfg: DataConfig, tokenizer_model: str | Path, out_dir: str | Path, w
 
 def run_task(work: WorkDir, stage: str, task: int, tasks: int) -> None:
     """Every item of task ``task`` of ``tasks`` of ``stage`` that is not done yet."""
-    from kfm.data_pipeline.staged.dedup import bucket_edges, cluster
+    from kfm.data_pipeline.staged.dedup import bucket_duplicates, removals
     from kfm.data_pipeline.staged.scan import scan_unit
     from kfm.data_pipeline.staged.write import merge, write_unit
 
@@ -100,9 +100,9 @@ def run_task(work: WorkDir, stage: str, task: int, tasks: int) -> None:
         if stage == "scan":
             record = scan_unit(work, plan, cfg, processor, plan.unit(item))
         elif stage == "buckets":
-            record = bucket_edges(work, plan, cfg, item)
-        elif stage == "cluster":
-            record = cluster(work, plan)
+            record = bucket_duplicates(work, plan, cfg, item)
+        elif stage == "removals":
+            record = removals(work, plan, item)
         elif stage == "write":
             record = write_unit(work, plan, cfg, plan.unit(item), processor.vocab_size)
         else:

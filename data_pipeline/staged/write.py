@@ -100,7 +100,7 @@ def merge(work: WorkDir, plan: Plan, cfg: DataConfig) -> Manifest:
         manifest.shards.extend(ShardInfo(**s) for s in written["shards"])
         for name, (docs, toks) in written["domains"].items():
             domains[written["source"]].setdefault(name, Counter()).update(docs=docs, tokens=toks)
-    for stage in ("buckets", "cluster"):
+    for stage in ("buckets", "removals"):
         seconds += sum(work.record(stage, i).get("seconds", 0.0) for i in work.items(plan, stage))
     totals = {s: sum(x.num_tokens for x in manifest.split_shards(s)) for s in SPLITS}
     docs = {s: sum(x.num_docs for x in manifest.split_shards(s)) for s in SPLITS}
