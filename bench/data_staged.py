@@ -4,10 +4,9 @@ near-duplicate recall across tasks.
     python bench/data_staged.py throughput [--copies 16] [--tokenizer runs/demo/tokenizer/tokenizer.model]
     python bench/data_staged.py recall [--per-bin 100]
 
-``throughput``: the sample corpus enlarged ``--copies`` times by a deterministic transformation (copy k moves
-every Hangul syllable 7k places in the syllable block and maps Latin letters through a permutation drawn with
-seed k, so that no copy is a duplicate of another for k < 1,596; the text is no longer Korean or English, so
-its compression and filter figures mean nothing: only the work per byte does), written as files of ``--file-mb`` MB (the units). Built twice side
+``throughput``: the sample corpus enlarged ``--copies`` times (``bench/enlarge.py``: no copy duplicates
+another; the text is no longer Korean or English, so its compression and filter figures mean nothing: only
+the work per byte does), written as files of ``--file-mb`` MB (the units). Built twice side
 by side with the local executor: 1 task on 1 worker, then ``--tasks`` tasks on 2 workers; per stage the wall
 seconds, the task seconds summed, MB/s of input text, and each stage's largest peak RSS of one task.
 
@@ -42,27 +41,13 @@ from kfm.data_pipeline.staged.config import StagedConfig  # noqa: E402
 from kfm.data_pipeline.staged.executor import run_local  # noqa: E402
 from kfm.data_pipeline.staged.layout import STAGES, WorkDir  # noqa: E402
 from kfm.data_pipeline.staged.stages import prepare  # noqa: E402
-
-HANGUL0, HANGUL_N = 0xAC00, 11172
-
-
-def copy_table(k: int) -> dict[int, int]:
-    """``str.translate`` table of copy ``k``: Hangul syllables moved 7k places in their block, Latin letters
-    through a permutation drawn with seed k (a shift by k would repeat every 26 copies)."""
-    table = {HANGUL0 + i: HANGUL0 + (i + 7 * k) % HANGUL_N for i in range(HANGUL_N)}
-    letters = list(range(26))
-    random.Random(k).shuffle(letters)
-    for i, j in enumerate(letters):
-        table[97 + i], table[65 + i] = 97 + j, 65 + j
-    return table
-
+from enlarge import copy_table, sample_documents  # noqa: E402
 
 def enlarged_corpus(sample: Path, out: Path, copies: int, file_mb: float) -> dict[str, Path]:
     """Every source of the sample corpus ``copies`` times (``copy_table``), as folders of ~``file_mb`` MB files."""
     folders = {}
     for name in ("ko", "en", "code"):
-        lines = (sample / f"{name}.jsonl").read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 in text
-        docs = [json.loads(line)["text"] for line in lines if line.strip()]
+        docs = sample_documents(sample, name)
         folders[name] = out / name
         folders[name].mkdir(parents=True)
         part, size, f = 0, 0, None
