@@ -65,21 +65,25 @@ def exact_duplicates(records: np.ndarray) -> np.ndarray:
 
 
 class _Signatures:
-    """MinHash signatures of any document, read from its unit's file (memory-mapped)."""
+    """MinHash signatures of any document, read row by row from its unit's file (``pread``: a memory map's
+    touched pages would count in the task's RSS, up to every unit's whole signature file)."""
 
     def __init__(self, work: WorkDir, num_perm: int) -> None:
-        self.work, self.num_perm, self.maps = work, num_perm, {}
+        self.work, self.num_perm, self.files = work, num_perm, {}
 
     def __call__(self, docs: np.ndarray) -> np.ndarray:
         units, ordinals = split_id(docs)
+        row = 4 * self.num_perm
         out = np.empty((len(docs), self.num_perm), dtype=np.uint32)
-        for u in np.unique(units):
-            if u not in self.maps:
-                self.maps[u] = np.memmap(self.work.unit_dir(int(u)) / "signatures.bin", dtype=np.uint32,
-                                         mode="r").reshape(-1, self.num_perm)
-            sel = units == u
-            out[sel] = self.maps[u][ordinals[sel]]
+        for i, (u, k) in enumerate(zip(units.tolist(), ordinals.tolist())):
+            if u not in self.files:
+                self.files[u] = (self.work.unit_dir(u) / "signatures.bin").open("rb")
+            out[i] = np.frombuffer(os.pread(self.files[u].fileno(), row, k * row), dtype=np.uint32)
         return out
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
 
 
 def near_duplicates(records: np.ndarray, signatures, threshold: float) -> tuple[np.ndarray, int]:
@@ -118,7 +122,9 @@ def bucket_duplicates(work: WorkDir, plan: Plan, cfg: DataConfig, bucket: int) -
     cc = cfg.clean
     exact = exact_duplicates(_read(work, plan, f"exact_{bucket:05d}.bin", EXACT_RECORD))
     bands = _read(work, plan, f"bands_{bucket:05d}.bin", BAND_RECORD)
-    near, compared = near_duplicates(bands, _Signatures(work, cc.near_num_perm), cc.near_threshold)
+    signatures = _Signatures(work, cc.near_num_perm)
+    near, compared = near_duplicates(bands, signatures, cc.near_threshold)
+    signatures.close()
     dups = np.empty(len(exact) + len(near), DUPLICATE)
     dups["doc"] = np.concatenate([exact, near])
     dups["exact"] = np.arange(len(dups)) < len(exact)
