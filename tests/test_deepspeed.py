@@ -41,6 +41,7 @@ def test_deepspeed_resume_is_exact_and_world_size_changes_are_refused(run_dir):
         run_distributed(train_and_report, 1, make_job(run_dir, steps=10, parallelism={"backend": "fsdp2"}))
 
 
+@pytest.mark.slow  # make test's headroom: the same refusals for FSDP2 are tests/test_backends.py's, in make test
 def test_deepspeed_checkpoint_of_another_model_or_damaged_is_named(run_dir):
     job = make_job(run_dir, steps=4, parallelism={"backend": "deepspeed", "zero_stage": 1})
     run_distributed(train_and_report, 1, job)

@@ -89,7 +89,8 @@ def kill_at(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
     return last
 
 
-@pytest.mark.parametrize("backend", ["fsdp2", "deepspeed",
+# deepspeed: slow for make test's headroom; its exact resume is tests/test_deepspeed.py's, in make test
+@pytest.mark.parametrize("backend", ["fsdp2", pytest.param("deepspeed", marks=pytest.mark.slow),
                                      # ~45 s; the bias's exact resume also runs in make test (tests/test_moe_train.py)
                                      pytest.param("fsdp2+moe", marks=pytest.mark.slow),
                                      pytest.param("fsdp2+tp2", marks=pytest.mark.slow),  # ~60 s

@@ -31,7 +31,8 @@ def moe_job(run_dir, steps, **trainer):
     return job
 
 
-@pytest.mark.parametrize("backend, extra", [("fsdp2", {}), ("deepspeed", {"zero_stage": 3})])
+@pytest.mark.parametrize("backend, extra", [("fsdp2", {}),  # ZeRO-3: slow (make test's headroom)
+                                            pytest.param("deepspeed", {"zero_stage": 3}, marks=pytest.mark.slow)])
 def test_moe_trains_and_resumes_exactly_with_the_expert_bias(run_dir, backend, extra):
     job = moe_job(run_dir, 8, parallelism={"backend": backend, **extra}, checkpoint={"every": 4})
     straight = run_distributed(train_and_report, 2, job)[0][1]

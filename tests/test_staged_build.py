@@ -81,6 +81,7 @@ def test_a_finished_build_is_not_redone(corpus, tiny_tokenizer, tmp_path):
     assert (tmp_path / "data" / "manifest.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # make test's headroom: tests/test_data_slurm.py reruns only a cancelled task, in make test
 def test_only_unfinished_tasks_run_again(corpus, tiny_tokenizer, one_task, tmp_path):
     """Scan tasks 0, 1 and 3 of 4 finished, task 2 was killed half way through its unit: the build runs only
     scan task 2, then the later stages, and gives the shards of an uninterrupted build."""
@@ -122,6 +123,7 @@ def test_a_bad_record_fails_its_task_naming_file_and_line(corpus, tiny_tokenizer
     assert WorkDir(tmp_path / "work").is_done("scan", 0) and WorkDir(tmp_path / "work").is_done("scan", 2)
 
 
+@pytest.mark.slow  # make test's headroom: tests/test_readers.py reads every format
 def test_compressed_and_wet_inputs_give_the_same_shards_and_domain_counts(corpus, tiny_tokenizer, one_task, tmp_path):
     import gzip
 
