@@ -31,6 +31,7 @@ def _train_tiny(corpus, out, model_type):
     cfg = TokenizerConfig(
         sources=[TextSource(path=str(p)) for p in corpus.values()],
         vocab_size=TINY_VOCAB, ksx1001_hangul=False, sample_sentences=20_000, model_type=model_type,
+        superword_fraction=0.1 if model_type == "bpe" else 0.0,
         heldout_fraction=0.4,  # at least every test's data.val_fraction (the build checks it)
     )
     train_tokenizer(cfg, out)

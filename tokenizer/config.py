@@ -72,6 +72,11 @@ class TokenizerConfig:
     """Longer lines are cut into pieces of this length before training."""
     num_reserved_tokens: int = 64
     """``<|reserved_i|>`` pieces kept free for later special tokens, so adding one needs no resize."""
+    superword_fraction: float = 0.1
+    """Share of the vocabulary learned as superword pieces (SuperBPE's second stage, ``tokenizer.superword``):
+    0.1 won out of domain in bench/tokenizer_loso.py (SuperBPE's best transition point is also 90%); 0 turns it off."""
+    superword_max_parts: int = 8
+    """At most this many first-stage pieces joined into one superword piece."""
     ksx1001_hangul: bool = True
     """Guarantee all 2,350 KS X 1001 Hangul syllables as single pieces."""
     seed: int = 0
@@ -90,5 +95,11 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.heldout_fraction must be in [0, 0.5), got {self.heldout_fraction}")
         if self.num_reserved_tokens < 0:
             raise ValueError(f"tokenizer.num_reserved_tokens must be >= 0, got {self.num_reserved_tokens}")
+        if not 0.0 <= self.superword_fraction < 0.5:
+            raise ValueError(f"tokenizer.superword_fraction must be in [0, 0.5), got {self.superword_fraction}")
+        if self.superword_fraction and self.model_type != "bpe":
+            raise ValueError("tokenizer.superword_fraction needs tokenizer.model_type=bpe (set it to 0 for unigram)")
+        if self.superword_max_parts < 2:
+            raise ValueError(f"tokenizer.superword_max_parts must be >= 2, got {self.superword_max_parts}")
         if self.sample_sentences <= 0 or self.max_sentence_chars <= 0:
             raise ValueError("tokenizer.sample_sentences and tokenizer.max_sentence_chars must be positive")

@@ -1,8 +1,9 @@
 """The data pipeline's batch encoder: SentencePiece's ids, computed by tiktoken's BPE engine.
 
 For a BPE model, SentencePiece repeatedly joins the adjacent pair whose concatenation is the
-best-scoring piece, never across the word boundaries it splits text on (a run of spaces
-followed by non-spaces, see ``tokenizer.hf``). tiktoken's Rust core does the same on bytes
+best-scoring piece; no piece spans a boundary of kfm's pre-token pattern (``tokenizer.pretokenize``:
+a run of spaces followed by non-spaces, glued across single spaces where the model has superword
+pieces), so merging inside pre-tokens gives the same result. tiktoken's Rust core does the same on bytes
 with ranks, ~2x faster single-core. ``TiktokenBPE`` builds ranks that reproduce
 SentencePiece exactly:
 
@@ -27,9 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kfm.tokenizer.hf import load_proto_bytes, load_sentencepiece, require_model_file
-
-WORD_PATTERN = r" +[^ ]*|[^ ]+"
-
+from kfm.tokenizer.pretokenize import pattern_for
 
 class TiktokenBPE:
     """``encode_batch(texts)`` → int32 arrays equal to SentencePiece BPE's ids."""
@@ -68,7 +67,7 @@ class TiktokenBPE:
         multi = sorted((p for p in normal if len(p) > 1), key=lambda p: (-pieces[normal[p]].score, normal[p]))
         for p in multi:
             add(p.encode(), normal[p])
-        self._enc = tiktoken.Encoding("kfm-bpe", pat_str=WORD_PATTERN, mergeable_ranks=ranks, special_tokens={})
+        self._enc = tiktoken.Encoding("kfm-bpe", pat_str=pattern_for(proto), mergeable_ranks=ranks, special_tokens={})
         self._to_id = np.array(to_id, dtype=np.int32)
         self._to_id_list = to_id
 

@@ -17,6 +17,7 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from kfm.tokenizer.config import CHAT_TEMPLATE, SPECIAL_TOKENS
+from kfm.tokenizer.pretokenize import pattern_for
 
 SPACE = "\u2581"  # how SentencePiece writes a space while training
 UNREACHABLE = -1e9
@@ -71,9 +72,9 @@ def build_fast_tokenizer(model_file: str | Path) -> Tokenizer:
         raise ValueError(f"{model_file}: SentencePiece model type {spec.model_type} cannot be exported "
                          "(unigram and bpe can)")
     tok = Tokenizer(model)
-    # SentencePiece starts a new word at a space that follows a non-space; runs of spaces stay
-    # together (allow_whitespace_only_pieces). Spaces are plain characters of the pieces.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(" +[^ ]*|[^ ]+"), behavior="isolated")
+    # No piece spans a boundary of the pattern (see tokenizer.pretokenize), so merging inside
+    # pre-tokens gives SentencePiece's result. Spaces are plain characters of the pieces.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern_for(proto)), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     bos = SPECIAL_TOKENS["bos"]
     specials = [p.piece for p in proto.pieces if p.type in (p.CONTROL, p.UNKNOWN)]

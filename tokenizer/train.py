@@ -25,6 +25,7 @@ from kfm.tokenizer.config import SPECIAL_TOKENS, TokenizerConfig, control_tokens
 from kfm.tokenizer.hangul import ksx1001_syllables
 from kfm.tokenizer.hf import SPACE, load_proto_bytes, save_hf_tokenizer
 from kfm.tokenizer.sampling import sample_mixture
+from kfm.tokenizer.superword import add_superwords
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,39 @@ def train_sentencepiece(sentences: list[str], cfg: TokenizerConfig, vocab_size: 
     return make_lossless(writer.getvalue())
 
 
+def train_model(sentences: list[str], cfg: TokenizerConfig) -> tuple[bytes, int]:
+    """SentencePiece at ``vocab_size`` less the superword share, then the superword pieces (``tokenizer.superword``).
+
+    Returns the model and its size. A corpus too small for ``vocab_size`` is an error, or with
+    ``shrink_vocab_to_fit`` gives the largest multiple of 128 it supports.
+    """
+    n_super = round(cfg.vocab_size * cfg.superword_fraction)
+    first = cfg.vocab_size - n_super
+    try:
+        model = train_sentencepiece(sentences, cfg, first)
+    except VocabTooLarge as err:
+        if not cfg.shrink_vocab_to_fit or err.limit < 128:
+            raise VocabTooLarge(cfg.vocab_size, err.limit + n_super) from err
+        first = err.limit if n_super else err.limit // 128 * 128
+        log.warning("vocabulary %d is more than the corpus supports; first stage trains %d", cfg.vocab_size, first)
+        model = train_sentencepiece(sentences, cfg, first)
+    if n_super:
+        t0 = time.perf_counter()
+        model = add_superwords(model, sentences, n_super, cfg.superword_max_parts)
+        log.info("superword stage: %.1fs", time.perf_counter() - t0)
+    proto = load_proto_bytes(model)
+    size = len(proto.pieces)
+    if size != cfg.vocab_size:
+        if not cfg.shrink_vocab_to_fit or size < 128:
+            raise VocabTooLarge(cfg.vocab_size, size)
+        # The last pieces are superword pieces, each joining only earlier ones: dropping them keeps the model whole.
+        del proto.pieces[size // 128 * 128:]
+        proto.trainer_spec.vocab_size = size = len(proto.pieces)
+        model = proto.SerializeToString()
+        log.warning("vocabulary %d is more than the corpus supports; training %d instead", cfg.vocab_size, size)
+    return model, size
+
+
 def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
     """Train on a weighted sample of ``cfg.sources``; returns the ``tokenizer.model`` path.
 
@@ -122,15 +156,7 @@ def train_tokenizer(cfg: TokenizerConfig, out_dir: str | Path) -> Path:
         cfg.sources, cfg.sample_sentences, cfg.max_sentence_chars, cfg.seed, cfg.heldout_fraction
     )
     log.info("sampled %d sentences in %.1fs: %s", len(sentences), time.perf_counter() - t0, stats)
-    vocab_size = cfg.vocab_size
-    try:
-        model = train_sentencepiece(sentences, cfg, vocab_size)
-    except VocabTooLarge as err:
-        if not cfg.shrink_vocab_to_fit or err.limit < 128:
-            raise
-        vocab_size = err.limit // 128 * 128
-        log.warning("vocabulary %d is more than the corpus supports; training %d instead", cfg.vocab_size, vocab_size)
-        model = train_sentencepiece(sentences, cfg, vocab_size)
+    model, vocab_size = train_model(sentences, cfg)
     final = out / "tokenizer.model"
     final.write_bytes(model)
     save_hf_tokenizer(final, out)
