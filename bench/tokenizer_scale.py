@@ -10,6 +10,8 @@ with the default tokenizer config otherwise:
 
 - ``sp-bpe``: kfm's recipe (``tokenizer.train.train_sentencepiece``: SentencePiece BPE, identity
   normalisation, byte fallback, split digits, KS X 1001 syllables required), ``num_threads`` = cores;
+- ``sp-bpe-super``: ``sp-bpe`` at ``vocab - 10%``, then kfm's superword stage (``tokenizer.superword``, the
+  default recipe since the leave-one-source-out benchmark) for the last 10% on the same lines;
 - ``hf-bpe``: Hugging Face ``tokenizers`` byte-level BPE (``bench/tokenizer_trainers.py``'s), all cores.
 
 Each process reports its wall seconds and its peak RSS (``ru_maxrss``). A run past ``--timeout`` seconds is
@@ -64,11 +66,19 @@ def train(trainer: str, vocab: int, path: Path, out: Path) -> dict:
     """In the child process: train, return what was learnt."""
     cfg = TokenizerConfig(num_threads=os.cpu_count() or 1)
     t0 = time.perf_counter()
-    if trainer == "sp-bpe":
+    if trainer in ("sp-bpe", "sp-bpe-super"):
+        import sentencepiece as spm
+
+        from kfm.tokenizer.superword import add_superwords
         from kfm.tokenizer.train import train_sentencepiece
 
-        model = train_sentencepiece(lines_of(path), cfg, vocab)
-        import sentencepiece as spm
+        n_super = round(vocab * cfg.superword_fraction) if trainer == "sp-bpe-super" else 0
+        model = train_sentencepiece(lines_of(path), cfg, vocab - n_super)
+        if n_super:
+            first = time.perf_counter() - t0
+            model = add_superwords(model, lines_of(path), n_super, cfg.superword_max_parts)
+            print(f"first stage {first:.1f} s, superword stage {time.perf_counter() - t0 - first:.1f} s",
+                  file=sys.stderr)
 
         learnt = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
     else:
@@ -85,7 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[100, 500])
     ap.add_argument("--vocabs", type=int, nargs="+", default=[65536, 153600])
-    ap.add_argument("--trainers", nargs="+", default=["sp-bpe", "hf-bpe"])
+    ap.add_argument("--trainers", nargs="+", default=["sp-bpe", "sp-bpe-super", "hf-bpe"])
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--sample", type=Path, default=cache / "sample_corpus")
     ap.add_argument("--tmp", default=None)
@@ -113,6 +123,8 @@ def main() -> None:
                             row = {"error": done.stderr.strip().splitlines()[-1][:120]}
                         else:
                             row = json.loads(done.stdout.strip().splitlines()[-1])
+                            if done.stderr.strip():
+                                row["note"] = done.stderr.strip().splitlines()[-1]
                     except subprocess.TimeoutExpired:
                         row = {"error": f"stopped after {args.timeout:.0f} s"}
                     rows.append({"trainer": trainer, "mb": mb, "vocab": vocab, **row})

@@ -110,7 +110,8 @@ def main() -> None:
         tmp = Path(tmp_dir)
         variants = {
             "sp-unigram": lambda: sentencepiece_encoder(
-                "sp-unigram", fit_sentencepiece(sentences, dataclasses.replace(cfg, model_type="unigram"), args.vocab),
+                "sp-unigram", fit_sentencepiece(sentences, dataclasses.replace(cfg, model_type="unigram", superword_fraction=0.0),
+                                                args.vocab),
                 tmp),
             "sp-bpe": lambda: sentencepiece_encoder(
                 "sp-bpe", fit_sentencepiece(sentences, dataclasses.replace(cfg, model_type="bpe"), args.vocab), tmp),
