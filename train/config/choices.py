@@ -26,6 +26,15 @@ class ParamDtype(StrEnum):
     bf16 = "bf16"
 
 
+class Fp8Recipe(StrEnum):
+    """torchao FP8 training recipes (``kfm.train.parallel.fp8``)."""
+
+    none = "none"
+    tensorwise = "tensorwise"
+    rowwise = "rowwise"
+    mxfp8 = "mxfp8"
+
+
 class ActivationCheckpointing(StrEnum):
     none = "none"
     full = "full"
@@ -60,4 +69,4 @@ class Schedule(StrEnum):
     constant = "constant"
 
 
-__all__ = ["ActivationCheckpointing", "Backend", "ParamDtype", "PipelineSchedule", "Schedule", "SpikeAction", "WandbMode", "choice"]
+__all__ = ["ActivationCheckpointing", "Backend", "Fp8Recipe", "ParamDtype", "PipelineSchedule", "Schedule", "SpikeAction", "WandbMode", "choice"]

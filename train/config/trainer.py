@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kfm.train.config.choices import (ActivationCheckpointing, Backend, ParamDtype, PipelineSchedule, SpikeAction,
-                                      WandbMode, choice)
+from kfm.train.config.choices import (ActivationCheckpointing, Backend, Fp8Recipe, ParamDtype, PipelineSchedule,
+                                      SpikeAction, WandbMode, choice)
 from kfm.train.config.peaks import PEAK_FLOPS, is_positive_number
 
 
@@ -25,6 +25,12 @@ class ParallelismConfig:
     param_dtype: ParamDtype = ParamDtype.fp32
     """Compute dtype of the parameters: ``fp32`` or ``bf16`` (FSDP2: gradients reduce in fp32; DeepSpeed:
     bf16 weights with fp32 master weights in the optimizer)."""
+    fp8: Fp8Recipe = Fp8Recipe.none
+    """FP8 training of the blocks' linear layers through torchao (``kfm.train.parallel.fp8``): ``none``,
+    ``tensorwise`` (with FP8 all-gather under FSDP2/HSDP), ``rowwise`` (compute capability 8.9+: H100, H200) or
+    ``mxfp8`` (10.0+: B200). A GPU without the tensor cores for the recipe is refused with the reason."""
+    fp8_emulate: bool = False
+    """Run the FP8 recipe's casts in high precision (torchao's emulation) on any device: for tests, never faster."""
     cpu_offload: bool = False
     """FSDP2/HSDP: keep sharded parameters, gradients and optimizer state in CPU memory."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
@@ -66,6 +72,15 @@ class ParallelismConfig:
     def __post_init__(self) -> None:
         self.backend = choice(Backend, self.backend, "trainer.parallelism.backend")
         self.param_dtype = choice(ParamDtype, self.param_dtype, "trainer.parallelism.param_dtype")
+        self.fp8 = choice(Fp8Recipe, self.fp8, "trainer.parallelism.fp8")
+        if self.fp8 != Fp8Recipe.none and self.backend == Backend.deepspeed:
+            raise ValueError(f"trainer.parallelism.fp8={self.fp8.value} runs through torchao, which DeepSpeed's engine "
+                             "does not drive: use backend fsdp2, hsdp or ddp, or fp8=none")
+        if self.fp8 != Fp8Recipe.none and self.tp > 1:
+            raise ValueError(f"trainer.parallelism.fp8={self.fp8.value} with tp={self.tp}: FP8 tensor parallelism "
+                             "(torchao's Float8 parallel styles) is not wired yet: use tp=1 or fp8=none")
+        if self.fp8_emulate and self.fp8 == Fp8Recipe.none:
+            raise ValueError("trainer.parallelism.fp8_emulate=true emulates an FP8 recipe: set trainer.parallelism.fp8")
         self.activation_checkpointing = choice(ActivationCheckpointing, self.activation_checkpointing,
                                                "trainer.parallelism.activation_checkpointing")
         if self.ac_every < 1 or self.hsdp_replicas < 0:

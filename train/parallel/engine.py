@@ -39,6 +39,7 @@ from kfm.train.checkpoint.reader import dcp_optimizer_flattened, dcp_saved_shape
 from kfm.train.config import PretrainJob
 from kfm.train.optim import build_optimizer
 from kfm.train.parallel.distributed import DistInfo
+from kfm.train.parallel.fp8 import after_optimizer_step, uses_fp8_all_gather
 from kfm.train.parallel.parallelize import assign_local_shard, build_mesh, parallelize
 from kfm.train.provenance.digests import module_tensors
 
@@ -116,6 +117,7 @@ class TorchEngine:
             set_model_state_dict(self.model, {k: v for k, v in init_state.items() if k in keys},
                                  options=StateDictOptions(full_state_dict=True))
         self.optimizer = build_optimizer(self.model, job.optim)
+        self._fp8_scales = uses_fp8_all_gather(self.model)
         self._async_group = None
         self._pending = None  # (future, publish callback) of an async save in flight
 
@@ -138,6 +140,8 @@ class TorchEngine:
         applied = math.isfinite(norm)
         if applied:
             self.optimizer.step()
+            if self._fp8_scales:
+                after_optimizer_step(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         return norm, applied
 

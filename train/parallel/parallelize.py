@@ -1,8 +1,9 @@
 """Parallelism applied to a plain model from outside, in one fixed order (as torchtitan does):
 
-    tensor parallelism → expert parallelism → activation checkpointing (none / full / selective) →
+    FP8 → tensor parallelism → expert parallelism → activation checkpointing (none / full / selective) →
     torch.compile per block → data parallelism
 
+FP8 (``trainer.parallelism.fp8``, torchao's float8 / MXFP8 training): ``kfm.train.parallel.fp8``.
 Expert parallelism (``trainer.parallelism.ep``): ``kfm.train.parallel.expert_parallel``; context parallelism
 (``trainer.parallelism.cp``, each attention layer's core replaced): ``kfm.train.parallel.context_parallel``.
 
@@ -45,6 +46,7 @@ from kfm.train.config import Backend, ParallelismConfig
 from kfm.train.parallel.context_parallel import apply_context_parallel
 from kfm.train.parallel.distributed import DTYPES, DistInfo
 from kfm.train.parallel.expert_parallel import apply_expert_parallel, expert_modules
+from kfm.train.parallel.fp8 import convert_to_fp8, fp8_device_error
 from kfm.train.parallel.loss_parallel import VocabParallelLoss
 
 
@@ -252,8 +254,12 @@ def apply_data_parallel(model: nn.Module, pc: ParallelismConfig, info: DistInfo,
 
 
 def parallelize(model: nn.Module, pc: ParallelismConfig, info: DistInfo, mesh=None) -> nn.Module:
-    """Tensor parallelism → expert parallelism → activation checkpointing → compile → data parallelism, per
-    ``trainer.parallelism``, on ``mesh`` (``build_mesh``); returns the model to train."""
+    """FP8 → tensor parallelism → expert parallelism → activation checkpointing → compile → data parallelism,
+    per ``trainer.parallelism``, on ``mesh`` (``build_mesh``); returns the model to train."""
+    if pc.fp8 != "none":
+        if not pc.fp8_emulate and (err := fp8_device_error(pc.fp8, info.device)):
+            raise ValueError(err)
+        convert_to_fp8(model, pc.fp8, fsdp_all_gather=pc.backend in ("fsdp2", "hsdp"), emulate=pc.fp8_emulate)
     if pc.tp > 1:
         apply_tensor_parallel(model, mesh["tp"], pc.sequence_parallel)
     if pc.cp > 1:
