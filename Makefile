@@ -19,10 +19,12 @@ export TOKENIZERS_PARALLELISM := false
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(CONSTRAINTS) bench/gpu/wheels.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	# torchtitan for bench/gpu/'s CPU smoke test, without the dependencies of its trainer (see the file)
+	$(PY) -m pip install --quiet --no-deps -r bench/gpu/wheels.txt
 	touch $(STAMP)
 
 demo: venv

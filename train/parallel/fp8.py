@@ -21,6 +21,7 @@ the same recipes, it composes with FSDP2's FP8 all-gather and ``torch.compile``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
@@ -62,34 +63,36 @@ def _torchao():
             from err
 
 
-def fp8_filter(module: nn.Module, fqn: str) -> bool:
-    """Whether the linear layer at ``fqn`` is converted: inside a block, widths multiples of 16."""
-    if not isinstance(module, nn.Linear) or fqn.split(".")[-1] in SKIPPED:
+def fp8_filter(module: nn.Module, fqn: str, skip: tuple[str, ...] = SKIPPED) -> bool:
+    """Whether the linear layer at ``fqn`` is converted: not named in ``skip``, widths multiples of 16."""
+    if not isinstance(module, nn.Linear) or fqn.split(".")[-1] in skip:
         return False
     return module.in_features % 16 == 0 and module.out_features % 16 == 0
 
 
 def convert_to_fp8(model: nn.Module, recipe: Fp8Recipe, *, fsdp_all_gather: bool = False,
-                   emulate: bool = False) -> list[str]:
+                   emulate: bool = False, skip: tuple[str, ...] = SKIPPED) -> list[str]:
     """Swap ``model``'s eligible linear layers for torchao's FP8 training ones (works on the meta device);
-    returns the converted module names."""
+    returns the converted module names. ``skip``: names of linear layers kept in high precision (kfm's head is
+    ``output``; bench/gpu/step.py passes torchtitan's ``lm_head``)."""
     if recipe == Fp8Recipe.none:
         return []
     _torchao()
-    names = [name for name, m in model.named_modules() if fp8_filter(m, name)]
+    keep = functools.partial(fp8_filter, skip=skip)
+    names = [name for name, m in model.named_modules() if keep(m, name)]
     if recipe == Fp8Recipe.mxfp8:
         from torchao.prototype.moe_training.config import MXFP8TrainingOpConfig, MXFP8TrainingRecipe
         from torchao.quantization import quantize_
 
         name = MXFP8TrainingRecipe.MXFP8_EMULATED_RCEIL if emulate else MXFP8TrainingRecipe.MXFP8_RCEIL
-        quantize_(model, MXFP8TrainingOpConfig.from_recipe(name), filter_fn=fp8_filter)
+        quantize_(model, MXFP8TrainingOpConfig.from_recipe(name), filter_fn=keep)
         return names
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
     config = Float8LinearConfig.from_recipe_name(recipe.value)
     config = dataclasses.replace(config, emulate=emulate,
                                  enable_fsdp_float8_all_gather=fsdp_all_gather and recipe == Fp8Recipe.tensorwise)
-    convert_to_float8_training(model, module_filter_fn=fp8_filter, config=config)
+    convert_to_float8_training(model, module_filter_fn=keep, config=config)
     return names
 
 
