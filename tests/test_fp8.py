@@ -137,3 +137,20 @@ def test_fsdp2_fp8_all_gather_trains_like_fp32(run_dir):
     for a, b in zip(losses["fp8"], losses["fp32"]):
         assert abs(a - b) <= 0.02 * b, losses
     assert losses["fp8"] != losses["fp32"]
+
+
+def test_cpu_torch_hides_only_torchaos_kernel_load_warnings(monkeypatch):
+    import logging
+
+    from kfm.quiet import CpuTorchaoKernels
+
+    def record(msg):
+        return logging.LogRecord("torchao", logging.WARNING, __file__, 1, msg, None, None)
+
+    load = record("Failed to load /x/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: Could not load this library")
+    f = CpuTorchaoKernels()
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert not f.filter(load) and f.filter(record("something else went wrong"))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")  # a CUDA build: a kernel that fails to load is news
+    assert f.filter(load)
+    assert any(isinstance(x, CpuTorchaoKernels) for x in logging.getLogger("torchao").filters)  # kfm installs it
