@@ -12,7 +12,3 @@ Data flows forward: tokenizer -> data_pipeline -> train; ``kfm.model`` imports n
 """
 
 __version__ = "0.1.0"
-
-from kfm import quiet as _quiet  # noqa: E402
-
-_quiet.install()

@@ -4,8 +4,8 @@ torchao (FP8 training, ``kfm.train.parallel.fp8``) loads its CUDA kernel librari
 ``transformers`` imports it whenever it is installed, to load any model. With a CPU-only torch build those libraries
 cannot load, and torchao logs ``Failed to load .../_C_*.so`` for each, into every kfm command's output (``kfm-generate``
 prints its text to stdout, behind them). Nothing kfm runs on such a build needs them (FP8 refuses a CPU with its
-reason), so there, and only there, the messages are dropped; with a CUDA torch a library that fails to load is still
-reported.
+reason), so there, and only there, the messages are dropped (``kfm.train`` installs the filter on import); with a CUDA torch a
+library that fails to load is still reported.
 """
 
 from __future__ import annotations
