@@ -15,8 +15,6 @@ from kfm.train.parallel.fp8 import convert_to_fp8, fp8_device_error, uses_fp8_al
 from kfm.train.parallel.parallelize import parallelize
 from tests.helpers import moe_model_cfg, run_distributed, tiny_cfg
 
-pytest.importorskip("torchao")  # a dependency of kfm: its absence fails test_torchao_is_installed below
-
 BLOCK_LINEARS = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"}
 
 
