@@ -74,7 +74,8 @@ class TokenizerConfig:
     """``<|reserved_i|>`` pieces kept free for later special tokens, so adding one needs no resize."""
     superword_fraction: float = 0.1
     """Share of the vocabulary learned as superword pieces (SuperBPE's second stage, ``tokenizer.superword``):
-    0.1 won out of domain in bench/tokenizer_loso.py (SuperBPE's best transition point is also 90%); 0 turns it off."""
+    0.1 won out of domain in bench/tokenizer_loso.py (SuperBPE's best transition point is also 90%); rounded to whole
+    128s (both stages keep multiples of 128); 0 turns it off."""
     superword_max_parts: int = 8
     """At most this many first-stage pieces joined into one superword piece."""
     ksx1001_hangul: bool = True

@@ -117,14 +117,14 @@ def train_model(sentences: list[str], cfg: TokenizerConfig) -> tuple[bytes, int]
     Returns the model and its size. A corpus too small for ``vocab_size`` is an error, or with
     ``shrink_vocab_to_fit`` gives the largest multiple of 128 it supports.
     """
-    n_super = round(cfg.vocab_size * cfg.superword_fraction)
+    n_super = round(cfg.vocab_size * cfg.superword_fraction / 128) * 128  # both stages whole multiples of 128
     first = cfg.vocab_size - n_super
     try:
         model = train_sentencepiece(sentences, cfg, first)
     except VocabTooLarge as err:
         if not cfg.shrink_vocab_to_fit or err.limit < 128:
             raise VocabTooLarge(cfg.vocab_size, err.limit + n_super) from err
-        first = err.limit if n_super else err.limit // 128 * 128
+        first = err.limit // 128 * 128
         log.warning("vocabulary %d is more than the corpus supports; first stage trains %d", cfg.vocab_size, first)
         model = train_sentencepiece(sentences, cfg, first)
     if n_super:
@@ -136,8 +136,8 @@ def train_model(sentences: list[str], cfg: TokenizerConfig) -> tuple[bytes, int]
     if size != cfg.vocab_size:
         if not cfg.shrink_vocab_to_fit or size < 128:
             raise VocabTooLarge(cfg.vocab_size, size)
-        # The last pieces are superword pieces, each joining only earlier ones: dropping them keeps the model whole.
-        del proto.pieces[size // 128 * 128:]
+        # Only superword pieces go (each joins earlier pieces only); the first stage, a multiple of 128, stays whole.
+        del proto.pieces[first + (size - first) // 128 * 128:]
         proto.trainer_spec.vocab_size = size = len(proto.pieces)
         model = proto.SerializeToString()
         log.warning("vocabulary %d is more than the corpus supports; training %d instead", cfg.vocab_size, size)
