@@ -55,3 +55,25 @@ def test_suite_smoke_writes_every_table(tmp_path):
 
     fp8 = (out / "gpu_fp8_loss.md").read_text()
     assert re.search(r"\| fp8 tensorwise \| [\d.]+ \| [\d.]+ \| [+-][\d.]+% \| yes \|", fp8), fp8
+
+
+def test_both_implementations_get_the_same_batches():
+    """Each implementation runs in its own process: the batches, document cuts included, must not depend on the
+    process's global random state."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_step", ROOT / "bench" / "gpu" / "step.py")
+    step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step)
+    shape = step.SHAPES["tiny"]
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        runs.append(step.batches(shape, 2, 256, True, 32, 2))
+    for a, b in zip(*runs):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    inputs, targets, positions, cuts = runs[0][0]
+    assert len(cuts) > 4 and (positions == 0).sum() == len(cuts) - 1  # packed: several documents a row
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])

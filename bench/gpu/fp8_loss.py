@@ -55,7 +55,7 @@ def child(args) -> dict:
     dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
     shape = SHAPES[args.shape]
     args.packed, args.compile = False, cuda
-    _, model, loss_fn = build_kfm(shape, args.layers, args.seq, args, DistInfo(0, 1, 0, device))
+    model, loss_fn = build_kfm(shape, args.layers, args.seq, args, DistInfo(0, 1, 0, device))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=cuda)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
     after = uses_fp8_all_gather(model)

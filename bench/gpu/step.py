@@ -69,7 +69,7 @@ def batches(shape: dict, batch: int, seq: int, packed: bool, doc_len: int, n: in
         for row in range(batch):
             starts = [0]
             if packed:
-                lengths = torch.distributions.Exponential(1.0 / doc_len).sample((seq // 8 + 2,)).long().clamp(min=16)
+                lengths = torch.empty(seq // 8 + 2).exponential_(1.0 / doc_len, generator=g).long().clamp(min=16)
                 starts = [0, *[int(s) for s in lengths.cumsum(0) if s < seq]]
             for a, b in zip(starts, [*starts[1:], seq]):
                 positions[row, a:b] = torch.arange(b - a)
@@ -101,7 +101,7 @@ def build_kfm(shape: dict, layers: int, seq: int, args, info):
         docs = (positions, cuts) if args.packed else (None, None)
         return model(inputs, *docs, targets=targets)
 
-    return cfg, model, loss
+    return model, loss
 
 
 def _dense_flex_on_cpu() -> None:
@@ -149,7 +149,6 @@ def build_titan(shape: dict, layers: int, seq: int, args, info):
         model = config.build()
     fp8 = ParallelismConfig(fp8=args.fp8).fp8
     convert_to_fp8(model, fp8, fsdp_all_gather=True, emulate=args.smoke, skip=("lm_head",))
-    blocks = list(model.layers.values())
     for i, name in enumerate(list(model.layers.keys())):
         block = model.layers[name]
         if i % 2 == 0:
@@ -165,7 +164,6 @@ def build_titan(shape: dict, layers: int, seq: int, args, info):
     model.to_empty(device=info.device)
     with torch.no_grad():
         model.init_states(buffer_device=info.device)
-    del blocks
 
     def ce(logits, targets):
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
@@ -180,7 +178,7 @@ def build_titan(shape: dict, layers: int, seq: int, args, info):
         return ce(model(inputs, attention_masks=masks), targets)
 
     loss.after_step = (lambda: after_optimizer_step(model)) if fp8 == "tensorwise" else None
-    return None, model, loss
+    return model, loss
 
 
 def run_one(args) -> dict:
@@ -202,7 +200,7 @@ def run_one(args) -> dict:
     info = DistInfo(0, 1, 0, device)
     shape = SHAPES[args.shape]
     build = build_kfm if args.impl == "kfm" else build_titan
-    _, model, loss_fn = build(shape, args.layers, args.seq, args, info)
+    model, loss_fn = build(shape, args.layers, args.seq, args, info)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=cuda)
     data = batches(shape, args.batch, args.seq, args.packed, args.doc_len, args.warmup + args.steps)
     after = getattr(loss_fn, "after_step", None)
